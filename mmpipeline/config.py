@@ -1,0 +1,262 @@
+"""The one typed configuration object.
+
+A YAML file, then environment overrides (``MMP__SECTION__FIELD=value``, double underscores nest),
+then explicit ``--set section.field=value`` overrides, validated once by pydantic and passed down.
+No other module reads environment variables.
+
+Relative paths in the file are resolved against the directory of the config file, and
+``${VAR:-default}`` is expanded inside string values, so ``configs/homedepot.yaml`` can say
+``${MMP_DATASETS:-../../shared/datasets}/homedepot/relevance.csv``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "MMP__"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Model):
+    """One input: where it is, how to read it, and how its columns map onto the canonical schema.
+
+    ``columns`` maps a canonical column to a source column name or a Spark SQL expression over the
+    source columns (e.g. ``concat(id, '.jpg')``). ``attributes`` maps attribute names to source
+    columns or expressions; they land in the canonical ``attributes`` map column.
+    """
+
+    path: str | None = None
+    format: Literal["csv", "jsonl", "json", "parquet"] = "csv"
+    adapter: str = "generic"  # generic | attribute_queries | ...; see mmpipeline.sources
+    options: dict[str, Any] = Field(default_factory=dict)  # reader options (header, sep, encoding...)
+    columns: dict[str, str] = Field(default_factory=dict)
+    attributes: dict[str, str] = Field(default_factory=dict)
+    image_root: str | None = None  # for products: root folder that image references resolve under
+    params: dict[str, Any] = Field(default_factory=dict)  # adapter-specific parameters
+
+
+class LakeConfig(_Model):
+    root: str = "var/lake"
+    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+
+
+class SparkConfig(_Model):
+    master: str = "local[2]"
+    app_name: str = "mmpipeline"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class MlflowConfig(_Model):
+    tracking_uri: str = "sqlite:///var/mlflow/mlflow.db"
+    registry_uri: str | None = None
+    artifact_root: str = "var/mlflow/artifacts"
+    experiment: str = "mmpipeline"
+    model_name: str = "mm-fusion-ranker"
+
+
+class ImageLimits(_Model):
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000  # decompression-bomb guard (width * height from the header)
+    min_side: int = 8
+    allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF", "BMP"])
+
+
+class CleanConfig(_Model):
+    min_title_chars: int = 2
+    max_title_chars: int = 500
+    max_price: float = 1_000_000.0
+    default_currency: str = "USD"
+    image: ImageLimits = Field(default_factory=ImageLimits)
+
+
+class QualityConfig(_Model):
+    """Great Expectations thresholds."""
+
+    max_row_count_change: float = 0.5  # relative change against the previous run; beyond = failure
+    min_decodable_image_share: float = 0.5  # among products that reference an image
+    max_quarantine_share: float = 0.2  # warning above this
+    fail_on_warning: bool = False
+
+
+class EmbedModelConfig(_Model):
+    kind: Literal["sentence-transformers", "transformers", "torchvision", "clip", "trained-tower"] = "sentence-transformers"
+    name: str = "all-MiniLM-L6-v2"  # model id, local path, or torchvision architecture
+    weights: str | None = None  # pretrained weights id/path where available
+    version: str | None = None
+
+
+class EmbedConfig(_Model):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    batch_size: int = 128
+    image_batch_size: int = 64
+    max_text_length: int = 128
+    num_workers: int = 2
+    image_size: int = 96
+    text_model: EmbedModelConfig = Field(default_factory=EmbedModelConfig)
+    image_model: EmbedModelConfig = Field(
+        default_factory=lambda: EmbedModelConfig(kind="trained-tower", name="resnet18")
+    )
+    engine: Literal["local", "spark"] = "local"
+    # image tower training (no pretrained image weights offline)
+    tower_epochs: int = 8
+    tower_lr: float = 1e-3
+    tower_holdout_share: float = 0.1
+    max_products: int | None = None  # subsample for demos / CI
+
+
+class RankConfig(_Model):
+    fusion: Literal["concat", "weighted", "attention"] = "attention"
+    loss: Literal["pointwise", "pairwise", "listwise"] = "listwise"
+    hidden_dim: int = 128
+    epochs: int = 30
+    batch_queries: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 5
+    seed: int = 42
+    negatives_random: int = 10
+    negatives_hard: int = 10
+    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "valid": 0.15, "test": 0.15})
+    primary_metric: str = "ndcg_at_10"
+    promote_margin: float = 0.0
+    slice_tolerance: float = 0.02
+    eval_k: int = 10
+    recall_k: int = 100
+    max_eval_queries: int | None = None
+
+
+class ScoreConfig(_Model):
+    head_queries: int = 1000
+    query_list: str | None = None  # optional file with one query per line
+    candidates_k: int = 100
+    output_k: int = 50
+    min_results_per_query: int = 10
+    model_alias: str = "champion"
+    ann: Literal["exact", "auto"] = "exact"
+
+
+class Config(_Model):
+    name: str = "mmpipeline"
+    run_date: dt.date | None = None  # default: today (UTC) at run time
+    config_path: str | None = None  # set by load_config
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, v: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        unknown = set(v) - {"products", "queries", "judgments", "interactions", "voice_queries"}
+        if unknown:
+            raise ValueError(f"unknown source(s) {sorted(unknown)}; expected products, queries, judgments, interactions, voice_queries")
+        return v
+
+    def effective_run_date(self, override: dt.date | str | None = None) -> dt.date:
+        if override is not None:
+            return override if isinstance(override, dt.date) else dt.date.fromisoformat(str(override))
+        return self.run_date or dt.datetime.now(dt.timezone.utc).date()
+
+    @property
+    def lake_root(self) -> Path:
+        return Path(self.lake.root)
+
+
+# --------------------------------------------------------------------------------------- loading
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m.group(1), m.group(2) if m.group(2) is not None else ""), value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    return value
+
+
+def _set_dotted(data: dict, dotted: list[str], value: Any) -> None:
+    node = data
+    for key in dotted[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot override {'.'.join(dotted)}: {key} is not a section")
+    node[dotted[-1]] = value
+
+
+def _resolve(base: Path, p: str | None) -> str | None:
+    if p is None or p == "" or "://" in p:
+        return p
+    path = Path(p).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _resolve_sqlite(base: Path, uri: str) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith("sqlite:////"):
+        return prefix + str((base / uri[len(prefix):]).resolve())
+    if "://" not in uri:  # a plain folder: file store
+        return str((base / uri).resolve())
+    return uri
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Read the YAML file (optional), apply env and explicit overrides, resolve paths, validate."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path).expanduser().resolve()
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: top level must be a mapping")
+        base = p.parent
+        data["config_path"] = str(p)
+    data = _expand(data, env)
+    for key, raw in sorted(env.items()):
+        if key.startswith(ENV_PREFIX):
+            _set_dotted(data, key[len(ENV_PREFIX):].lower().split("__"), yaml.safe_load(raw))
+    if overrides:
+        items = overrides.items() if isinstance(overrides, Mapping) else (o.split("=", 1) for o in overrides)
+        for k, v in items:
+            _set_dotted(data, k.split("."), yaml.safe_load(v) if isinstance(v, str) else v)
+    cfg = Config.model_validate(data)
+    # resolve relative paths against the config file's folder
+    cfg.lake.root = _resolve(base, cfg.lake.root)
+    cfg.mlflow.tracking_uri = _resolve_sqlite(base, cfg.mlflow.tracking_uri)
+    if cfg.mlflow.registry_uri:
+        cfg.mlflow.registry_uri = _resolve_sqlite(base, cfg.mlflow.registry_uri)
+    cfg.mlflow.artifact_root = _resolve(base, cfg.mlflow.artifact_root)
+    for src in cfg.sources.values():
+        src.path = _resolve(base, src.path)
+        src.image_root = _resolve(base, src.image_root)
+    if cfg.score.query_list:
+        cfg.score.query_list = _resolve(base, cfg.score.query_list)
+    for m in (cfg.embed.text_model, cfg.embed.image_model):
+        if m.weights and (m.weights.startswith(".") or m.weights.startswith("/")):
+            m.weights = _resolve(base, m.weights)
+    return cfg

@@ -1,0 +1,241 @@
+"""Canonical schemas and the table registry: every lake table's name, schema, key and partitioning.
+
+Schemas are written as ``(column, type)`` pairs in Spark's simple type syntax so they read like a
+table contract; :func:`spark_schema` and :func:`arrow_schema` turn them into engine types. The lake
+layer enforces them on write (columns selected in order and cast), so every table has exactly the
+schema declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+# ----------------------------------------------------------------------------- canonical entities
+# Every source adapter maps its input onto these columns (see mmpipeline.sources).
+PRODUCT_COLUMNS = [
+    ("product_id", "string"),
+    ("title", "string"),
+    ("description", "string"),
+    ("brand", "string"),
+    ("category_path", "string"),  # "Apparel > Topwear > Shirts"
+    ("attributes", "map<string,string>"),
+    ("price", "string"),  # raw in bronze; double in silver
+    ("currency", "string"),
+    ("image_ref", "string"),  # path relative to the source's image_root (or absolute under it)
+    ("popularity", "string"),
+    ("rating", "string"),
+    ("updated_at", "string"),
+]
+QUERY_COLUMNS = [
+    ("query", "string"),
+    ("query_id", "string"),  # optional in sources; derived from the normalised text when absent
+    ("audio_ref", "string"),  # voice queries: audio file path
+    ("frequency", "string"),
+]
+JUDGMENT_COLUMNS = [
+    ("query", "string"),
+    ("product_id", "string"),
+    ("grade", "string"),
+]
+INTERACTION_COLUMNS = [
+    ("query", "string"),
+    ("product_id", "string"),
+    ("event_type", "string"),  # impression | click | add_to_cart | purchase
+    ("event_ts", "string"),
+    ("session_id", "string"),
+]
+ENTITY_COLUMNS = {
+    "products": PRODUCT_COLUMNS,
+    "queries": QUERY_COLUMNS,
+    "judgments": JUDGMENT_COLUMNS,
+    "interactions": INTERACTION_COLUMNS,
+    "voice_queries": QUERY_COLUMNS,
+}
+
+# ingest metadata carried by every bronze row
+BRONZE_META = [
+    ("run_date", "date"),
+    ("_batch_id", "string"),
+    ("_source_file", "string"),
+    ("_ingested_at", "timestamp"),
+    ("_row_id", "long"),  # position of the row in its batch (stable tie-break for de-duplication)
+    ("_raw", "string"),  # the source row as JSON, as received
+    ("_corrupt_record", "string"),  # set when the reader could not parse the line
+]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # "layer.table"
+    columns: list[tuple[str, str]]
+    keys: list[str] = field(default_factory=list)  # merge / uniqueness key
+    partition_by: list[str] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c for c, _ in self.columns]
+
+
+TABLES: dict[str, TableSpec] = {}
+
+
+def register(spec: TableSpec) -> TableSpec:
+    TABLES[spec.name] = spec
+    return spec
+
+
+def table(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}") from None
+
+
+QUARANTINE_COLUMNS = [
+    ("run_date", "date"),
+    ("reason", "string"),  # machine-readable reason code, e.g. missing_id, negative_price
+    ("detail", "string"),  # human-readable explanation
+    ("record_key", "string"),  # the row's id where it has one
+    ("record", "string"),  # the offending row as JSON
+    ("_source_file", "string"),
+    ("_batch_id", "string"),
+]
+
+# ---------------------------------------------------------------------------------------- bronze
+for _entity, _cols in ENTITY_COLUMNS.items():
+    register(TableSpec(f"bronze.{_entity}", _cols + BRONZE_META, partition_by=["run_date"],
+                       description=f"{_entity} as received, mapped onto canonical column names, all strings"))
+    register(TableSpec(f"quarantine.{_entity}", QUARANTINE_COLUMNS, partition_by=["run_date"],
+                       description=f"{_entity} rows that could not be kept, with a reason"))
+
+register(TableSpec("quarantine.images", [
+    ("run_date", "date"), ("product_id", "string"), ("image_ref", "string"), ("reason", "string"),
+    ("detail", "string"),
+], partition_by=["run_date"], description="image references that failed checks; the product is kept text-only"))
+
+# ---------------------------------------------------------------------------------------- silver
+register(TableSpec("silver.products", [
+    ("product_id", "string"), ("title", "string"), ("description", "string"), ("brand", "string"),
+    ("category_path", "string"), ("attributes", "map<string,string>"), ("price", "double"),
+    ("currency", "string"), ("image_ref", "string"), ("image_path", "string"),
+    ("image_status", "string"),  # ok | none | missing | unreadable | corrupt | too_large | bomb | outside_root
+    ("image_width", "int"), ("image_height", "int"), ("popularity", "double"), ("rating", "double"),
+    ("updated_at", "timestamp"), ("text_hash", "string"), ("image_hash", "string"),
+    ("run_date", "date"), ("_batch_id", "string"),
+], keys=["product_id"], description="typed, normalised, de-duplicated catalog (one row per product)"))
+
+register(TableSpec("silver.queries", [
+    ("query_id", "string"), ("query", "string"), ("query_norm", "string"), ("audio_ref", "string"),
+    ("frequency", "long"), ("text_hash", "string"), ("run_date", "date"),
+], keys=["query_id"], description="distinct normalised queries"))
+
+register(TableSpec("silver.voice_queries", [
+    ("query_id", "string"), ("query", "string"), ("query_norm", "string"), ("audio_ref", "string"),
+    ("frequency", "long"), ("text_hash", "string"), ("run_date", "date"),
+], keys=["query_id"], description="voice queries: audio file plus transcript when known"))
+
+register(TableSpec("silver.judgments", [
+    ("query_id", "string"), ("query_norm", "string"), ("product_id", "string"), ("grade", "double"),
+    ("source", "string"), ("run_date", "date"),
+], keys=["query_id", "product_id"], description="graded (query, product) relevance judgments"))
+
+register(TableSpec("silver.interactions", [
+    ("query_id", "string"), ("query_norm", "string"), ("product_id", "string"), ("event_type", "string"),
+    ("event_ts", "timestamp"), ("session_id", "string"), ("run_date", "date"),
+], keys=["session_id", "query_id", "product_id", "event_type", "event_ts"], partition_by=["run_date"],
+    description="search interaction events"))
+
+# ------------------------------------------------------------------------------------------- ops
+register(TableSpec("ops.row_accounting", [
+    ("run_date", "date"), ("stage", "string"), ("table_name", "string"), ("rows_in", "long"),
+    ("rows_kept", "long"), ("rows_quarantined", "long"), ("balanced", "boolean"),
+    ("recorded_at", "timestamp"),
+], keys=["run_date", "stage", "table_name"], partition_by=["run_date"],
+    description="rows in = rows kept + rows quarantined, per stage and table"))
+
+register(TableSpec("ops.validation", [
+    ("run_date", "date"), ("table_name", "string"), ("suite", "string"), ("expectation", "string"),
+    ("column_name", "string"), ("severity", "string"), ("success", "boolean"), ("observed_value", "string"),
+    ("details", "string"), ("validated_at", "timestamp"),
+], keys=["run_date", "table_name", "expectation", "column_name"], partition_by=["run_date"],
+    description="Great Expectations results per run"))
+
+register(TableSpec("ops.stage_runs", [
+    ("run_date", "date"), ("stage", "string"), ("status", "string"), ("started_at", "timestamp"),
+    ("finished_at", "timestamp"), ("seconds", "double"), ("summary", "string"),
+], keys=["run_date", "stage"], partition_by=["run_date"], description="one row per stage run (latest attempt)"))
+
+# ------------------------------------------------------------------------------------------ gold
+# (embedding, training, scoring tables are registered below by their stages' owners)
+
+# ------------------------------------------------------------------------------------ type helpers
+
+
+def _split_top(s: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in s:
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+_SIMPLE_ARROW = {
+    "string": pa.string(), "double": pa.float64(), "float": pa.float32(), "int": pa.int32(),
+    "long": pa.int64(), "bigint": pa.int64(), "boolean": pa.bool_(), "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"), "binary": pa.binary(),
+}
+
+
+def arrow_type(t: str) -> pa.DataType:
+    t = t.strip()
+    if t in _SIMPLE_ARROW:
+        return _SIMPLE_ARROW[t]
+    if t.startswith("array<") and t.endswith(">"):
+        return pa.list_(arrow_type(t[6:-1]))
+    if t.startswith("map<") and t.endswith(">"):
+        k, v = _split_top(t[4:-1])
+        return pa.map_(arrow_type(k), arrow_type(v))
+    raise ValueError(f"unsupported type {t!r}")
+
+
+def spark_type(t: str):
+    from pyspark.sql import types as T
+
+    simple = {
+        "string": T.StringType(), "double": T.DoubleType(), "float": T.FloatType(), "int": T.IntegerType(),
+        "long": T.LongType(), "bigint": T.LongType(), "boolean": T.BooleanType(), "date": T.DateType(),
+        "timestamp": T.TimestampType(), "binary": T.BinaryType(),
+    }
+    t = t.strip()
+    if t in simple:
+        return simple[t]
+    if t.startswith("array<") and t.endswith(">"):
+        return T.ArrayType(spark_type(t[6:-1]))
+    if t.startswith("map<") and t.endswith(">"):
+        k, v = _split_top(t[4:-1])
+        return T.MapType(spark_type(k), spark_type(v))
+    raise ValueError(f"unsupported type {t!r}")
+
+
+def arrow_schema(spec: TableSpec | list[tuple[str, str]]) -> pa.Schema:
+    cols = spec.columns if isinstance(spec, TableSpec) else spec
+    return pa.schema([pa.field(c, arrow_type(t)) for c, t in cols])
+
+
+def spark_schema(spec: TableSpec | list[tuple[str, str]]):
+    from pyspark.sql import types as T
+
+    cols = spec.columns if isinstance(spec, TableSpec) else spec
+    return T.StructType([T.StructField(c, spark_type(t), True) for c, t in cols])
