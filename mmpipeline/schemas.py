@@ -169,7 +169,22 @@ register(TableSpec("ops.stage_runs", [
 ], keys=["run_date", "stage"], partition_by=["run_date"], description="one row per stage run (latest attempt)"))
 
 # ------------------------------------------------------------------------------------------ gold
-# (embedding, training, scoring tables are registered below by their stages' owners)
+# one row per (entity, modality, model); the embed stage merges only new or changed content
+register(TableSpec("gold.product_embeddings", [
+    ("product_id", "string"), ("modality", "string"),  # text | image
+    ("model_name", "string"), ("model_version", "string"), ("content_hash", "string"), ("dim", "int"),
+    ("vector", "array<float>"), ("run_date", "date"), ("embedded_at", "timestamp"),
+], keys=["product_id", "modality", "model_name"], description="product vectors per modality and model"))
+
+register(TableSpec("gold.query_embeddings", [
+    ("query_id", "string"), ("modality", "string"),  # text | voice
+    ("model_name", "string"), ("model_version", "string"), ("content_hash", "string"), ("dim", "int"),
+    ("vector", "array<float>"), ("run_date", "date"), ("embedded_at", "timestamp"),
+], keys=["query_id", "modality", "model_name"], description="query vectors per modality and model"))
+
+# ---- rank stage tables (owned by mmpipeline.rank) ----
+
+# ---- score stage tables (owned by mmpipeline.score) ----
 
 # ------------------------------------------------------------------------------------ type helpers
 

@@ -39,8 +39,8 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.spark.app_name if cfg else "mmpipeline")
-    submitted = "spark.master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "") or os.environ.get("SPARK_SUBMIT") == "1"
-    if not submitted:
+    # under spark-submit the JVM already exists (PYSPARK_GATEWAY_PORT) and --master/--conf win
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         builder = builder.master(cfg.spark.master if cfg else "local[2]")
     conf = dict(_DEFAULT_CONF)
     if cfg:

@@ -1,0 +1,189 @@
+"""The ``mmpipeline`` command: run a stage, run a benchmark, make sample data, look at the index.
+
+    mmpipeline run STAGE --config FILE [--run-date YYYY-MM-DD] [--full-refresh] [--model-alias A]
+    mmpipeline bench NAME --config FILE [--param key=value ...]          (JSON on stdout)
+    mmpipeline sample-data OUT_DIR [--products N]
+    mmpipeline search "QUERY" --config FILE
+    mmpipeline index-status --config FILE
+    mmpipeline rollback --config FILE (--to-run-date D | --to-version V)
+    mmpipeline summary --config FILE
+
+Every stage is ``run(ctx: RunContext) -> dict`` in its module (see STAGES); ``jobs/*.py`` call the
+same entry point under spark-submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import logging
+import sys
+import time
+from typing import Any, Callable
+
+# stage name -> "module:function"; each is run(ctx: RunContext) -> dict (a JSON-able summary)
+STAGES: dict[str, str] = {
+    "ingest": "mmpipeline.ingest:run",
+    "clean": "mmpipeline.clean:run",
+    "validate": "mmpipeline.validate:run",
+    "train-image-tower": "mmpipeline.embed.tower:run",
+    "embed": "mmpipeline.embed.job:run",
+    "build-training-data": "mmpipeline.rank.data:run",
+    "train": "mmpipeline.rank.train:run",
+    "evaluate": "mmpipeline.rank.evaluate:run",  # evaluates the challenger and gates promotion
+    "score": "mmpipeline.score.job:run",
+    "publish": "mmpipeline.score.publish:run",  # validates the ranking, then marks it current
+}
+
+# benchmark name -> "module:function"; each is main(cfg: Config | None, params: dict) -> dict
+BENCHES: dict[str, str] = {
+    "clean": "mmpipeline.bench.clean:main",
+    "embed": "mmpipeline.bench.embed:main",
+    "quality": "mmpipeline.bench.quality:main",
+    "score": "mmpipeline.bench.score:main",
+}
+
+log = logging.getLogger("mmpipeline")
+
+
+def _load(ref: str) -> Callable[..., Any]:
+    module, _, func = ref.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("py4j", "urllib3", "httpx", "matplotlib", "PIL", "great_expectations", "alembic", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param takes key=value, got {item!r}")
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def run_stage(stage: str, config: str | None, run_date: str | None = None, full_refresh: bool = False,
+              model_alias: str | None = None, overrides: list[str] | None = None,
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one stage in-process; raise on failure. Records the run in ``ops.stage_runs``."""
+    from mmpipeline.config import load_config
+    from mmpipeline.context import RunContext
+    from mmpipeline.ops import record_stage_run
+
+    if stage not in STAGES:
+        raise SystemExit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    cfg = load_config(config, overrides)
+    ctx = RunContext.create(cfg, run_date, full_refresh=full_refresh, model_alias=model_alias,
+                            options=options or {})
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    log.info("stage %s: start (config=%s, run date %s%s)", stage, cfg.config_path, ctx.run_date,
+             ", full refresh" if full_refresh else "")
+    try:
+        summary = _load(STAGES[stage])(ctx) or {}
+    except BaseException as e:
+        record_stage_run(ctx, stage, "failed", started, {"error": f"{type(e).__name__}: {e}"})
+        raise
+    summary = {"stage": stage, "run_date": str(ctx.run_date), "seconds": round(time.perf_counter() - t0, 2), **summary}
+    record_stage_run(ctx, stage, "success", started, summary)
+    log.info("stage %s: done in %.1fs", stage, summary["seconds"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mmpipeline", description=__doc__.split("\n")[0])
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("--config", required=required, help="YAML config file (see configs/)")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set embed.batch_size=64 (repeatable)")
+
+    r = sub.add_parser("run", help="run one pipeline stage")
+    r.add_argument("stage", choices=list(STAGES))
+    with_config(r)
+    r.add_argument("--run-date", help="logical date YYYY-MM-DD (default: config run_date or today UTC)")
+    r.add_argument("--full-refresh", action="store_true", help="recompute everything (embed: re-encode all)")
+    r.add_argument("--model-alias", help="registered-model alias to use (score: default champion)")
+    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="stage option")
+
+    b = sub.add_parser("bench", help="run a benchmark; prints JSON")
+    b.add_argument("name", choices=list(BENCHES))
+    with_config(b, required=False)
+    b.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+
+    s = sub.add_parser("sample-data", help="write a small generated catalog (no ../shared needed)")
+    s.add_argument("out_dir")
+    s.add_argument("--products", type=int, default=400)
+    s.add_argument("--seed", type=int, default=0)
+
+    q = sub.add_parser("search", help="show the published top results for a query")
+    q.add_argument("query")
+    with_config(q)
+    q.add_argument("--k", type=int, default=10)
+
+    st = sub.add_parser("index-status", help="current and previous published runs")
+    with_config(st)
+
+    rb = sub.add_parser("rollback", help="make an earlier published run current again")
+    with_config(rb)
+    g = rb.add_mutually_exclusive_group(required=True)
+    g.add_argument("--to-run-date")
+    g.add_argument("--to-version", type=int)
+
+    sm = sub.add_parser("summary", help="tables with row counts, champion metrics, sample results")
+    with_config(sm)
+    sm.add_argument("--run-date")
+
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    from mmpipeline.context import StageError
+
+    try:
+        if args.cmd == "run":
+            summary = run_stage(args.stage, args.config, args.run_date, args.full_refresh, args.model_alias,
+                                args.overrides, _parse_params(args.param))
+            print(json.dumps(summary, default=str))
+        elif args.cmd == "bench":
+            from mmpipeline.config import load_config
+
+            cfg = load_config(args.config, args.overrides) if args.config else None
+            result = _load(BENCHES[args.name])(cfg, _parse_params(args.param))
+            print(json.dumps(result, indent=2, default=str))
+        elif args.cmd == "sample-data":
+            result = _load("mmpipeline.sources.sample:write_sample_data")(args.out_dir, n_products=args.products,
+                                                                           seed=args.seed)
+            print(json.dumps(result, default=str))
+        else:
+            from mmpipeline.config import load_config
+
+            cfg = load_config(args.config, args.overrides)
+            if args.cmd == "search":
+                _load("mmpipeline.score.publish:search")(cfg, args.query, k=args.k)
+            elif args.cmd == "index-status":
+                _load("mmpipeline.score.publish:index_status")(cfg)
+            elif args.cmd == "rollback":
+                to_date = dt.date.fromisoformat(args.to_run_date) if args.to_run_date else None
+                _load("mmpipeline.score.publish:rollback")(cfg, run_date=to_date, version=args.to_version)
+            elif args.cmd == "summary":
+                _load("mmpipeline.summary:print_summary")(cfg, run_date=args.run_date)
+    except StageError as e:
+        log.error("%s", e)
+        print(f"mmpipeline: {args.cmd} failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Operational records: row accounting, stage runs, and the end-of-stage summary people read."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from mmpipeline.context import RunContext, StageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Accounting:
+    table_name: str
+    rows_in: int
+    rows_kept: int
+    rows_quarantined: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.rows_kept + self.rows_quarantined
+
+
+def record_accounting(ctx: RunContext, stage: str, rows: list[Accounting]) -> None:
+    """Store per-table row accounting for the run date, print it, and fail if rows were lost."""
+    import pandas as pd
+
+    now = dt.datetime.now(dt.timezone.utc)
+    df = pd.DataFrame([{
+        "run_date": ctx.run_date, "stage": stage, "table_name": a.table_name, "rows_in": a.rows_in,
+        "rows_kept": a.rows_kept, "rows_quarantined": a.rows_quarantined, "balanced": a.balanced,
+        "recorded_at": now,
+    } for a in rows])
+    if len(df):
+        ctx.lake.merge("ops.row_accounting", df)
+    print_table(f"{stage}: row accounting for {ctx.run_date} (in = kept + quarantined)",
+                ["table", "in", "kept", "quarantined", "ok"],
+                [[a.table_name, a.rows_in, a.rows_kept, a.rows_quarantined, "yes" if a.balanced else "NO"] for a in rows])
+    lost = [a for a in rows if not a.balanced]
+    if lost:
+        raise StageError("rows lost in " + ", ".join(
+            f"{a.table_name}: in {a.rows_in} != kept {a.rows_kept} + quarantined {a.rows_quarantined}" for a in lost))
+
+
+def record_stage_run(ctx: RunContext, stage: str, status: str, started: dt.datetime, summary: dict[str, Any]) -> None:
+    import pandas as pd
+
+    finished = dt.datetime.now(dt.timezone.utc)
+    try:
+        ctx.lake.merge("ops.stage_runs", pd.DataFrame([{
+            "run_date": ctx.run_date, "stage": stage, "status": status, "started_at": started,
+            "finished_at": finished, "seconds": (finished - started).total_seconds(),
+            "summary": json.dumps(summary, default=str)[:20000],
+        }]))
+    except Exception as e:  # recording must never mask the stage's own outcome
+        log.warning("could not record stage run: %s", e)
+
+
+def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
+    """A readable table on stdout (rich when the terminal allows, plain text otherwise)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for h in headers:
+        t.add_column(h, justify="right" if h not in ("table", "query", "title", "stage", "expectation", "table_name") else "left")
+    for r in rows:
+        t.add_row(*[f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else
+                    (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r])
+    Console(width=140).print(t)
