@@ -157,11 +157,11 @@ register(TableSpec("ops.row_accounting", [
     description="rows in = rows kept + rows quarantined, per stage and table"))
 
 register(TableSpec("ops.validation", [
-    ("run_date", "date"), ("table_name", "string"), ("suite", "string"), ("expectation", "string"),
-    ("column_name", "string"), ("severity", "string"), ("success", "boolean"), ("observed_value", "string"),
-    ("details", "string"), ("validated_at", "timestamp"),
-], keys=["run_date", "table_name", "expectation", "column_name"], partition_by=["run_date"],
-    description="Great Expectations results per run"))
+    ("run_date", "date"), ("table_name", "string"), ("suite", "string"), ("check_name", "string"),
+    ("expectation", "string"), ("column_name", "string"), ("severity", "string"), ("success", "boolean"),
+    ("observed_value", "string"), ("details", "string"), ("validated_at", "timestamp"),
+], keys=["run_date", "table_name", "check_name"], partition_by=["run_date"],
+    description="Great Expectations results per run (one row per check; see mmpipeline.validate)"))
 
 register(TableSpec("ops.stage_runs", [
     ("run_date", "date"), ("stage", "string"), ("status", "string"), ("started_at", "timestamp"),
