@@ -76,6 +76,9 @@ class CleanConfig(_Model):
     max_title_chars: int = 500
     max_price: float = 1_000_000.0
     default_currency: str = "USD"
+    grade_min: float = 0.0  # judgments outside [grade_min, grade_max] are quarantined
+    grade_max: float = 3.0
+    image_partitions: int | None = None  # Spark partitions for the parallel image checks (None: default parallelism)
     image: ImageLimits = Field(default_factory=ImageLimits)
 
 
