@@ -115,17 +115,31 @@ class EmbedConfig(_Model):
     image_batch_size: int = 64
     max_text_length: int = 128
     num_workers: int = 2
-    image_size: int = 96
+    image_size: int = 64  # image encoder input side (px); the trained tower records its own
     text_model: EmbedModelConfig = Field(default_factory=EmbedModelConfig)
     image_model: EmbedModelConfig = Field(
         default_factory=lambda: EmbedModelConfig(kind="trained-tower", name="resnet18")
     )
     engine: Literal["local", "spark"] = "local"
     # image tower training (no pretrained image weights offline)
-    tower_epochs: int = 8
-    tower_lr: float = 1e-3
+    tower_epochs: int = 4
+    tower_lr: float = 2e-3
     tower_holdout_share: float = 0.1
     max_products: int | None = None  # subsample for demos / CI
+    tower_batch_size: int = 128
+    tower_hidden: int = 512  # projection MLP width
+    tower_seed: int = 0
+    tower_max_products: int | None = None  # subsample the training pairs
+    tower_max_holdout: int | None = 1000  # held-out products used for Recall@10 (gallery size)
+    tower_alias: str = "champion"  # registry alias of <mlflow.model_name>-image-tower the embed job loads
+    train_tower_if_missing: bool = True  # embed trains a tower first when none is registered
+    # embed job
+    product_text_fields: list[str] = Field(default_factory=lambda: ["title", "description"])
+    query_text_field: str = "query_norm"
+    embed_images: bool = True
+    normalize: bool = True  # L2-normalise stored vectors
+    progress: bool = True  # tqdm bars on long encodes
+    spark_partitions: int = 4  # engine spark: partitions of the rows to encode
 
 
 class RankConfig(_Model):

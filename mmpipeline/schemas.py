@@ -182,6 +182,16 @@ register(TableSpec("gold.query_embeddings", [
     ("vector", "array<float>"), ("run_date", "date"), ("embedded_at", "timestamp"),
 ], keys=["query_id", "modality", "model_name"], description="query vectors per modality and model"))
 
+# ---- embed stage tables (owned by mmpipeline.embed) ----
+register(TableSpec("quarantine.embed_failures", [
+    ("entity", "string"),  # product | query
+    ("entity_id", "string"), ("modality", "string"), ("model_name", "string"), ("model_version", "string"),
+    ("content_hash", "string"),  # the content that failed; not retried until it or the model changes
+    ("reason", "string"),  # decode_failed | empty_text
+    ("detail", "string"), ("run_date", "date"), ("recorded_at", "timestamp"),
+], keys=["entity", "entity_id", "modality", "model_name"],
+    description="inputs the embed stage skipped (latest failure per entity, modality and model), with a reason"))
+
 # ---- rank stage tables (owned by mmpipeline.rank) ----
 
 # ---- score stage tables (owned by mmpipeline.score) ----

@@ -1,0 +1,337 @@
+"""The embed stage (``mmpipeline run embed``): silver tables -> ``gold.product_embeddings`` (text and
+image) and ``gold.query_embeddings`` (text), incrementally.
+
+For each (entity, modality) the stage builds the embeddable content and its content hash (the
+exact encoder input: text + max length, or the image's content hash + input size), reads the stored
+(id, content hash, model version) of the current model -- never the vectors -- and plans
+(:func:`mmpipeline.embed.data.plan_incremental`): only new or changed content, or content stored
+by another version of the model, is encoded; ``--full-refresh`` re-encodes all. Vectors of
+entities that disappeared (or whose text became empty / image became unusable) are deleted for
+this model; other models' rows are left alone. Nothing to encode -> no model is loaded.
+
+Bad input never stops the run: empty text and images that fail to decode are skipped and recorded
+in ``quarantine.embed_failures`` (with the content hash, so the same bad content is not retried
+until it or the model changes); over-long text is truncated and counted; a product without a
+usable image gets a text vector only.
+
+Engines: ``local`` (default; images decoded in DataLoader worker processes, batches encoded in
+this process) and ``spark`` (``mapInPandas``: the model is loaded once per Python worker, vectors
+are merged into the lake straight from Spark, only failures come back to the driver).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mmpipeline.embed import data as edata
+from mmpipeline.embed import models
+from mmpipeline.embed.encoders import EncoderSpec, build_encoder, encode_image_paths
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmpipeline.context import RunContext
+
+log = logging.getLogger(__name__)
+
+FAILURES = "quarantine.embed_failures"
+
+
+@dataclass
+class Task:
+    entity: str  # product | query
+    table: str
+    id_col: str
+    modality: str
+    spec: EncoderSpec
+    frame: pd.DataFrame  # id_col, payload (text or image path), content_hash -- embeddable rows only
+    rows_in: int
+    skipped_empty: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.entity} {self.modality}"
+
+
+@dataclass
+class TaskResult:
+    label: str
+    model: str
+    encoded: int = 0
+    reused: int = 0
+    failed: int = 0
+    known_bad: int = 0
+    empty: int = 0
+    deleted: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    rows_in: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.failed + self.known_bad + self.empty
+
+    @property
+    def rate(self) -> float:
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "encoded": self.encoded, "reused": self.reused, "skipped": self.skipped,
+                "failed": self.failed, "known_bad": self.known_bad, "empty": self.empty, "deleted": self.deleted,
+                "truncated": self.truncated, "seconds": round(self.seconds, 2),
+                "items_per_s": round(self.rate, 1)}
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _sql_str(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def vectors_table(id_col: str, ids: list[str], spec: EncoderSpec, modality: str, hashes: list[str],
+                  vecs: np.ndarray, run_date: dt.date) -> pa.Table:
+    """Rows of ``gold.*_embeddings`` as Arrow (vectors as list<float>, no per-row Python lists)."""
+    n, dim = vecs.shape if vecs.ndim == 2 else (0, 0)
+    flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32) if n else np.zeros(1, np.int32))
+    now = dt.datetime.now(dt.timezone.utc)
+    return pa.table({
+        id_col: pa.array(ids, pa.string()), "modality": pa.array([modality] * n, pa.string()),
+        "model_name": pa.array([spec.name] * n, pa.string()), "model_version": pa.array([spec.version] * n, pa.string()),
+        "content_hash": pa.array(hashes, pa.string()), "dim": pa.array([dim] * n, pa.int32()),
+        "vector": pa.ListArray.from_arrays(offsets, flat), "run_date": pa.array([run_date] * n, pa.date32()),
+        "embedded_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    })
+
+
+def _existing(lake, task: Task) -> pd.DataFrame | None:
+    if not lake.exists(task.table):
+        return None
+    t = lake.read_arrow(task.table, columns=[task.id_col, "content_hash", "model_version"],
+                        filters=[("modality", "=", task.modality), ("model_name", "=", task.spec.name)])
+    return t.to_pandas()
+
+
+def _failures(lake, task: Task) -> pd.DataFrame | None:
+    if not lake.exists(FAILURES):
+        return None
+    t = lake.read_arrow(FAILURES, columns=["entity_id", "content_hash", "model_version"],
+                        filters=[("entity", "=", task.entity), ("modality", "=", task.modality),
+                                 ("model_name", "=", task.spec.name)])
+    return t.to_pandas().rename(columns={"entity_id": task.id_col})
+
+
+def _delete_ids(lake, task: Task, ids: list[str], chunk: int = 500) -> None:
+    for i in range(0, len(ids), chunk):
+        in_list = ", ".join(_sql_str(x) for x in ids[i:i + chunk])
+        lake.delete(task.table, f"modality = {_sql_str(task.modality)} AND model_name = {_sql_str(task.spec.name)} "
+                                f"AND {task.id_col} IN ({in_list})")
+
+
+def _record_failures(ctx, task: Task, rows: list[tuple[str, str, str, str]]) -> None:
+    """rows: (entity_id, content_hash, reason, detail)."""
+    if not rows:
+        return
+    now = dt.datetime.now(dt.timezone.utc)
+    ctx.lake.merge(FAILURES, pd.DataFrame([{
+        "entity": task.entity, "entity_id": i, "modality": task.modality, "model_name": task.spec.name,
+        "model_version": task.spec.version, "content_hash": h, "reason": r, "detail": d,
+        "run_date": ctx.run_date, "recorded_at": now} for i, h, r, d in rows]))
+
+
+# ------------------------------------------------------------------------------------ tasks
+def build_tasks(ctx: "RunContext", tspec: EncoderSpec, ispec: EncoderSpec | None) -> list[Task]:
+    cfg, lake = ctx.cfg, ctx.lake
+    products = edata.load_products(lake, cfg)
+    queries = edata.load_queries(lake, cfg)
+    tasks: list[Task] = []
+    L = tspec.max_length
+    for entity, table, id_col, df in (("product", "gold.product_embeddings", "product_id", products),
+                                      ("query", "gold.query_embeddings", "query_id", queries)):
+        empty = (df["text"].str.len() == 0).to_numpy() if len(df) else np.zeros(0, bool)
+        ok = df[~empty]
+        frame = pd.DataFrame({id_col: ok[id_col].to_numpy(), "payload": ok["text"].to_numpy(),
+                              "content_hash": [edata.text_hash(t, L) for t in ok["text"]]})
+        tasks.append(Task(entity, table, id_col, "text", tspec, frame, len(df), df.loc[empty, id_col].tolist()))
+    if ispec is not None:
+        img = products[products["has_image"]]
+        frame = pd.DataFrame({"product_id": img["product_id"].to_numpy(), "payload": img["image_path"].to_numpy(),
+                              "content_hash": [edata.image_hash(k, ispec.image_size) for k in img["image_key"]]})
+        tasks.insert(1, Task("product", "gold.product_embeddings", "product_id", "image", ispec, frame, len(img)))
+    log.info("embed: %d products (%d with a usable image), %d queries", len(products),
+             int(products["has_image"].sum()) if len(products) else 0, len(queries))
+    return tasks
+
+
+# ------------------------------------------------------------------------------------ local engine
+def encode_local(encoder, modality: str, payloads: list[str], cfg) -> tuple[np.ndarray, list[str], int]:
+    """(vectors, errors ('' = ok), truncated count)."""
+    if modality == "text":
+        truncated = encoder.count_truncated(payloads)
+        return encoder.encode(payloads, progress=cfg.embed.progress, desc=f"encode text ({encoder.name})"), \
+            [""] * len(payloads), truncated
+    vecs, errors = encode_image_paths(encoder, payloads, cfg.embed.num_workers, progress=cfg.embed.progress,
+                                      max_pixels=cfg.clean.image.max_pixels, desc=f"encode images ({encoder.name})")
+    return vecs, errors, 0
+
+
+# ------------------------------------------------------------------------------------ spark engine
+def _partition_encoder(spec_json: str, modality: str, max_pixels: int, threads: int):
+    """The mapInPandas function: the encoder is built once per Python worker and reused."""
+
+    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import torch
+
+        from mmpipeline.embed.encoders import ImageFileDataset, cached_encoder
+
+        torch.set_num_threads(threads)
+        enc = cached_encoder(spec_json)
+        for pdf in batches:
+            payloads = pdf["payload"].tolist()
+            errors = [""] * len(payloads)
+            trunc = np.zeros(len(payloads), bool)
+            if modality == "text":
+                vecs = enc.encode(payloads)
+                lim = enc.spec.max_length
+                long = [k for k, t in enumerate(payloads) if len(t) + 2 > lim]
+                if long:
+                    ids = enc.tokenizer([payloads[k] for k in long], truncation=False)["input_ids"]
+                    for k, x in zip(long, ids):
+                        trunc[k] = len(x) > lim
+            else:
+                ds = ImageFileDataset(payloads, enc.transform, max_pixels)
+                vecs = np.zeros((len(payloads), enc.dim), np.float32)
+                bs = enc.spec.batch_size
+                for s in range(0, len(ds), bs):
+                    items = [ds[k] for k in range(s, min(s + bs, len(ds)))]
+                    good = [it for it in items if not it[2]]
+                    for it in items:
+                        errors[it[0]] = it[2]
+                    if good:
+                        vecs[[it[0] for it in good]] = enc.encode_pixels(torch.stack([it[1] for it in good]))
+            yield pd.DataFrame({"id": pdf["id"].to_numpy(), "content_hash": pdf["content_hash"].to_numpy(),
+                                "vector": list(vecs), "error": errors, "truncated": trunc})
+
+    return fn
+
+
+def encode_spark(ctx: "RunContext", task: Task, todo: pd.DataFrame) -> tuple[int, list[tuple[str, str, str]], int]:
+    """Encode ``todo`` with Spark and merge the vectors from Spark; returns (encoded, failures
+    [(id, hash, error)], truncated)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    spark = ctx.spark
+    lake = ctx.spark_lake()
+    parts = max(1, min(ctx.cfg.embed.spark_partitions, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // max(1, spark.sparkContext.defaultParallelism))
+    src = spark.createDataFrame(todo.rename(columns={task.id_col: "id"})[["id", "payload", "content_hash"]]
+                                .astype(str)).repartition(parts)
+    schema = T.StructType([
+        T.StructField("id", T.StringType()), T.StructField("content_hash", T.StringType()),
+        T.StructField("vector", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
+        T.StructField("truncated", T.BooleanType())])
+    out = src.mapInPandas(_partition_encoder(task.spec.to_json(), task.modality, ctx.cfg.clean.image.max_pixels,
+                                             threads), schema).persist()
+    try:
+        stats = out.agg(F.sum(F.when(F.col("error") == "", 1).otherwise(0)).alias("ok"),
+                        F.sum(F.col("truncated").cast("int")).alias("trunc")).first()
+        failures = [(r["id"], r["content_hash"], r["error"]) for r in
+                    out.where(F.col("error") != "").select("id", "content_hash", "error").collect()]
+        good = out.where(F.col("error") == "").select(
+            F.col("id").alias(task.id_col), F.lit(task.modality).alias("modality"),
+            F.lit(task.spec.name).alias("model_name"), F.lit(task.spec.version).alias("model_version"),
+            "content_hash", F.size("vector").cast("int").alias("dim"), "vector",
+            F.lit(ctx.run_date).cast("date").alias("run_date"), F.current_timestamp().alias("embedded_at"))
+        if stats["ok"]:
+            lake.merge(task.table, good)
+        return int(stats["ok"] or 0), failures, int(stats["trunc"] or 0)
+    finally:
+        out.unpersist()
+
+
+# ------------------------------------------------------------------------------------ stage
+def run_task(ctx: "RunContext", task: Task, encoders: dict[str, Any]) -> TaskResult:
+    lake, cfg = ctx.lake, ctx.cfg
+    t0 = time.perf_counter()
+    res = TaskResult(task.label, f"{task.spec.name}@{task.spec.version}", rows_in=task.rows_in,
+                     empty=len(task.skipped_empty))
+    existing = _existing(lake, task)
+    plan = edata.plan_incremental(task.frame, existing, task.spec.version, ctx.full_refresh,
+                                  _failures(lake, task), id_col=task.id_col)
+    log.info("embed: %s plan %s", task.label, plan.as_dict())
+    res.reused, res.known_bad = len(plan.reuse), len(plan.known_bad)
+    failure_rows: list[tuple[str, str, str, str]] = [(i, "", "empty_text", "no text to embed") for i in task.skipped_empty]
+    if plan.encode:
+        todo = task.frame[task.frame[task.id_col].isin(set(plan.encode))].reset_index(drop=True)
+        t_enc = time.perf_counter()
+        if cfg.embed.engine == "spark":
+            res.encoded, fails, res.truncated = encode_spark(ctx, task, todo)
+            failure_rows += [(i, h, "decode_failed", e) for i, h, e in fails]
+        else:
+            key = task.spec.to_json()
+            if key not in encoders:
+                encoders[key] = build_encoder(task.spec)
+            vecs, errors, res.truncated = encode_local(encoders[key], task.modality, todo["payload"].tolist(), cfg)
+            ok = np.array([not e for e in errors], bool)
+            ids, hashes = todo[task.id_col].tolist(), todo["content_hash"].tolist()
+            failure_rows += [(ids[k], hashes[k], "decode_failed", errors[k]) for k in np.flatnonzero(~ok)]
+            if ok.any():
+                lake.merge(task.table, vectors_table(task.id_col, [ids[k] for k in np.flatnonzero(ok)], task.spec,
+                                                     task.modality, [hashes[k] for k in np.flatnonzero(ok)],
+                                                     vecs[ok], ctx.run_date))
+            res.encoded = int(ok.sum())
+        enc_s = time.perf_counter() - t_enc
+        res.failed = sum(1 for r in failure_rows if r[2] == "decode_failed")
+        for i, _, _, e in [r for r in failure_rows if r[2] == "decode_failed"][:5]:
+            log.warning("embed: %s %s skipped: %s", task.label, i, e)
+        log.info("embed: %s encoded %d in %.1fs (%.1f items/s)", task.label, res.encoded, enc_s,
+                 res.encoded / enc_s if enc_s > 0 else 0.0)
+    if plan.delete:
+        _delete_ids(lake, task, plan.delete)
+        res.deleted = len(plan.delete)
+    _record_failures(ctx, task, failure_rows)
+    res.seconds = time.perf_counter() - t0
+    log.info("embed: %s [%s] encoded %d, reused %d, skipped %d (empty %d, failed %d, known bad %d), deleted %d, "
+             "truncated %d, %.1f items/s", task.label, res.model, res.encoded, res.reused, res.skipped, res.empty,
+             res.failed, res.known_bad, res.deleted, res.truncated, res.rate)
+    return res
+
+
+def run(ctx: "RunContext") -> dict[str, Any]:
+    from mmpipeline.context import StageError
+    from mmpipeline.ops import Accounting, print_table, record_accounting
+
+    if not ctx.lake.exists("silver.products"):
+        raise StageError("silver.products does not exist yet: run ingest and clean first")
+    t0 = time.perf_counter()
+    tspec = models.text_spec(ctx.cfg)
+    ispec = models.image_spec(ctx.cfg, ctx)
+    tasks = build_tasks(ctx, tspec, ispec)
+    encoders: dict[str, Any] = {}
+    results = [run_task(ctx, t, encoders) for t in tasks]
+    record_accounting(ctx, "embed", [
+        Accounting(f"{t.table}:{t.modality}", r.rows_in, r.encoded + r.reused, r.skipped)
+        for t, r in zip(tasks, results)])
+    print_table(f"embed ({ctx.cfg.embed.engine}{', full refresh' if ctx.full_refresh else ''})",
+                ["table", "model", "encoded", "reused", "skipped", "deleted", "truncated", "seconds", "items/s"],
+                [[r.label, r.model, r.encoded, r.reused, r.skipped, r.deleted, r.truncated, round(r.seconds, 1),
+                  round(r.rate, 1)] for r in results])
+    seconds = time.perf_counter() - t0
+    total = sum(r.encoded for r in results)
+    summary = {"engine": ctx.cfg.embed.engine, "full_refresh": ctx.full_refresh,
+               "encoded": total, "reused": sum(r.reused for r in results),
+               "skipped": sum(r.skipped for r in results), "deleted": sum(r.deleted for r in results),
+               "items_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
+               "text_model": f"{tspec.name}@{tspec.version}",
+               "image_model": f"{ispec.name}@{ispec.version}" if ispec else None,
+               "tasks": {r.label: r.as_dict() for r in results}}
+    log.info("embed: summary: encoded %d, reused %d, skipped %d, deleted %d in %.1fs (%.1f items/s)", total,
+             summary["reused"], summary["skipped"], summary["deleted"], seconds, summary["items_per_s"])
+    return summary

@@ -1,0 +1,310 @@
+"""Image tower: a torchvision CNN + projection trained so product photos land in the (frozen)
+text-embedding space of their own product text, with a symmetric InfoNCE (CLIP) loss.
+
+No pretrained image weights can be downloaded here, so the pipeline trains its own image encoder
+from the catalog's image/text pairs. ``run(ctx)`` (``mmpipeline run train-image-tower``):
+
+1. reads ``silver.products`` with a usable image (``image_status == 'ok'``), splits a held-out set
+   deterministically by product id hash;
+2. text targets: the product-text vectors of the configured text model -- reused from
+   ``gold.product_embeddings`` when present with the same content hash, encoded otherwise;
+3. decodes every image once (DataLoader workers) into a uint8 tensor cache at ``image_size``;
+4. trains for ``tower_epochs`` epochs, logging per-epoch loss and held-out text->image Recall@10 to
+   one MLflow run, together with the Recall@10 of the same architecture untrained (its initial
+   weights, same seed);
+5. logs ``tower/config.json`` + ``tower/state_dict.pt`` as run artifacts and registers them as a
+   new version of ``<mlflow.model_name>-image-tower`` with alias ``champion`` (configurable). The
+   embed job loads the alias (``image_model.kind: trained-tower``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmpipeline.context import RunContext
+
+log = logging.getLogger(__name__)
+
+TOWER_ARTIFACT = "tower"
+
+
+def _nn():
+    import torch.nn as nn
+
+    return nn
+
+
+class ImageTower(_nn().Module):
+    """torchvision backbone (classifier removed) -> MLP projection -> L2-normalised vector."""
+
+    def __init__(self, arch: str = "resnet18", out_dim: int = 384, hidden: int = 512, weights: str | None = None,
+                 seed: int = 0):
+        import torch.nn as nn
+
+        from mmpipeline.embed.encoders import build_torchvision_backbone
+
+        super().__init__()
+        self.backbone, feat = build_torchvision_backbone(arch, weights, seed=seed)
+        self.proj = nn.Sequential(nn.Linear(feat, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        return F.normalize(self.proj(self.backbone(x)), dim=-1)
+
+
+def save_tower(model: ImageTower, tcfg: dict[str, Any], folder: str | Path) -> Path:
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "state_dict.pt")
+    (folder / "config.json").write_text(json.dumps(tcfg, indent=2, sort_keys=True))
+    return folder
+
+
+def load_tower(folder: str | Path) -> tuple[ImageTower, dict[str, Any]]:
+    import torch
+
+    folder = Path(folder)
+    tcfg = json.loads((folder / "config.json").read_text())
+    model = ImageTower(tcfg["arch"], tcfg["out_dim"], tcfg["hidden"])
+    model.load_state_dict(torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True))
+    return model.eval(), tcfg
+
+
+# ------------------------------------------------------------------------------------ metrics
+def recall_at_k(query_vecs: np.ndarray, item_vecs: np.ndarray, k: int = 10) -> float:
+    """Share of queries i whose own item i ranks in the top k by cosine (both sides normalised)."""
+    if not len(query_vecs):
+        return float("nan")
+    q = query_vecs / np.maximum(np.linalg.norm(query_vecs, axis=1, keepdims=True), 1e-12)
+    it = item_vecs / np.maximum(np.linalg.norm(item_vecs, axis=1, keepdims=True), 1e-12)
+    sims = q @ it.T
+    own = np.diag(sims)
+    rank = (sims > own[:, None]).sum(axis=1)  # items strictly better than the own item
+    return float((rank < k).mean())
+
+
+def holdout_mask(ids: list[str], share: float) -> np.ndarray:
+    """Deterministic split by a hash of the id (stable when the catalog grows)."""
+    import hashlib
+
+    return np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share for i in ids])
+
+
+def info_nce(img, txt, logit_scale):
+    """Symmetric CLIP loss for a batch of matching (image, text) pairs; both normalised."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.T
+    target = torch.arange(len(img), device=img.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+# ------------------------------------------------------------------------------------ training
+def decode_images(paths: list[str], size: int, num_workers: int, progress: bool = True,
+                  max_pixels: int = 40_000_000) -> tuple[Any, list[str]]:
+    """All images as one uint8 tensor (N, 3, size, size) + errors (decode once, train many epochs)."""
+    import torch
+
+    from mmpipeline.embed.encoders import ImageTransform, image_loader
+    from tqdm.auto import tqdm
+
+    tf = ImageTransform(size, normalize=False)
+    out = torch.zeros((len(paths), 3, size, size), dtype=torch.uint8)
+    errors = [""] * len(paths)
+    loader = image_loader(paths, tf, 256, num_workers, "cpu", max_pixels)
+    with tqdm(total=len(paths), desc="decode images", unit="img", disable=not progress, mininterval=1.0) as bar:
+        for idx, pix, errs in loader:
+            out[idx] = pix
+            for k, e in enumerate(errs):
+                if e:
+                    errors[idx[k]] = e
+            bar.update(len(idx))
+    return out, errors
+
+
+def embed_images_tensor(model, images_u8, tf, device: str, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(images_u8), batch_size):
+            outs.append(model(tf.finish(images_u8[i:i + batch_size].to(device))).float().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+
+
+def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray, *, arch: str,
+                image_size: int, epochs: int, lr: float, batch_size: int, device: str, dtype: str = "fp32",
+                seed: int = 0, hidden: int = 512, weights: str | None = None, log_metric=None,
+                progress: bool = True) -> tuple[ImageTower, dict[str, Any]]:
+    """Train an :class:`ImageTower` on (image, text vector) pairs. ``log_metric(name, value, step)``
+    receives per-epoch loss and held-out Recall@10; returns the model and a result dict with the
+    untrained and trained held-out Recall@10."""
+    import torch
+
+    from mmpipeline.embed.encoders import ImageTransform, autocast
+    from tqdm.auto import tqdm
+
+    log_metric = log_metric or (lambda *a, **k: None)
+    torch.manual_seed(seed)
+    dim = text_vecs.shape[1]
+    model = ImageTower(arch, dim, hidden, weights=weights, seed=seed).to(device)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+    tf = ImageTransform(image_size)
+    txt = torch.from_numpy(np.ascontiguousarray(text_vecs, dtype=np.float32))
+    txt = torch.nn.functional.normalize(txt, dim=-1)
+
+    def evaluate() -> float:
+        if not len(eval_idx):
+            return float("nan")
+        iv = embed_images_tensor(model, images_u8[eval_idx], tf, device)
+        return recall_at_k(text_vecs[eval_idx], iv, 10)
+
+    untrained = evaluate()
+    log.info("tower: untrained %s held-out text->image Recall@10 = %.4f (%d held-out)", arch, untrained, len(eval_idx))
+    log_metric("untrained_holdout_recall_at_10", untrained, 0)
+    log_metric("holdout_recall_at_10", untrained, 0)
+    opt = torch.optim.AdamW(list(model.parameters()) + [logit_scale], lr=lr, weight_decay=1e-4)
+    steps_per_epoch = max(1, len(train_idx) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch),
+                                                pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+        total, n = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"tower epoch {epoch}/{epochs}", disable=not progress, mininterval=2.0)
+        for s in bar:
+            b = perm[s * batch_size:(s + 1) * batch_size]
+            x = images_u8[b]
+            flip = torch.rand(len(b), generator=gen) < 0.5  # horizontal flip augmentation
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            x = tf.finish(x.to(device, non_blocking=True))
+            with autocast(device, dtype):
+                img = model(x)
+            loss = info_nce(img.float(), txt[b].to(device), logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(b)
+            n += len(b)
+            bar.set_postfix(loss=f"{total / max(n, 1):.3f}")
+        epoch_loss = total / max(n, 1)
+        rec = evaluate()
+        history.append({"epoch": epoch, "loss": epoch_loss, "holdout_recall_at_10": rec})
+        log_metric("train_loss", epoch_loss, epoch)
+        log_metric("holdout_recall_at_10", rec, epoch)
+        log.info("tower: epoch %d/%d loss %.4f held-out Recall@10 %.4f (%.0fs)", epoch, epochs, epoch_loss, rec,
+                 time.perf_counter() - t0)
+    trained = history[-1]["holdout_recall_at_10"] if history else untrained
+    return model.eval(), {"untrained_recall_at_10": untrained, "trained_recall_at_10": trained,
+                          "history": history, "train_seconds": round(time.perf_counter() - t0, 1),
+                          "n_train": int(len(train_idx)), "n_holdout": int(len(eval_idx))}
+
+
+# ------------------------------------------------------------------------------------ stage
+def run(ctx: "RunContext") -> dict[str, Any]:
+    """``mmpipeline run train-image-tower``: train, track in MLflow, register with the alias."""
+    import mlflow
+
+    from mmpipeline.context import StageError
+    from mmpipeline.embed import data as edata
+    from mmpipeline.embed import models
+    from mmpipeline.embed.encoders import build_encoder, resolve_device
+    from mmpipeline.ops import print_table
+
+    cfg = ctx.cfg
+    ec = cfg.embed
+    lake = ctx.lake
+    if not lake.exists("silver.products"):
+        raise StageError("silver.products does not exist yet: run ingest and clean first")
+    products = edata.load_products(lake, cfg)
+    products = products[products["has_image"]].reset_index(drop=True)
+    if ec.tower_max_products and len(products) > ec.tower_max_products:
+        products = products.sample(n=ec.tower_max_products, random_state=ec.tower_seed).sort_values("product_id")
+        products = products.reset_index(drop=True)
+    products = products[products["text"].str.len() > 0].reset_index(drop=True)
+    if len(products) < 8:
+        raise StageError(f"only {len(products)} products with a usable image and text: too few to train an image tower")
+    log.info("tower: %d products with image and text", len(products))
+
+    # text targets: reuse stored vectors of the current text model when the content matches
+    tspec = models.text_spec(cfg)
+    hashes = [edata.text_hash(t, tspec.max_length) for t in products["text"]]
+    text_vecs = edata.stored_vectors(lake, "gold.product_embeddings", "product_id", products["product_id"].tolist(),
+                                     hashes, "text", tspec.name, tspec.version)
+    missing = np.isnan(text_vecs[:, 0]) if text_vecs is not None else np.ones(len(products), bool)
+    n_reused = int((~missing).sum())
+    if missing.any():
+        enc = build_encoder(tspec)
+        vecs = enc.encode(products.loc[missing, "text"].tolist(), progress=ec.progress, desc="tower: encode text")
+        if text_vecs is None:
+            text_vecs = np.zeros((len(products), enc.dim), np.float32)
+        text_vecs[missing] = vecs
+    log.info("tower: text targets from %s (%d reused from gold, %d encoded)", tspec.name, n_reused, int(missing.sum()))
+
+    images, errors = decode_images(products["image_path"].tolist(), ec.image_size, ec.num_workers, ec.progress,
+                                   cfg.clean.image.max_pixels)
+    ok = np.array([not e for e in errors])
+    if (~ok).any():
+        log.warning("tower: %d images failed to decode and are left out of training", int((~ok).sum()))
+    hold = holdout_mask(products["product_id"].tolist(), ec.tower_holdout_share)
+    train_idx = np.flatnonzero(ok & ~hold)
+    eval_idx = np.flatnonzero(ok & hold)
+    if ec.tower_max_holdout and len(eval_idx) > ec.tower_max_holdout:
+        eval_idx = eval_idx[:ec.tower_max_holdout]
+    if len(train_idx) < 2:
+        raise StageError("too few decodable training images for the image tower")
+
+    device = resolve_device(ec.device)
+    arch = ec.image_model.name if ec.image_model.kind == "trained-tower" else "resnet18"
+    registered = models.tower_registered_name(cfg)
+    exp_id = models.setup_mlflow(cfg)
+    params = {"arch": arch, "image_size": ec.image_size, "epochs": ec.tower_epochs, "lr": ec.tower_lr,
+              "batch_size": ec.tower_batch_size, "hidden": ec.tower_hidden, "seed": ec.tower_seed,
+              "text_model": tspec.name, "text_model_version": tspec.version, "n_train": len(train_idx),
+              "n_holdout": len(eval_idx), "device": device, "dtype": ec.dtype,
+              "init_weights": ec.image_model.weights or "random", "loss": "symmetric InfoNCE (CLIP), text tower frozen"}
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"image-tower {ctx.run_date}") as mrun:
+        mlflow.log_params(params)
+        mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date)})
+        model, res = train_tower(
+            images, text_vecs, train_idx, eval_idx, arch=arch, image_size=ec.image_size, epochs=ec.tower_epochs,
+            lr=ec.tower_lr, batch_size=ec.tower_batch_size, device=device, dtype=ec.dtype, seed=ec.tower_seed,
+            hidden=ec.tower_hidden, weights=ec.image_model.weights,
+            log_metric=lambda k, v, step: mlflow.log_metric(k, v, step=step), progress=ec.progress)
+        mlflow.log_metrics({"final_holdout_recall_at_10": res["trained_recall_at_10"],
+                            "final_untrained_holdout_recall_at_10": res["untrained_recall_at_10"],
+                            "train_seconds": res["train_seconds"]})
+        tcfg = {"arch": arch, "out_dim": int(text_vecs.shape[1]), "hidden": ec.tower_hidden,
+                "image_size": ec.image_size, "text_model": tspec.name, "text_model_version": tspec.version,
+                "run_id": mrun.info.run_id}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_tower(model, tcfg, Path(tmp) / TOWER_ARTIFACT)
+            mlflow.log_artifacts(str(Path(tmp) / TOWER_ARTIFACT), TOWER_ARTIFACT)
+        version = models.register_tower(cfg, mrun.info.run_id, res)
+    print_table(f"image tower ({arch}, {ec.image_size}px): held-out text->image Recall@10",
+                ["model", "recall@10", "held-out"],
+                [["untrained", res["untrained_recall_at_10"], res["n_holdout"]],
+                 ["trained", res["trained_recall_at_10"], res["n_holdout"]]])
+    return {"registered_model": registered, "version": version, "alias": ec.tower_alias,
+            "run_id": mrun.info.run_id, "untrained_recall_at_10": round(res["untrained_recall_at_10"], 4),
+            "trained_recall_at_10": round(res["trained_recall_at_10"], 4), "n_train": res["n_train"],
+            "n_holdout": res["n_holdout"], "train_seconds": res["train_seconds"],
+            "images_failed": int((~ok).sum()), "text_vectors_reused": n_reused}
