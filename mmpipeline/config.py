@@ -143,24 +143,47 @@ class EmbedConfig(_Model):
 
 
 class RankConfig(_Model):
+    """Fusion ranker: training data, model, training, evaluation and gating (mmpipeline.rank)."""
+
     fusion: Literal["concat", "weighted", "attention"] = "attention"
-    loss: Literal["pointwise", "pairwise", "listwise"] = "listwise"
-    hidden_dim: int = 128
-    epochs: int = 30
+    loss: Literal["pointwise", "pairwise", "listwise", "lambda"] = "listwise"
+    pointwise: Literal["bce", "mse"] = "bce"  # the pointwise loss flavour
+    hidden_dim: int = 64
+    dropout: float = 0.1
+    use_vectors: bool = True  # feed the query/product interaction vectors, not only the scalar features
+    epochs: int = 20
     batch_queries: int = 32
+    max_list_size: int = 64  # items per query list in training (judged first, then negatives)
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 5
+    patience: int = 4  # early stopping on validation NDCG
     seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    score_batch_size: int = 8192
+    # training data
     negatives_random: int = 10
     negatives_hard: int = 10
+    hard_pool_k: int = 50  # hard negatives are drawn from the top-k nearest products by embedding
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "valid": 0.15, "test": 0.15})
+    interaction_grades: dict[str, float] = Field(default_factory=lambda: {
+        "purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "impression": 0.0})
+    max_train_queries: int | None = None  # subsample (by hash) for demos / CI
+    text_model_name: str | None = None  # which gold.product_embeddings model to use (None: the most common)
+    image_model_name: str | None = None
+    # evaluation and gating
     primary_metric: str = "ndcg_at_10"
     promote_margin: float = 0.0
     slice_tolerance: float = 0.02
     eval_k: int = 10
     recall_k: int = 100
+    candidates_k: int = 100  # per retrieval source (BM25, text, image); the union is reranked
+    relevant_min_label: float = 0.5  # normalised grade at or above which a product counts as relevant
+    long_query_tokens: int = 4  # slices: short = fewer tokens, long = at least this many
     max_eval_queries: int | None = None
+    eval_batch_queries: int = 64
+    # quality benchmark
+    bench_fusions: list[str] = Field(default_factory=lambda: ["concat", "weighted", "attention"])
+    colour_attribute: str = "colour"  # attribute whose values are removed from titles in the colour-free run
 
 
 class ScoreConfig(_Model):

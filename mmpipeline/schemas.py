@@ -193,6 +193,39 @@ register(TableSpec("quarantine.embed_failures", [
     description="inputs the embed stage skipped (latest failure per entity, modality and model), with a reason"))
 
 # ---- rank stage tables (owned by mmpipeline.rank) ----
+register(TableSpec("gold.training_data", [
+    ("run_date", "date"), ("query_id", "string"), ("query_norm", "string"), ("product_id", "string"),
+    ("grade", "double"),  # the judged / interaction grade; null for sampled negatives
+    ("label", "double"),  # grade normalised to [0, 1]; sampled negatives 0
+    ("source", "string"),  # judgment | interaction | random_negative | hard_negative
+    ("split", "string"),  # train | valid | test (by query, deterministic hash)
+    ("cos_text", "float"), ("cos_image", "float"), ("bm25", "float"), ("bm25_rel", "float"),
+    ("title_coverage", "float"), ("query_tokens", "float"), ("title_tokens", "float"),
+    ("log_price", "float"), ("log_popularity", "float"), ("rating", "float"),
+    ("has_query_vec", "float"), ("has_text", "float"), ("has_image", "float"), ("has_price", "float"),
+    ("has_popularity", "float"), ("has_rating", "float"),
+    ("text_model", "string"), ("image_model", "string"),
+], keys=["run_date", "query_id", "product_id"], partition_by=["run_date"],
+    description="ranker training pairs: label, split and scalar features; the query/product vectors are "
+                "joined from the gold embedding tables at the versions recorded in the commit metadata"))
+
+register(TableSpec("ops.rank_evaluations", [
+    ("run_date", "date"), ("model_name", "string"), ("model_version", "string"),
+    ("system", "string"),  # challenger | champion | bm25 | text_cosine | image_cosine
+    ("slice", "string"),  # all | short_queries | long_queries | no_image_products
+    ("metric", "string"), ("value", "double"), ("queries", "long"), ("mlflow_run_id", "string"),
+    ("evaluated_at", "timestamp"),
+], keys=["run_date", "model_name", "model_version", "system", "slice", "metric"], partition_by=["run_date"],
+    description="held-out whole-catalog ranking metrics per system and slice, per evaluation run"))
+
+register(TableSpec("ops.rank_decisions", [
+    ("run_date", "date"), ("model_name", "string"), ("challenger_version", "string"),
+    ("champion_version", "string"), ("promoted", "boolean"), ("primary_metric", "string"),
+    ("challenger_value", "double"), ("champion_value", "double"), ("reasons", "string"),
+    ("mlflow_run_id", "string"), ("decided_at", "timestamp"),
+], keys=["run_date", "model_name", "challenger_version"], partition_by=["run_date"],
+    description="champion gating decisions with their reasons"))
+
 
 # ---- score stage tables (owned by mmpipeline.score) ----
 

@@ -1,0 +1,370 @@
+"""Training the fusion ranker (``mmpipeline run train``).
+
+``fit`` is the pure part: per-query lists (padded) in, a trained :class:`FusionRanker` and its
+per-epoch history out, with fixed seeds and early stopping on validation NDCG@k. ``run`` is the
+stage: reads ``gold.training_data`` for the run date, joins the query/product vectors from the gold
+embedding tables at the versions recorded with the training data, trains, and records everything in
+one MLflow run (parameters, per-epoch metrics, learning-curve and score-distribution plots, the
+training table's Delta version as the run's input dataset, the model with signature and input
+example), then registers the model and points the ``challenger`` alias at the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmpipeline.rank.features import SCALAR_FEATURES, PairFeaturizer
+from mmpipeline.rank.losses import NEG, get_loss
+from mmpipeline.rank.metrics import mean_list_ndcg
+from mmpipeline.rank.model import FusionConfig, FusionRanker, resolve_device
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmpipeline.config import RankConfig
+    from mmpipeline.context import RunContext
+
+log = logging.getLogger(__name__)
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@dataclass
+class ListData:
+    """Training pairs grouped per query, with vectors gathered lazily from the featurizer."""
+
+    q_vec: np.ndarray  # [n_queries, dim], one row per distinct query
+    q_index: np.ndarray  # [n] row of q_vec per pair
+    p_row: np.ndarray  # [n] catalog row per pair
+    scalars: np.ndarray  # [n, S]
+    labels: np.ndarray  # [n] in [0, 1]
+    grades: np.ndarray  # [n] raw grade (nan for sampled negatives)
+    groups: list[np.ndarray]  # pair indices per query
+    query_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def gather(self, featurizer: PairFeaturizer, idx: np.ndarray) -> dict[str, np.ndarray]:
+        r = self.p_row[idx]
+        return {"q_text": self.q_vec[self.q_index[idx]], "p_text": featurizer.p_text[r],
+                "p_image": featurizer.p_image[r], "scalars": self.scalars[idx]}
+
+
+def make_lists(df: pd.DataFrame, featurizer: PairFeaturizer) -> ListData:
+    """Rows of ``gold.training_data`` (one split) -> :class:`ListData`. Pairs whose product is not
+    in the featurizer's catalog are dropped."""
+    rows = featurizer.product_rows(df["product_id"].tolist())
+    df = df.loc[rows >= 0].reset_index(drop=True)
+    rows = rows[rows >= 0]
+    qdf = df[["query_id", "query_norm"]].drop_duplicates("query_id").reset_index(drop=True)
+    q_vec, _ = featurizer.query_matrix(qdf["query_norm"].tolist(), qdf["query_id"].tolist())
+    qpos = {q: i for i, q in enumerate(qdf["query_id"])}
+    q_index = df["query_id"].map(qpos).to_numpy(dtype=np.int64)
+    order = np.argsort(q_index, kind="stable")
+    bounds = np.flatnonzero(np.diff(q_index[order])) + 1
+    groups = [g for g in np.split(order, bounds) if len(g)]
+    return ListData(
+        q_vec=q_vec, q_index=q_index, p_row=rows,
+        scalars=df[SCALAR_FEATURES].to_numpy(dtype=np.float32),
+        labels=df["label"].to_numpy(dtype=np.float32),
+        grades=pd.to_numeric(df["grade"], errors="coerce").to_numpy(dtype=np.float64),
+        groups=groups, query_ids=[str(qdf["query_id"][q_index[g[0]]]) for g in groups])
+
+
+def predict_lists(model: FusionRanker, featurizer: PairFeaturizer, data: ListData, batch_size: int = 8192,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    out = np.empty(len(data), dtype=np.float64)
+    for s in range(0, len(data), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(data)))
+        out[idx] = model.score_arrays(data.gather(featurizer, idx), batch_size, device)
+    return out
+
+
+def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc: "RankConfig",
+        fusion: str | None = None, loss: str | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[FusionRanker, list[dict[str, float]]]:
+    """Train one model; returns the best (by validation NDCG@k) model and the per-epoch history."""
+    set_seed(rc.seed)
+    device = resolve_device(rc.device)
+    model = FusionRanker(FusionConfig(dim=featurizer.dim, fusion=fusion or rc.fusion, hidden_dim=rc.hidden_dim,
+                                      dropout=rc.dropout, use_vectors=rc.use_vectors))
+    model.fit_scaler(train.scalars)
+    model.to(device)
+    loss_fn = get_loss(loss or rc.loss, rc.pointwise)
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
+    rng = np.random.default_rng(rc.seed)
+    groups = [g for g in train.groups if len(g) > 1]
+    history: list[dict[str, float]] = []
+    best, best_state, bad = -1.0, None, 0
+    for epoch in range(1, rc.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = rng.permutation(len(groups))
+        total, nb = 0.0, 0
+        for s in range(0, len(perm), rc.batch_queries):
+            lists = []
+            for gi in perm[s:s + rc.batch_queries]:
+                g = groups[gi]
+                if len(g) > rc.max_list_size:  # keep every positive that fits, sample the rest
+                    pos = g[train.labels[g] > 0]
+                    neg = g[train.labels[g] <= 0]
+                    pos = rng.permutation(pos)[:max(1, rc.max_list_size // 2)]
+                    neg = rng.permutation(neg)[:rc.max_list_size - len(pos)]
+                    g = np.concatenate([pos, neg])
+                lists.append(g)
+            L = max(len(g) for g in lists)
+            idx = np.full((len(lists), L), -1, dtype=np.int64)
+            for i, g in enumerate(lists):
+                idx[i, :len(g)] = g
+            mask_np = idx >= 0
+            flat = idx[mask_np]
+            b = {k: torch.as_tensor(v, device=device) for k, v in train.gather(featurizer, flat).items()}
+            scores_flat = model(b["q_text"], b["p_text"], b["p_image"], b["scalars"])
+            mask = torch.as_tensor(mask_np, device=device)
+            scores = torch.full(mask.shape, NEG, device=device, dtype=scores_flat.dtype).masked_scatter(mask, scores_flat)
+            labels = torch.zeros(mask.shape, device=device).masked_scatter(
+                mask, torch.as_tensor(train.labels[flat], device=device))
+            loss_v = loss_fn(scores, labels, mask)
+            opt.zero_grad()
+            loss_v.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            total += float(loss_v.detach())
+            nb += 1
+        rec = {"epoch": epoch, "train_loss": total / max(nb, 1), "seconds": time.perf_counter() - t0}
+        if valid is not None and len(valid):
+            vs = predict_lists(model, featurizer, valid, rc.score_batch_size, device)
+            rec[f"valid_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(vs, valid.labels, valid.groups, rc.eval_k)
+        ts = predict_lists(model, featurizer, train, rc.score_batch_size, device) if len(train) <= 200_000 else None
+        if ts is not None:
+            rec[f"train_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(ts, train.labels, train.groups, rc.eval_k)
+        history.append(rec)
+        if on_epoch:
+            on_epoch(epoch, rec)
+        metric = rec.get(f"valid_ndcg_at_{rc.eval_k}", -rec["train_loss"])
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
+        if metric > best + 1e-5:
+            best, bad = metric, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= rc.patience:
+                log.info("early stopping after epoch %d (best valid NDCG %.4f)", epoch, best)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model.cpu(), history
+
+
+# ------------------------------------------------------------------------------------ plots
+
+
+def plot_learning_curves(history: list[dict[str, float]], path: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
+    ax[0].set(title="training loss", xlabel="epoch")
+    for key, lab in ((f"train_ndcg_at_{k}", "train"), (f"valid_ndcg_at_{k}", "valid")):
+        if any(key in h for h in history):
+            ax[1].plot(ep, [h.get(key, np.nan) for h in history], marker="o", label=lab)
+    ax[1].set(title=f"NDCG@{k} within judged lists", xlabel="epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_score_by_grade(scores: np.ndarray, grades: np.ndarray, sources: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys, data = [], []
+    neg = ~np.isfinite(grades)
+    if neg.any():
+        keys.append("sampled\nnegatives")
+        data.append(scores[neg])
+    for g in sorted(np.unique(np.round(grades[~neg], 1))):
+        sel = (~neg) & (np.round(grades, 1) == g)
+        keys.append(f"grade {g:g}")
+        data.append(scores[sel])
+    fig, ax = plt.subplots(figsize=(max(5, len(keys) * 0.8), 4))
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(keys) + 1), keys, rotation=45, fontsize=8)
+    ax.set(title="validation score distribution per grade", ylabel="model score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ stage
+
+
+def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, Any]]:
+    """The training-data partition of the run date (or the latest one before it), the table version
+    and the commit metadata recorded by the builder (input table versions)."""
+    from mmpipeline.context import StageError
+
+    lake = ctx.lake
+    name = "gold.training_data"
+    if not lake.exists(name):
+        raise StageError(f"{name} does not exist: run 'mmpipeline run build-training-data' first")
+    version = lake.version(name)
+    df = lake.read_pandas(name, version=version)
+    if df.empty:
+        raise StageError(f"{name} is empty")
+    dates = pd.to_datetime(df["run_date"]).dt.date
+    known = sorted(d for d in dates.unique() if d <= ctx.run_date)
+    if not known:
+        raise StageError(f"{name} has no partition on or before {ctx.run_date}")
+    use = known[-1]
+    df = df[dates == use].reset_index(drop=True)
+    meta: dict[str, Any] = {"training_run_date": str(use)}
+    for h in lake.history(name):
+        if h.get("mmp_run_date") == str(use) and "mmp_input_versions" in h:
+            meta["input_versions"] = json.loads(h["mmp_input_versions"])
+            break
+    return df, version, meta
+
+
+def featurizer_for(ctx: "RunContext", meta: dict[str, Any]) -> PairFeaturizer:
+    versions = {k: v for k, v in (meta.get("input_versions") or {}).items()
+                if k in ("silver.products", "gold.product_embeddings", "gold.query_embeddings") and v is not None}
+    return PairFeaturizer.from_lake(ctx.lake, ctx.cfg, as_of=ctx.run_date, versions=versions)
+
+
+def log_and_register(ctx: "RunContext", model: FusionRanker, featurizer: PairFeaturizer, example: pd.DataFrame,
+                     alias: str = CHALLENGER, tags: dict[str, str] | None = None):
+    """Log the model as an MLflow pyfunc (signature + input example) in the active run, register it
+    and point ``alias`` at the new version. Returns the model version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mmpipeline.rank.model import RankerPyfunc
+    from mmpipeline.rank.registry import client
+
+    with tempfile.TemporaryDirectory() as td:
+        path = str(Path(td) / "fusion_ranker.pt")
+        model.save(path)
+        ex = example.copy()
+        for c in ("q_text", "p_text", "p_image"):  # JSON round-trips floats as doubles
+            ex[c] = [np.asarray(v, np.float64) for v in ex[c]]
+        preds = model.score_arrays({"q_text": np.stack(example["q_text"]), "p_text": np.stack(example["p_text"]),
+                                    "p_image": np.stack(example["p_image"]),
+                                    "scalars": example[SCALAR_FEATURES].to_numpy(np.float32)})
+        signature = infer_signature(ex, preds)
+        import mlflow.pyfunc
+
+        reqs = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+        info = mlflow.pyfunc.log_model(name="model", python_model=RankerPyfunc(), artifacts={"model": path},
+                                       signature=signature, input_example=ex, pip_requirements=reqs,
+                                       registered_model_name=ctx.cfg.mlflow.model_name)
+    c = client(ctx.cfg)
+    version = str(info.registered_model_version)
+    c.set_registered_model_alias(ctx.cfg.mlflow.model_name, alias, version)
+    for k, v in (tags or {}).items():
+        c.set_model_version_tag(ctx.cfg.mlflow.model_name, version, k, str(v))
+    log.info("registered %s version %s with alias %s", ctx.cfg.mlflow.model_name, version, alias)
+    return version
+
+
+def run(ctx: "RunContext") -> dict[str, Any]:
+    import mlflow
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+
+    from mmpipeline.context import StageError
+    from mmpipeline.ops import print_table
+    from mmpipeline.rank.registry import setup_mlflow
+
+    rc = ctx.cfg.rank
+    df, table_version, meta = read_training_data(ctx)
+    featurizer = featurizer_for(ctx, meta)
+    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}
+    if parts["train"].empty:
+        raise StageError("no training queries in gold.training_data (check rank.split)")
+    train, valid = make_lists(parts["train"], featurizer), make_lists(parts["valid"], featurizer)
+    log.info("train: %d pairs / %d queries; valid: %d pairs / %d queries", len(train), len(train.groups),
+             len(valid), len(valid.groups))
+    setup_mlflow(ctx.cfg)
+    k = rc.eval_k
+    with mlflow.start_run(run_name=f"train-{ctx.run_date}-{rc.fusion}-{rc.loss}") as mrun:
+        mlflow.set_tags({"stage": "train", "run_date": str(ctx.run_date), "fusion": rc.fusion, "loss": rc.loss})
+        params = {f"rank.{k_}": v for k_, v in rc.model_dump().items() if not isinstance(v, (dict, list))}
+        params.update({"rank.split": json.dumps(rc.split), "training_table": "gold.training_data",
+                       "training_table_version": table_version, "training_run_date": meta["training_run_date"],
+                       "text_model": featurizer.meta.get("text_model"), "image_model": featurizer.meta.get("image_model"),
+                       "embedding_dim": featurizer.dim, "train_pairs": len(train), "train_queries": len(train.groups),
+                       "valid_pairs": len(valid), "valid_queries": len(valid.groups), "device": str(resolve_device(rc.device))})
+        for name, v in (featurizer.meta.get("versions") or {}).items():
+            params[f"input_version.{name}"] = v
+        mlflow.log_params(params)
+        source = DeltaDatasetSource(path=ctx.lake.uri("gold.training_data"), delta_table_version=table_version)
+        ds = mlflow.data.from_pandas(parts["train"], source=source, targets="label",
+                                     name=f"gold.training_data@v{table_version}/{meta['training_run_date']}")
+        mlflow.log_input(ds, context="training")
+
+        def on_epoch(epoch: int, rec: dict[str, float]) -> None:
+            mlflow.log_metrics({k_: v for k_, v in rec.items() if k_ != "epoch"}, step=epoch)
+
+        t0 = time.perf_counter()
+        model, history = fit(featurizer, train, valid, rc, on_epoch=on_epoch)
+        train_seconds = time.perf_counter() - t0
+        best_epoch = max(history, key=lambda h: h.get(f"valid_ndcg_at_{k}", -h["train_loss"]))
+        summary_metrics = {"best_epoch": best_epoch["epoch"], "epochs_run": len(history),
+                           "train_seconds": train_seconds,
+                           f"best_valid_ndcg_at_{k}": best_epoch.get(f"valid_ndcg_at_{k}", float("nan"))}
+        if model.modality_weights():
+            summary_metrics.update(model.modality_weights())
+        mlflow.log_metrics(summary_metrics)
+        with tempfile.TemporaryDirectory() as td:
+            plot_learning_curves(history, Path(td) / "learning_curves.png", k)
+            vs = predict_lists(model, featurizer, valid, rc.score_batch_size) if len(valid) else np.zeros(0)
+            if len(valid):
+                plot_score_by_grade(vs, valid.grades, np.array([]), Path(td) / "score_by_grade.png")
+            pd.DataFrame(history).to_csv(Path(td) / "history.csv", index=False)
+            mlflow.log_artifacts(td, artifact_path="plots")
+        ex_rows = parts["valid"] if len(parts["valid"]) else parts["train"]
+        ex_rows = ex_rows.head(5)
+        example = featurizer.transform(ex_rows["query_norm"].tolist(), ex_rows["query_id"].tolist(),
+                                       ex_rows["product_id"].tolist())
+        version = log_and_register(ctx, model, featurizer, example, CHALLENGER, tags={
+            "run_date": str(ctx.run_date), "fusion": rc.fusion, "loss": rc.loss,
+            f"best_valid_ndcg_at_{k}": f"{summary_metrics[f'best_valid_ndcg_at_{k}']:.4f}",
+            "training_table_version": table_version})
+        mlflow.set_tag("registered_version", version)
+        run_id = mrun.info.run_id
+    print_table(f"train: {ctx.cfg.mlflow.model_name} v{version} ({rc.fusion}, {rc.loss})",
+                ["epoch", "train_loss", f"valid_ndcg@{k}", "seconds"],
+                [[h["epoch"], h["train_loss"], h.get(f"valid_ndcg_at_{k}", float("nan")), h["seconds"]] for h in history])
+    return {"model_name": ctx.cfg.mlflow.model_name, "version": version, "alias": CHALLENGER, "mlflow_run_id": run_id,
+            "train_pairs": len(train), "train_queries": len(train.groups), "valid_queries": len(valid.groups),
+            "epochs_run": len(history), "best_epoch": best_epoch["epoch"],
+            f"best_valid_ndcg_at_{k}": round(summary_metrics[f"best_valid_ndcg_at_{k}"], 4),
+            "training_table_version": table_version, "seconds_training": round(train_seconds, 1)}

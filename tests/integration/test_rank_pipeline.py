@@ -1,0 +1,141 @@
+"""build-training-data -> train -> evaluate/gate on a tiny synthetic catalog, with a real Delta lake
+(delta-rs) and a real MLflow sqlite store + registry in tmp.
+
+The synthetic world needs both modalities: queries are "<colour> <article>", titles name the article
+but only half of them the colour, image vectors carry colour and article (they live in the text
+space), and a quarter of the products have no image.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmpipeline.context import RunContext
+from mmpipeline.schemas import table
+
+D1 = dt.date(2026, 11, 1)
+COLOURS = ["red", "blue", "green", "black"]
+ARTICLES = ["shirt", "shoe", "bag"]
+DIM = 12
+
+
+def _full(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    for c, _ in table(name).columns:
+        if c not in df.columns:
+            df[c] = None
+    return df
+
+
+def build_world(lake, n_products: int = 96, seed: int = 0, run_date: dt.date = D1) -> None:
+    rng = np.random.default_rng(seed)
+    basis = np.eye(DIM, dtype=np.float32)[: len(COLOURS) + len(ARTICLES)]
+
+    def vec(colour, article, noise=0.15):
+        v = np.zeros(DIM, np.float32)
+        if colour:
+            v += basis[COLOURS.index(colour)]
+        v += basis[len(COLOURS) + ARTICLES.index(article)]
+        return (v + noise * rng.normal(size=DIM)).astype(np.float32)
+
+    prods, emb = [], []
+    for i in range(n_products):
+        c, a = COLOURS[i % 4], ARTICLES[(i // 4) % 3]
+        says_colour = (i // 12) % 2 == 0
+        title = f"brand{i % 5} {c + ' ' if says_colour else ''}{a} item{i}"
+        pid = f"p{i:03d}"
+        prods.append({"product_id": pid, "title": title, "colour": c, "article": a,
+                      "price": float(10 + i % 7), "popularity": float(i % 11)})
+        emb.append({"product_id": pid, "modality": "text", "model_name": "tiny-text",
+                    "vector": vec(c if says_colour else None, a).tolist()})
+        if i % 4 != 3:
+            emb.append({"product_id": pid, "modality": "image", "model_name": "tiny-image", "vector": vec(c, a).tolist()})
+    prod = pd.DataFrame(prods)
+    lake.write("silver.products", _full("silver.products", prod[["product_id", "title", "price", "popularity"]]
+                                        .assign(run_date=run_date, image_status="ok")), mode="overwrite")
+    now = pd.Timestamp(run_date, tz="UTC")
+    lake.write("gold.product_embeddings", _full("gold.product_embeddings", pd.DataFrame(emb).assign(
+        model_version="1", content_hash="h", dim=DIM, run_date=run_date, embedded_at=now)), mode="overwrite")
+    jrows, qemb = [], []
+    for c in COLOURS:
+        for a in ARTICLES:
+            for variant in ("", " item"):  # two phrasings per (colour, article): more queries per split
+                q = f"{c} {a}{variant}"
+                qid = f"q-{c}-{a}{variant.strip()}"
+                qemb.append({"query_id": qid, "modality": "text", "model_name": "tiny-text",
+                             "vector": vec(c, a, 0.05).tolist()})
+                for _, p in prod.iterrows():
+                    if p["article"] == a:
+                        jrows.append({"query_id": qid, "query_norm": q, "product_id": p["product_id"],
+                                      "grade": 3.0 if p["colour"] == c else 1.0})
+    lake.write("silver.judgments", _full("silver.judgments", pd.DataFrame(jrows).assign(run_date=run_date, source="test")),
+               mode="overwrite")
+    lake.write("gold.query_embeddings", _full("gold.query_embeddings", pd.DataFrame(qemb).assign(
+        model_version="1", content_hash="h", dim=DIM, run_date=run_date, embedded_at=now)), mode="overwrite")
+
+
+@pytest.fixture()
+def rank_cfg(make_config):
+    return make_config({
+        "rank.epochs": 6, "rank.hidden_dim": 16, "rank.batch_queries": 8, "rank.negatives_random": 4,
+        "rank.negatives_hard": 4, "rank.hard_pool_k": 10, "rank.candidates_k": 20, "rank.recall_k": 20,
+        "rank.patience": 3, "rank.lr": 0.01, "rank.split": {"train": 0.5, "valid": 0.25, "test": 0.25},
+        "rank.device": "cpu", "mlflow.model_name": "test-ranker",
+    })
+
+
+@pytest.mark.slow
+def test_build_train_evaluate_and_gate(rank_cfg):
+    import mlflow
+
+    from mmpipeline.rank import data, evaluate, train
+    from mmpipeline.rank.features import FEATURE_COLUMNS, PairFeaturizer
+    from mmpipeline.rank.registry import alias_version, load_ranker
+
+    ctx = RunContext.create(rank_cfg, D1)
+    build_world(ctx.lake)
+
+    s = data.run(ctx)
+    assert s["rows"] > 0 and s["test_queries"] > 0 and s["train_queries"] > 0
+    td = ctx.lake.read_pandas("gold.training_data")
+    assert td.groupby("query_id")["split"].nunique().max() == 1  # no query in two splits
+    assert set(td["source"]) >= {"judgment", "hard_negative", "random_negative"}
+    # idempotent re-run of the run date: same rows
+    data.run(ctx)
+    assert len(ctx.lake.read_pandas("gold.training_data")) == len(td)
+
+    t1 = train.run(ctx)
+    assert t1["alias"] == "challenger"
+    # the registered model: features from the featurizer in, one score per row out
+    fz = PairFeaturizer.from_lake(ctx.lake, rank_cfg)
+    feats = fz.transform(["red shirt", "red shirt"], ["q-red-shirt", "q-red-shirt"], ["p000", "p003"])
+    assert list(feats.columns) == FEATURE_COLUMNS
+    pyf = mlflow.pyfunc.load_model(f"models:/{rank_cfg.mlflow.model_name}@challenger")
+    assert np.isfinite(np.asarray(pyf.predict(feats))).all() and len(pyf.predict(feats)) == 2
+    ranker = load_ranker(rank_cfg, "challenger")
+    assert ranker.version == t1["version"] and ranker.run_id == t1["mlflow_run_id"]
+    np.testing.assert_allclose(ranker.predict(feats), np.asarray(pyf.predict(feats)), rtol=1e-5)
+    run = mlflow.get_run(t1["mlflow_run_id"])
+    assert run.inputs.dataset_inputs, "training table version logged as input dataset"
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(t1["mlflow_run_id"], "plots")}
+    assert {"plots/learning_curves.png", "plots/score_by_grade.png"} <= arts
+
+    # first model, no champion: promoted
+    e1 = evaluate.run(ctx)
+    assert e1["promoted"] and str(alias_version(rank_cfg, "champion").version) == t1["version"]
+    assert set(e1["ndcg_at_10"]) >= {"challenger", "bm25", "text_cosine", "image_cosine"}
+
+    # a worse model (untrained, random weights) is not promoted
+    from mmpipeline.rank.model import FusionConfig, FusionRanker
+
+    bad = FusionRanker(FusionConfig(dim=fz.dim, fusion="concat", hidden_dim=4))
+    with mlflow.start_run():
+        v_bad = train.log_and_register(ctx, bad, fz, feats, "challenger")
+    e2 = evaluate.run(ctx)
+    assert e2["challenger_version"] == v_bad and not e2["promoted"]
+    assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
+    dec = ctx.lake.read_pandas("ops.rank_decisions")
+    assert dec["promoted"].tolist().count(True) == 1 and len(dec) == 2
