@@ -189,11 +189,19 @@ class RankConfig(_Model):
 class ScoreConfig(_Model):
     head_queries: int = 1000
     query_list: str | None = None  # optional file with one query per line
-    candidates_k: int = 100
+    candidates_k: int = 100  # per retrieval source (text, image, bm25); the union is scored
+    candidate_sources: list[Literal["text", "image", "bm25"]] = Field(default_factory=lambda: ["text", "image", "bm25"])
     output_k: int = 50
     min_results_per_query: int = 10
     model_alias: str = "champion"
     ann: Literal["exact", "auto"] = "exact"
+    engine: Literal["local", "spark"] = "local"  # spark: mapInPandas, model loaded once per partition
+    batch_size: int = 8192  # (query, product) pairs per model call
+    query_batch_size: int = 256  # queries per candidate-generation block
+    spark_partitions: int = 8
+    # product_vectors: normalised weighted sum of the normalised per-modality vectors (same space)
+    fusion_weights: dict[str, float] = Field(default_factory=lambda: {"text": 0.5, "image": 0.5})
+    recall_min_grade: float | None = None  # judged relevant for candidate recall; None: above the lowest grade
 
 
 class Config(_Model):

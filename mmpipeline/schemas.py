@@ -228,6 +228,41 @@ register(TableSpec("ops.rank_decisions", [
 
 
 # ---- score stage tables (owned by mmpipeline.score) ----
+_RANKING_COLUMNS = [
+    ("run_date", "date"), ("query_id", "string"), ("query", "string"), ("rank", "int"),
+    ("product_id", "string"), ("score", "double"), ("model_name", "string"), ("model_version", "string"),
+    ("candidate_source", "string"),  # retrieval sources that proposed the product, e.g. "bm25+text"
+]
+register(TableSpec("gold.search_ranking", _RANKING_COLUMNS, keys=["run_date", "query_id", "rank"],
+                   partition_by=["run_date"],
+                   description="per run date and query: the champion's ranked products (top score.output_k)"))
+
+register(TableSpec("gold.product_vectors", [
+    ("run_date", "date"), ("product_id", "string"), ("modalities", "string"),  # text | image | text+image
+    ("fusion", "string"),  # how the vector was fused, e.g. "wsum(text=0.5,image=0.5)"
+    ("text_model", "string"), ("image_model", "string"), ("dim", "int"), ("vector", "array<float>"),
+], keys=["run_date", "product_id"], partition_by=["run_date"],
+    description="one fused, L2-normalised vector per product for the online ANN index"))
+
+register(TableSpec("gold.search_index", _RANKING_COLUMNS, keys=["query_id", "rank"],
+                   description="the served feed: the currently published ranking (each publish = one Delta "
+                               "version; rollback restores an earlier one)"))
+
+register(TableSpec("ops.score_runs", [
+    ("run_date", "date"), ("model_name", "string"), ("model_version", "string"), ("model_run_id", "string"),
+    ("engine", "string"), ("queries", "long"), ("candidate_pairs", "long"), ("rows_written", "long"),
+    ("products_vectors", "long"), ("non_finite_scores", "long"), ("candidate_recall", "string"),
+    ("stage_seconds", "string"), ("pairs_per_second", "double"), ("ranking_version", "long"),
+    ("scored_at", "timestamp"),
+], keys=["run_date"], description="one row per scored run date (latest attempt): sizes, recall, timings"))
+
+register(TableSpec("ops.index_versions", [
+    ("event_at", "timestamp"), ("action", "string"),  # publish | reject | rollback
+    ("run_date", "date"), ("status", "string"),  # current | rejected
+    ("index_version", "long"),  # Delta version of gold.search_index this event made current
+    ("ranking_version", "long"), ("vectors_version", "long"), ("model_name", "string"),
+    ("model_version", "string"), ("queries", "long"), ("rows", "long"), ("detail", "string"),
+], description="append-only log of publish / reject / rollback events; the latest publish or rollback is current"))
 
 # ------------------------------------------------------------------------------------ type helpers
 

@@ -1,0 +1,10 @@
+"""Nightly batch scoring and search-index publishing.
+
+* :mod:`mmpipeline.score.queries`    the query set: head queries by frequency + an explicit list;
+* :mod:`mmpipeline.score.candidates` whole-catalog candidates: dense (text, image) top K union BM25 top K;
+* :mod:`mmpipeline.score.scoring`    the champion model over the candidate pairs (local batches or Spark);
+* :mod:`mmpipeline.score.vectors`    one fused vector per product for an online ANN index;
+* :mod:`mmpipeline.score.checks`     Great Expectations checks of a ranking before it is published;
+* :mod:`mmpipeline.score.job`        ``run(ctx)``: the score stage (writes gold.search_ranking, gold.product_vectors);
+* :mod:`mmpipeline.score.publish`    ``run(ctx)``: validate then mark current; ``search``, ``index_status``, ``rollback``.
+"""

@@ -1,0 +1,298 @@
+"""The score stage: query set -> whole-catalog candidates -> champion scores -> gold tables.
+
+``run(ctx)`` reads silver.products / queries / judgments / interactions and gold.*_embeddings,
+and writes, for ``ctx.run_date``:
+
+* ``gold.search_ranking``: top ``score.output_k`` products per query with score, rank, model name and
+  version and the retrieval sources that proposed each product;
+* ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`);
+* ``ops.score_runs``: sizes, candidate recall@K against the judgments, stage timings.
+
+Both gold tables are overwritten by run-date partition in one commit each, so re-running a date
+gives the same rows and never duplicates. Publishing is a separate stage (``publish``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmpipeline.config import Config
+from mmpipeline.context import RunContext, StageError
+from mmpipeline.score.candidates import CandidateGenerator, Vectors, candidate_recall, product_text
+from mmpipeline.score.queries import build_query_set, read_query_list
+from mmpipeline.score.scoring import load_ranker, rank_top, resolve_version, score_pairs, score_spark, make_featurizer
+from mmpipeline.score.vectors import fuse_product_vectors
+
+log = logging.getLogger(__name__)
+
+RANKING = "gold.search_ranking"
+VECTORS = "gold.product_vectors"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _read(lake, name: str, columns: list[str] | None = None, filters=None) -> pd.DataFrame | None:
+    if not lake.exists(name):
+        return None
+    return lake.read_pandas(name, columns=columns, filters=filters)
+
+
+def _pick_model(models: pd.DataFrame, preferred: str | None) -> str | None:
+    """The embedding model to use for a modality: the configured one when present, else the one
+    with the most vectors (latest on ties)."""
+    if not len(models):
+        return None
+    names = list(models["model_name"])
+    if preferred:
+        for n in names:
+            if n == preferred:
+                return n
+        for n in names:
+            if preferred.lower() in str(n).lower():
+                return n
+    best = models.sort_values(["n", "last"], ascending=[False, False]).iloc[0]
+    return str(best["model_name"])
+
+
+def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | None = None,
+                 model_name: str | None = None) -> Vectors:
+    """Vectors of one modality and one model from a gold embeddings table (sorted by id)."""
+    if not lake.exists(table):
+        return Vectors.empty()
+    filt = [("modality", "=", modality)]
+    if model_name is None:
+        meta = lake.read_arrow(table, columns=["model_name", "embedded_at"], filters=filt).to_pandas()
+        models = meta.groupby("model_name").agg(n=("model_name", "size"), last=("embedded_at", "max")).reset_index()
+        model_name = _pick_model(models, preferred)
+        if model_name is None:
+            return Vectors.empty()
+        if len(models) > 1:
+            log.info("%s %s: models %s; using %s", table, modality, list(models["model_name"]), model_name)
+    t = lake.read_arrow(table, columns=[id_col, "vector"], filters=filt + [("model_name", "=", model_name)])
+    t = t.filter(pc.invert(pc.is_null(t.column("vector"))))
+    if not t.num_rows:
+        return Vectors(np.array([], dtype=object), np.zeros((0, 0), np.float32), model_name)
+    t = t.sort_by(id_col)
+    vec = t.column("vector").combine_chunks()
+    lengths = pc.list_value_length(vec).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) != 1:
+        raise StageError(f"{table}: {modality} vectors of model {model_name} have mixed dimensions {sorted(set(lengths.tolist()))}")
+    mat = pc.list_flatten(vec).to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, int(lengths[0]))
+    ids = np.asarray(t.column(id_col).to_pylist(), dtype=object)
+    return Vectors(ids, mat, model_name)
+
+
+@dataclass
+class ScoreInputs:
+    products: pd.DataFrame
+    queries: pd.DataFrame | None
+    judgments: pd.DataFrame | None
+    interactions: pd.DataFrame | None
+    text: Vectors
+    image: Vectors
+    query_text: Vectors
+
+
+def load_inputs(lake, cfg: Config) -> ScoreInputs:
+    products = _read(lake, "silver.products")
+    if products is None or not len(products):
+        raise StageError("silver.products is missing or empty: run ingest and clean first")
+    keep = [c for c in ("product_id", "title", "brand", "category_path", "description") if c in products.columns]
+    products = products[keep].drop_duplicates("product_id").sort_values("product_id", kind="stable").reset_index(drop=True)
+    queries = _read(lake, "silver.queries", ["query_id", "query_norm", "frequency"])
+    judgments = _read(lake, "silver.judgments", ["query_id", "query_norm", "product_id", "grade"])
+    interactions = _read(lake, "silver.interactions", ["query_id", "query_norm", "session_id"])
+    text = load_vectors(lake, "gold.product_embeddings", "product_id", "text", cfg.embed.text_model.name)
+    image = load_vectors(lake, "gold.product_embeddings", "product_id", "image", cfg.embed.image_model.name)
+    qtext = load_vectors(lake, "gold.query_embeddings", "query_id", "text", cfg.embed.text_model.name,
+                         model_name=text.model_name if len(text) else None)
+    log.info("inputs: %d products, %s queries, %s judgments, %s interactions; vectors: text %d (%s), "
+             "image %d (%s), query %d", len(products), _n(queries), _n(judgments), _n(interactions),
+             len(text), text.model_name, len(image), image.model_name, len(qtext))
+    return ScoreInputs(products, queries, judgments, interactions, text, image, qtext)
+
+
+def _n(df: pd.DataFrame | None) -> int | str:
+    return "no" if df is None else len(df)
+
+
+def encode_missing_queries(cfg: Config, query_set: pd.DataFrame, qvec: Vectors) -> Vectors:
+    """Encode queries of the set that have no stored vector (e.g. from the explicit list) with the
+    embed stage's text encoder when it is available; otherwise they get BM25 candidates only."""
+    missing = query_set[~query_set["query_id"].isin(qvec.pos)]
+    if not len(missing) or not len(qvec):
+        return qvec
+    try:
+        from mmpipeline.embed.encoders import encode_texts  # type: ignore
+    except ImportError:
+        return qvec
+    try:
+        mat = np.asarray(encode_texts(cfg, list(missing["query"])), dtype=np.float32)
+    except Exception as e:  # a missing vector must not fail the nightly run: BM25 still serves it
+        log.warning("could not encode %d queries without stored vectors: %s", len(missing), e)
+        return qvec
+    if mat.ndim != 2 or mat.shape[1] != qvec.dim:
+        return qvec
+    log.info("encoded %d queries without stored vectors", len(missing))
+    return Vectors(np.concatenate([qvec.ids, missing["query_id"].to_numpy(object)]),
+                   np.vstack([qvec.matrix, mat]), qvec.model_name)
+
+
+# --------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class ScoreResult:
+    query_set: pd.DataFrame
+    candidates: pd.DataFrame
+    ranking: Any  # pandas (local) or Spark DataFrame (spark engine)
+    vectors: pd.DataFrame
+    recall: dict[str, Any]
+    model_name: str
+    model_version: str
+    model_run_id: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None = None, spark=None,
+            progress: bool = True) -> ScoreResult:
+    """Everything the stage computes, without writing (the benchmark times this too)."""
+    sc = cfg.score
+    engine = engine or sc.engine
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # resolve the model first: no point generating candidates when there is no champion
+    name, version, run_id = resolve_version(cfg, alias)
+    inputs = load_inputs(lake, cfg)
+    explicit = read_query_list(sc.query_list) if sc.query_list else None
+    qset = build_query_set(sc.head_queries, inputs.queries, inputs.judgments, inputs.interactions, explicit)
+    if not len(qset):
+        raise StageError("empty query set: no queries in silver.queries / judgments / interactions and no score.query_list")
+    qvec = encode_missing_queries(cfg, qset, inputs.query_text)
+    timings["load_inputs"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gen = CandidateGenerator(inputs.products["product_id"].to_numpy(object), product_text(inputs.products),
+                             inputs.text, inputs.image, k=sc.candidates_k, sources=list(sc.candidate_sources),
+                             query_batch_size=sc.query_batch_size)
+    cands = gen.generate(qset, qvec, progress=progress)
+    timings.update({f"candidates_{k}": v for k, v in gen.timings.items()})
+    timings["candidates"] = time.perf_counter() - t0
+    recall = candidate_recall(cands, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
+    log.info("candidate recall@%d vs judgments: %s", sc.candidates_k, recall)
+
+    t0 = time.perf_counter()
+    if engine == "spark":
+        spark = spark or lake.spark
+        if spark is None:
+            from mmpipeline.spark import get_spark
+
+            spark = get_spark(cfg)
+        ranked = score_spark(spark, cands, cfg, alias, version, sc.output_k)
+        ranked = ranked.withColumns({"run_date": _lit_date(run_date), "model_name": _lit(name),
+                                     "model_version": _lit(version)})
+        ranked = ranked.cache()
+        n = ranked.count()  # materialise here so the timing covers scoring
+        log.info("scored on spark: %d ranked rows", n)
+    else:
+        ranker = load_ranker(cfg, alias, expect_version=version)
+        featurize = make_featurizer(cfg, lake)
+        scored = score_pairs(cands, featurize, ranker, sc.batch_size, progress=progress, timings=timings)
+        ranked = rank_top(scored, sc.output_k)
+        ranked.insert(0, "run_date", run_date)
+        ranked["model_name"], ranked["model_version"] = name, version
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    vectors = fuse_product_vectors(inputs.products["product_id"].to_numpy(object), inputs.text, inputs.image,
+                                   sc.fusion_weights)
+    vectors.insert(0, "run_date", run_date)
+    timings["product_vectors"] = time.perf_counter() - t0
+    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings)
+
+
+def _lit(v):
+    from pyspark.sql import functions as F
+
+    return F.lit(v)
+
+
+def _lit_date(d: dt.date):
+    from pyspark.sql import functions as F
+
+    return F.lit(d).cast("date")
+
+
+def _ranking_stats(ranked) -> tuple[int, int]:
+    """(rows, non-finite scores) of a pandas or Spark ranking."""
+    if isinstance(ranked, pd.DataFrame):
+        return len(ranked), int((~np.isfinite(ranked["score"].to_numpy(np.float64))).sum())
+    from pyspark.sql import functions as F
+
+    bad = F.isnan("score") | F.col("score").isNull() | (F.abs("score") == float("inf"))
+    row = ranked.agg(F.count(F.lit(1)).alias("n"), F.sum(bad.cast("long")).alias("bad")).collect()[0]
+    return int(row["n"]), int(row["bad"] or 0)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg, sc = ctx.cfg, ctx.cfg.score
+    alias = ctx.model_alias or sc.model_alias
+    engine = str(ctx.options.get("engine", sc.engine))
+    t_start = time.perf_counter()
+    lake = ctx.spark_lake() if engine == "spark" else ctx.lake
+    res = compute(cfg, lake, ctx.run_date, alias, engine=engine)
+    rows, non_finite = _ranking_stats(res.ranking)
+    if non_finite:
+        log.warning("score: %d of %d ranked rows have non-finite scores (publish will refuse this run)",
+                    non_finite, rows)
+
+    t0 = time.perf_counter()
+    part = {"run_date": ctx.run_date}
+    meta = {"stage": "score", "model": f"{res.model_name}/{res.model_version}"}
+    ranking_version = lake.write(RANKING, res.ranking, mode="overwrite", partition=part, metadata=meta)
+    vectors_version = ctx.lake.write(VECTORS, res.vectors, mode="overwrite", partition=part, metadata=meta)
+    if not isinstance(res.ranking, pd.DataFrame):
+        res.ranking.unpersist()
+    res.timings["write"] = time.perf_counter() - t0
+    res.timings["total"] = time.perf_counter() - t_start
+    n_pairs = len(res.candidates)
+    scoring_s = res.timings.get("score", 0.0)
+    pps = n_pairs / scoring_s if scoring_s > 0 else None
+    ctx.lake.merge("ops.score_runs", pd.DataFrame([{
+        "run_date": ctx.run_date, "model_name": res.model_name, "model_version": res.model_version,
+        "model_run_id": res.model_run_id, "engine": engine, "queries": len(res.query_set),
+        "candidate_pairs": n_pairs, "rows_written": rows, "products_vectors": len(res.vectors),
+        "non_finite_scores": non_finite, "candidate_recall": json.dumps(res.recall),
+        "stage_seconds": json.dumps({k: round(v, 3) for k, v in res.timings.items()}),
+        "pairs_per_second": pps, "ranking_version": ranking_version,
+        "scored_at": dt.datetime.now(dt.timezone.utc),
+    }]))
+    from mmpipeline.ops import print_table
+
+    print_table(f"score: {ctx.run_date} with {res.model_name} v{res.model_version} ({engine})",
+                ["step", "value"],
+                [["queries", len(res.query_set)], ["candidate pairs", n_pairs],
+                 ["pairs / query", round(n_pairs / max(len(res.query_set), 1), 1)],
+                 [f"candidate recall@{sc.candidates_k} (union)", res.recall.get("recall_at_k_union", "n/a")],
+                 *[[f"  recall@{sc.candidates_k} {m} only", res.recall.get(f"recall_at_k_{m}", "n/a")]
+                   for m in ("text", "image", "bm25")],
+                 [f"{RANKING} rows (top {sc.output_k})", rows], ["non-finite scores", non_finite],
+                 [f"{VECTORS} rows", len(res.vectors)],
+                 ["pairs scored / s", round(pps, 1) if pps else "n/a"],
+                 *[[f"seconds: {k}", round(v, 2)] for k, v in res.timings.items()]])
+    return {"queries": len(res.query_set), "candidate_pairs": n_pairs, "ranking_rows": rows,
+            "non_finite_scores": non_finite, "product_vectors": len(res.vectors),
+            "model": f"{res.model_name}/{res.model_version}", "candidate_recall": res.recall,
+            "pairs_per_second": round(pps, 1) if pps else None, "ranking_version": ranking_version,
+            "vectors_version": vectors_version, "seconds_by_step": {k: round(v, 2) for k, v in res.timings.items()}}

@@ -1,0 +1,223 @@
+"""Scoring candidate pairs with the registered champion, in batches, locally or with Spark.
+
+The model is the MLflow registered model ``cfg.mlflow.model_name`` under ``cfg.score.model_alias``
+(default ``champion``). Its version is resolved once on the driver and pinned: every output row
+carries that version, and Spark workers load exactly that version (once per partition) and refuse
+to score if the alias moved to another version mid-run.
+
+Model input comes from the ranker's featuriser (``mmpipeline.rank.features.PairFeaturizer``:
+``from_lake(lake, cfg).transform(queries, query_ids, product_ids)``). When the rank package is not
+installed, :class:`RetrievalFeaturizer` feeds the candidate retrieval scores instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from mmpipeline.config import Config
+from mmpipeline.context import StageError
+
+log = logging.getLogger(__name__)
+
+SCORED_COLUMNS = ["query_id", "query", "product_id", "candidate_source", "score"]
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+@dataclass
+class Ranker:
+    """A loaded ranking model pinned to one registered version."""
+
+    name: str
+    version: str
+    run_id: str | None
+    model: Any  # has .predict(pandas.DataFrame) -> array-like
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        out = self.model.predict(features)
+        if isinstance(out, pd.DataFrame):
+            out = out.iloc[:, 0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def _mlflow_setup(cfg: Config):
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    if cfg.mlflow.registry_uri:
+        mlflow.set_registry_uri(cfg.mlflow.registry_uri)
+    return mlflow
+
+
+def resolve_version(cfg: Config, alias: str) -> tuple[str, str, str | None]:
+    """(model name, version, run id) currently behind ``alias``; StageError when there is none."""
+    mlflow = _mlflow_setup(cfg)
+    name = cfg.mlflow.model_name
+    try:
+        mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception as e:  # RestException: no such model / alias
+        raise StageError(f"no model registered as {name}@{alias} in {cfg.mlflow.tracking_uri} "
+                         f"(train and evaluate a ranker first): {str(e).splitlines()[0][:200]}") from None
+    return name, str(mv.version), mv.run_id
+
+
+def load_ranker(cfg: Config, alias: str, expect_version: str | None = None) -> Ranker:
+    """Load the model behind ``alias`` (through the rank package's registry helper when present)."""
+    try:
+        from mmpipeline.rank.registry import load_ranker as _rank_load  # type: ignore
+    except ImportError:
+        _rank_load = None
+    if _rank_load is not None:
+        try:
+            obj = _rank_load(cfg, alias)
+        except StageError:
+            raise
+        except Exception as e:
+            raise StageError(f"could not load {cfg.mlflow.model_name}@{alias}: {type(e).__name__}: {e}") from e
+        ranker = Ranker(str(obj.name), str(obj.version), getattr(obj, "run_id", None), obj)
+    else:
+        name, version, run_id = resolve_version(cfg, alias)
+        if expect_version is not None:
+            version = expect_version
+        mlflow = _mlflow_setup(cfg)
+        try:
+            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        except Exception as e:
+            raise StageError(f"could not load models:/{name}/{version}: {type(e).__name__}: {e}") from e
+        ranker = Ranker(name, version, run_id, model)
+    if expect_version is not None and ranker.version != str(expect_version):
+        raise StageError(f"{cfg.mlflow.model_name}@{alias} moved from version {expect_version} to "
+                         f"{ranker.version} during the run; re-run the score stage")
+    return ranker
+
+
+# ------------------------------------------------------------------------------------- featurisers
+
+
+class RetrievalFeaturizer:
+    """Fallback model input: the candidate retrieval scores (text_sim, image_sim, bm25)."""
+
+    columns = ["text_sim", "image_sim", "bm25"]
+
+    def __call__(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        return pairs[self.columns].astype("float64").reset_index(drop=True)
+
+
+class RankFeaturizer:
+    """Adapter over ``mmpipeline.rank.features.PairFeaturizer``."""
+
+    def __init__(self, featurizer: Any):
+        self.featurizer = featurizer
+
+    def __call__(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        return self.featurizer.transform(list(pairs["query"]), list(pairs["query_id"]), list(pairs["product_id"]))
+
+
+def make_featurizer(cfg: Config, lake=None) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    try:
+        from mmpipeline.rank.features import PairFeaturizer  # type: ignore
+    except ImportError:
+        log.warning("scoring: mmpipeline.rank.features not available; model input = retrieval scores")
+        return RetrievalFeaturizer()
+    if lake is None:
+        from mmpipeline.lake import Lake
+
+        lake = Lake.from_config(cfg)
+    return RankFeaturizer(PairFeaturizer.from_lake(lake, cfg))
+
+
+# ------------------------------------------------------------------------------------------ local
+
+
+def score_pairs(pairs: pd.DataFrame, featurize: Callable[[pd.DataFrame], pd.DataFrame], ranker: Ranker,
+                batch_size: int, progress: bool = True, timings: dict[str, float] | None = None) -> pd.DataFrame:
+    """Score ``pairs`` (candidate rows) in batches of ``batch_size``; adds a ``score`` column."""
+    from tqdm.auto import tqdm
+
+    timings = timings if timings is not None else {}
+    scores = np.empty(len(pairs), dtype=np.float64)
+    bs = max(1, int(batch_size))
+    t_feat = t_pred = 0.0
+    with tqdm(total=len(pairs), desc="scoring", unit="pair", disable=not progress or len(pairs) <= bs) as bar:
+        for s in range(0, len(pairs), bs):
+            chunk = pairs.iloc[s:s + bs]
+            t0 = time.perf_counter()
+            x = featurize(chunk)
+            t1 = time.perf_counter()
+            y = ranker.predict(x)
+            t_pred += time.perf_counter() - t1
+            t_feat += t1 - t0
+            if len(y) != len(chunk):
+                raise StageError(f"model {ranker.name} v{ranker.version} returned {len(y)} scores for {len(chunk)} pairs")
+            scores[s:s + len(chunk)] = y
+            bar.update(len(chunk))
+    timings["featurize"] = timings.get("featurize", 0.0) + t_feat
+    timings["predict"] = timings.get("predict", 0.0) + t_pred
+    out = pairs[["query_id", "query", "product_id", "candidate_source"]].copy()
+    out["score"] = scores
+    return out
+
+
+def rank_top(scored: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Top ``k`` per query, ranks 1..n dense; ties (and non-finite scores, ranked last) by product id."""
+    if not len(scored):
+        return scored.assign(rank=pd.Series(dtype="int32"))
+    s = scored.assign(_bad=~np.isfinite(scored["score"].to_numpy(np.float64)))
+    s = s.sort_values(["query_id", "_bad", "score", "product_id"], ascending=[True, True, False, True],
+                      kind="stable")
+    s["rank"] = s.groupby("query_id", sort=False).cumcount().astype("int32") + 1
+    return s[s["rank"] <= k].drop(columns="_bad").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ spark
+
+
+def score_spark(spark, pairs: pd.DataFrame, cfg: Config, alias: str, version: str, k: int,
+                partitions: int | None = None):
+    """Score and rank on Spark: ``mapInPandas`` loads the featuriser and the pinned model once per
+    partition; a window ranks per query. Returns a Spark DataFrame (query_id, query, product_id,
+    candidate_source, score, rank)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    cfg_json = cfg.model_dump_json()
+    batch_size = cfg.score.batch_size
+    schema_in = T.StructType([
+        T.StructField("query_id", T.StringType()), T.StructField("query", T.StringType()),
+        T.StructField("product_id", T.StringType()), T.StructField("candidate_source", T.StringType()),
+        T.StructField("text_sim", T.DoubleType()), T.StructField("image_sim", T.DoubleType()),
+        T.StructField("bm25", T.DoubleType()),
+    ])
+    schema_out = T.StructType([f for f in schema_in.fields if f.name in SCORED_COLUMNS[:4]]
+                              + [T.StructField("score", T.DoubleType())])
+    pdf = pairs[[f.name for f in schema_in.fields]].copy()
+    for c in ("text_sim", "image_sim", "bm25"):
+        pdf[c] = pdf[c].astype("float64")
+    sdf = spark.createDataFrame(pdf, schema=schema_in)
+    sdf = sdf.repartition(partitions or cfg.score.spark_partitions, "query_id")
+
+    def _score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from mmpipeline.config import Config as _Config
+
+        c = _Config.model_validate_json(cfg_json)
+        featurize = ranker = None
+        for batch in batches:
+            if not len(batch):
+                continue
+            if ranker is None:  # once per partition, only when it has rows
+                ranker = load_ranker(c, alias, expect_version=version)
+                featurize = make_featurizer(c)
+            yield score_pairs(batch, featurize, ranker, batch_size, progress=False)[SCORED_COLUMNS]
+
+    scored = sdf.mapInPandas(_score_partition, schema=schema_out)
+    bad = F.isnan(F.col("score")) | F.col("score").isNull() | (F.abs(F.col("score")) == float("inf"))
+    w = Window.partitionBy("query_id").orderBy(bad.asc(), F.col("score").desc(), F.col("product_id").asc())
+    return scored.withColumn("rank", F.row_number().over(w).cast("int")).where(F.col("rank") <= k)

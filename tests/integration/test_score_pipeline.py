@@ -1,0 +1,235 @@
+"""Score -> publish -> rollback on real Spark/Delta/MLflow/Great Expectations with a tiny catalog.
+
+Tiny pyfunc rankers are registered in a tmp sqlite MLflow store: one that scores sensibly (sum of
+the numeric model inputs) and one that outputs NaN. Silver and gold tables are written through the
+lake with their registered schemas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmpipeline.context import RunContext, StageError
+from mmpipeline.schemas import table
+
+D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
+COLOURS = ["red", "blue", "green", "black", "white"]
+ARTICLES = ["shirt", "shoe", "bag", "watch"]
+DIM = 8
+
+
+def _full(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Add the registered columns a test frame does not set (as nulls)."""
+    for c, _ in table(name).columns:
+        if c not in df.columns:
+            df[c] = None
+    return df
+
+
+def _qid(q: str) -> str:
+    from mmpipeline.score.queries import normalize_query, query_id_for
+
+    return query_id_for(normalize_query(q))
+
+
+def build_lake(lake, n_products: int = 80, seed: int = 0) -> None:
+    """Products with colour/article titles, judgments for colour+article queries, embeddings
+    whose text and image vectors point towards the product's (colour, article) direction."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    basis = rng.normal(size=(len(COLOURS) + len(ARTICLES), DIM)).astype(np.float32)
+    for i in range(n_products):
+        c, a = COLOURS[i % len(COLOURS)], ARTICLES[(i // len(COLOURS)) % len(ARTICLES)]
+        rows.append({"product_id": f"p{i:03d}", "title": f"{c} {a} model {i}", "colour": c, "article": a})
+    prod = pd.DataFrame(rows)
+    silver = _full("silver.products", prod[["product_id", "title"]].copy().assign(run_date=D1, image_status="ok"))
+    lake.write("silver.products", silver, mode="overwrite")
+    queries = sorted({f"{c} {a}" for c in COLOURS for a in ARTICLES})
+    qdf = pd.DataFrame({"query": queries})
+    qdf["query_norm"] = qdf["query"]
+    qdf["query_id"] = [_qid(q) for q in queries]
+    qdf["frequency"] = np.arange(len(qdf), 0, -1)
+    lake.write("silver.queries", _full("silver.queries", qdf.assign(run_date=D1)), mode="overwrite")
+    jrows = []
+    for q, qid in zip(qdf["query"], qdf["query_id"]):
+        c, a = q.split()
+        for _, p in prod.iterrows():
+            if p["colour"] == c or p["article"] == a:
+                jrows.append({"query_id": qid, "query_norm": q, "product_id": p["product_id"],
+                              "grade": 3.0 if (p["colour"] == c and p["article"] == a) else 1.0})
+    lake.write("silver.judgments", _full("silver.judgments", pd.DataFrame(jrows).assign(run_date=D1, source="test")),
+               mode="overwrite")
+
+    def vec(c, a):
+        v = basis[COLOURS.index(c)] + basis[len(COLOURS) + ARTICLES.index(a)]
+        return (v + 0.1 * rng.normal(size=DIM)).astype(np.float32)
+
+    now = pd.Timestamp("2026-11-01", tz="UTC")
+    emb = []
+    for _, p in prod.iterrows():
+        emb.append({"product_id": p["product_id"], "modality": "text", "model_name": "tiny-text",
+                    "vector": vec(p["colour"], p["article"]).tolist()})
+        if int(p["product_id"][1:]) % 4:  # every 4th product has no image
+            emb.append({"product_id": p["product_id"], "modality": "image", "model_name": "tiny-image",
+                        "vector": vec(p["colour"], p["article"]).tolist()})
+    pe = pd.DataFrame(emb).assign(model_version="1", content_hash="h", dim=DIM, run_date=D1, embedded_at=now)
+    lake.write("gold.product_embeddings", pe, mode="overwrite")
+    qe = pd.DataFrame([{"query_id": qid, "modality": "text", "model_name": "tiny-text",
+                        "vector": vec(*q.split()).tolist()} for q, qid in zip(qdf["query"], qdf["query_id"])])
+    qe = qe.assign(model_version="1", content_hash="h", dim=DIM, run_date=D1, embedded_at=now)
+    lake.write("gold.query_embeddings", qe, mode="overwrite")
+
+
+def register_models(cfg) -> dict[str, str]:
+    """Register a sensible and a NaN-emitting pyfunc model; returns {kind: version}."""
+    import cloudpickle
+    import mlflow
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Spark workers cannot import tests/
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_experiment(experiment_name="score-tests")
+    versions = {}
+    for kind, model in (("good", SumModel()), ("nan", NanModel())):
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(name="model", python_model=model,
+                                           registered_model_name=cfg.mlflow.model_name)
+        versions[kind] = str(info.registered_model_version)
+    return versions
+
+
+def set_alias(cfg, version: str, alias: str = "champion") -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.MlflowClient().set_registered_model_alias(cfg.mlflow.model_name, alias, version)
+
+
+try:
+    import mlflow.pyfunc as _pyfunc
+
+    class SumModel(_pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            x = model_input.select_dtypes("number").fillna(0.0)
+            return x.sum(axis=1).to_numpy(np.float64)
+
+    class NanModel(_pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return np.full(len(model_input), np.nan)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture()
+def scored_env(make_config, tmp_path):
+    cfg = make_config({"score.head_queries": 12, "score.candidates_k": 15, "score.output_k": 12,
+                       "score.min_results_per_query": 10, "score.batch_size": 100,
+                       "embed.text_model.name": "tiny-text", "embed.image_model.name": "tiny-image",
+                       "mlflow.model_name": "test-ranker"})
+    ctx = RunContext.create(cfg, D1)
+    build_lake(ctx.lake)
+    versions = register_models(cfg)
+    return cfg, versions
+
+
+def _ctx(cfg, d, **kw):
+    return RunContext.create(cfg, d, **kw)
+
+
+@pytest.mark.slow
+def test_score_publish_nan_rejected_and_rollback(scored_env, capsys):
+    from mmpipeline.score import job, publish
+
+    cfg, versions = scored_env
+    set_alias(cfg, versions["good"])
+
+    s1 = job.run(_ctx(cfg, D1))
+    assert s1["queries"] == 12 and s1["non_finite_scores"] == 0
+    assert s1["candidate_recall"]["recall_at_k_union"] > 0.5
+    lake = _ctx(cfg, D1).lake
+    r1 = lake.read_pandas("gold.search_ranking")
+    assert set(r1["model_version"]) == {versions["good"]}
+    assert r1.groupby("query_id")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
+    assert (r1.groupby("query_id").size() == 12).all()
+    pv = lake.read_pandas("gold.product_vectors")
+    assert len(pv) == 80 and set(pv["modalities"]) == {"text", "text+image"}
+    assert np.allclose([np.linalg.norm(v) for v in pv["vector"]], 1.0, atol=1e-5)
+
+    # idempotent re-run: same rows, no duplicates
+    job.run(_ctx(cfg, D1))
+    r1b = lake.read_pandas("gold.search_ranking")
+    key = ["query_id", "rank"]
+    pd.testing.assert_frame_equal(r1.sort_values(key).reset_index(drop=True), r1b.sort_values(key).reset_index(drop=True))
+    assert len(lake.read_pandas("gold.product_vectors")) == 80
+
+    p1 = publish.run(_ctx(cfg, D1))
+    assert p1["published"] and p1["rows"] == len(r1)
+    assert publish.run(_ctx(cfg, D1)).get("already_current")  # publishing again is a no-op
+
+    job.run(_ctx(cfg, D2))
+    p2 = publish.run(_ctx(cfg, D2))
+    assert p2["index_version"] > p1["index_version"]
+
+    # a NaN-emitting champion: scoring writes the run, publishing refuses, D2 stays current
+    set_alias(cfg, versions["nan"])
+    s3 = job.run(_ctx(cfg, D3))
+    assert s3["non_finite_scores"] == s3["ranking_rows"] > 0
+    with pytest.raises(StageError, match="publish refused"):
+        publish.run(_ctx(cfg, D3))
+    cur = publish.current_event(lake)
+    assert pd.Timestamp(cur["run_date"]).date() == D2
+    served = lake.read_pandas("gold.search_index")
+    assert set(pd.to_datetime(served["run_date"]).dt.date) == {D2} and np.isfinite(served["score"]).all()
+    val = lake.read_pandas("ops.validation")
+    d3 = val[pd.to_datetime(val["run_date"]).dt.date == D3].set_index("check_name")
+    assert not d3.loc["scores_finite", "success"] and d3.loc["ranks_dense_unique", "success"]
+
+    # rollback (default: the run before the current one), then forward again by run date
+    rb = publish.rollback(cfg)
+    assert rb["run_date"] == str(D1)
+    served = lake.read_pandas("gold.search_index")
+    assert set(pd.to_datetime(served["run_date"]).dt.date) == {D1}
+    assert len(served) == p1["rows"]
+    publish.rollback(cfg, run_date=D2)
+    assert set(pd.to_datetime(lake.read_pandas("gold.search_index")["run_date"]).dt.date) == {D2}
+    with pytest.raises(StageError, match="never published"):
+        publish.rollback(cfg, run_date=D3)
+    publish.rollback(cfg, version=p1["index_version"])
+    assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
+
+    status = publish.index_status(cfg)
+    assert status["current"]["run_date"] == str(D1)
+    assert [p["run_date"] for p in status["published"]] == [str(D2), str(D1)]
+
+    capsys.readouterr()
+    res = publish.search(cfg, "Blue  Shirt", k=10)
+    out = capsys.readouterr().out
+    assert len(res["results"]) == 10 and "closest" not in out and f"v{versions['good']}" in out
+    top = res["results"][0]["title"]
+    assert "blue" in top and "shirt" in top
+
+
+@pytest.mark.slow
+def test_score_spark_engine_matches_local(scored_env, spark):
+    from mmpipeline.score import job
+
+    cfg, versions = scored_env
+    set_alias(cfg, versions["good"])
+    local = job.run(_ctx(cfg, D1))
+    lake = _ctx(cfg, D1).lake
+    r_local = lake.read_pandas("gold.search_ranking")
+    ctx = _ctx(cfg, D1, options={"engine": "spark"})
+    ctx.__dict__["spark"] = spark
+    sp = job.run(ctx)
+    assert sp["ranking_rows"] == local["ranking_rows"]
+    r_spark = lake.read_pandas("gold.search_ranking")
+    key = ["query_id", "rank"]
+    a = r_local.sort_values(key).reset_index(drop=True)
+    b = r_spark.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[["query_id", "rank", "product_id", "model_version"]],
+                                  b[["query_id", "rank", "product_id", "model_version"]])
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
