@@ -8,8 +8,8 @@ catalog sizes configured here (tens of thousands of products) one block of 256 q
 45,000 x 384 vectors takes milliseconds, so an approximate index would add a dependency and lose
 recall for no measurable gain (``mmpipeline bench score`` reports the dense search time).
 
-Every candidate row carries all three retrieval scores (text_sim, image_sim, bm25; NaN when a
-modality is missing) so a ranker or a fallback featuriser can use them.
+Each candidate row records which sources proposed it (``candidate_source``, e.g. ``bm25+text``); the
+ranker's featuriser computes the model input for the pairs.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mmpipeline.retrieval import BM25Index, DenseIndex, normalize
+from mmpipeline.retrieval import BM25Index, DenseIndex
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_COLUMNS = ["query_id", "query", "product_id", "candidate_source", "text_sim", "image_sim", "bm25"]
+CANDIDATE_COLUMNS = ["query_id", "query", "product_id", "candidate_source"]
 SOURCE_ORDER = ("text", "image", "bm25")
 
 
@@ -145,13 +145,6 @@ class CandidateGenerator:
             agg["query_id"] = qids[agg["qi"].to_numpy()]
             agg["query"] = block["query"].to_numpy(object)[agg["qi"].to_numpy()]
             agg = agg.rename(columns={"src": "candidate_source"})
-            t0 = time.perf_counter()
-            for m in ("text", "image"):
-                agg[f"{m}_sim"] = self._pair_cosine(m, query_vectors, agg["query_id"].to_numpy(object),
-                                                    agg["product_id"].to_numpy(object))
-            agg["bm25"] = (self.bm25.score_pairs(list(agg["query"]), list(agg["product_id"]))
-                           if self.bm25 is not None else np.nan)
-            t_dense += time.perf_counter() - t0
             frames.append(agg[CANDIDATE_COLUMNS])
         self.timings.update(dense_search=t_dense, bm25_search=t_bm25)
         if n_novec:
@@ -160,20 +153,6 @@ class CandidateGenerator:
         out = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CANDIDATE_COLUMNS))
         log.info("candidates: %d pairs for %d queries (%.1f per query)", len(out), len(qs),
                  len(out) / max(len(qs), 1))
-        return out
-
-    def _pair_cosine(self, modality: str, qvec: Vectors, qids: np.ndarray, pids: np.ndarray) -> np.ndarray:
-        vec = self._vecs[modality]
-        out = np.full(len(qids), np.nan, dtype=np.float32)
-        if not len(vec) or vec.dim != qvec.dim:
-            return out
-        qi = np.array([qvec.pos.get(q, -1) for q in qids], dtype=np.int64)
-        pi = np.array([vec.pos.get(p, -1) for p in pids], dtype=np.int64)
-        ok = (qi >= 0) & (pi >= 0)
-        if ok.any():
-            a = normalize(qvec.matrix[qi[ok]])
-            b = normalize(vec.matrix[pi[ok]])
-            out[ok] = np.einsum("ij,ij->i", a, b)
         return out
 
 

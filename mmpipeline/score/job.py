@@ -30,7 +30,8 @@ from mmpipeline.config import Config
 from mmpipeline.context import RunContext, StageError
 from mmpipeline.score.candidates import CandidateGenerator, Vectors, candidate_recall, product_text
 from mmpipeline.score.queries import build_query_set, read_query_list
-from mmpipeline.score.scoring import load_ranker, rank_top, resolve_version, score_pairs, score_spark, make_featurizer
+from mmpipeline.score.scoring import (load_ranker, make_featurizer, make_query_encoder, rank_top, resolve_version,
+                                      score_pairs, score_spark)
 from mmpipeline.score.vectors import fuse_product_vectors
 
 log = logging.getLogger(__name__)
@@ -49,18 +50,15 @@ def _read(lake, name: str, columns: list[str] | None = None, filters=None) -> pd
 
 
 def _pick_model(models: pd.DataFrame, preferred: str | None) -> str | None:
-    """The embedding model to use for a modality: the configured one when present, else the one
-    with the most vectors (latest on ties)."""
+    """The embedding model to use for a modality: the configured one, else the one with the most
+    vectors (latest on ties)."""
     if not len(models):
         return None
     names = list(models["model_name"])
     if preferred:
-        for n in names:
-            if n == preferred:
-                return n
-        for n in names:
-            if preferred.lower() in str(n).lower():
-                return n
+        if preferred not in names:
+            raise StageError(f"no vectors from model {preferred!r}; have {sorted(names)}")
+        return preferred
     best = models.sort_values(["n", "last"], ascending=[False, False]).iloc[0]
     return str(best["model_name"])
 
@@ -113,9 +111,10 @@ def load_inputs(lake, cfg: Config) -> ScoreInputs:
     queries = _read(lake, "silver.queries", ["query_id", "query_norm", "frequency"])
     judgments = _read(lake, "silver.judgments", ["query_id", "query_norm", "product_id", "grade"])
     interactions = _read(lake, "silver.interactions", ["query_id", "query_norm", "session_id"])
-    text = load_vectors(lake, "gold.product_embeddings", "product_id", "text", cfg.embed.text_model.name)
-    image = load_vectors(lake, "gold.product_embeddings", "product_id", "image", cfg.embed.image_model.name)
-    qtext = load_vectors(lake, "gold.query_embeddings", "query_id", "text", cfg.embed.text_model.name,
+    # the same models the ranker's featuriser uses (cfg.rank.*_model_name, else the most common)
+    text = load_vectors(lake, "gold.product_embeddings", "product_id", "text", cfg.rank.text_model_name)
+    image = load_vectors(lake, "gold.product_embeddings", "product_id", "image", cfg.rank.image_model_name)
+    qtext = load_vectors(lake, "gold.query_embeddings", "query_id", "text", cfg.rank.text_model_name,
                          model_name=text.model_name if len(text) else None)
     log.info("inputs: %d products, %s queries, %s judgments, %s interactions; vectors: text %d (%s), "
              "image %d (%s), query %d", len(products), _n(queries), _n(judgments), _n(interactions),
@@ -128,21 +127,19 @@ def _n(df: pd.DataFrame | None) -> int | str:
 
 
 def encode_missing_queries(cfg: Config, query_set: pd.DataFrame, qvec: Vectors) -> Vectors:
-    """Encode queries of the set that have no stored vector (e.g. from the explicit list) with the
-    embed stage's text encoder when it is available; otherwise they get BM25 candidates only."""
+    """Encode queries of the set without a stored vector (e.g. from the explicit list) with the embed
+    stage's text encoder; if that fails they get BM25 candidates only (never a failed nightly run)."""
     missing = query_set[~query_set["query_id"].isin(qvec.pos)]
     if not len(missing) or not len(qvec):
         return qvec
     try:
-        from mmpipeline.embed.encoders import encode_texts  # type: ignore
-    except ImportError:
-        return qvec
-    try:
-        mat = np.asarray(encode_texts(cfg, list(missing["query"])), dtype=np.float32)
-    except Exception as e:  # a missing vector must not fail the nightly run: BM25 still serves it
-        log.warning("could not encode %d queries without stored vectors: %s", len(missing), e)
+        mat = make_query_encoder(cfg)(list(missing["query"]))
+    except Exception as e:
+        log.warning("could not encode %d queries without stored vectors (%s: %s); BM25 candidates only for them",
+                    len(missing), type(e).__name__, str(e)[:200])
         return qvec
     if mat.ndim != 2 or mat.shape[1] != qvec.dim:
+        log.warning("query encoder gives dim %s, stored query vectors %d; ignoring", mat.shape, qvec.dim)
         return qvec
     log.info("encoded %d queries without stored vectors", len(missing))
     return Vectors(np.concatenate([qvec.ids, missing["query_id"].to_numpy(object)]),

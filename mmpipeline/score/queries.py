@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -20,26 +18,17 @@ log = logging.getLogger(__name__)
 
 QUERY_SET_COLUMNS = ["query_id", "query", "frequency", "source"]
 
-_WS = re.compile(r"\s+")
-
 
 def normalize_query(text: str) -> str:
-    """Canonical query text (the clean stage's normaliser when present, else NFKC + lower + spaces)."""
-    try:  # keep ids identical to silver.queries when the clean stage exposes its normaliser
-        from mmpipeline.clean.transforms import normalize_query as _clean_norm  # type: ignore
+    """Canonical query text, exactly as the clean stage writes ``query_norm``."""
+    from mmpipeline.clean.text import normalize_query as _clean_norm
 
-        return _clean_norm(text)
-    except (ImportError, AttributeError):
-        return _WS.sub(" ", unicodedata.normalize("NFKC", text or "")).strip().lower()
+    return _clean_norm(text) or ""
 
 
 def query_id_for(query_norm: str) -> str:
-    try:
-        from mmpipeline.clean.transforms import query_id_for as _clean_qid  # type: ignore
-
-        return _clean_qid(query_norm)
-    except (ImportError, AttributeError):
-        return hashlib.sha1(query_norm.encode("utf-8")).hexdigest()[:16]
+    """The clean stage's query id: the first 16 hex digits of sha256(query_norm)."""
+    return hashlib.sha256(query_norm.encode("utf-8")).hexdigest()[:16]
 
 
 def read_query_list(path: str | Path) -> list[str]:

@@ -6,8 +6,8 @@ carries that version, and Spark workers load exactly that version (once per part
 to score if the alias moved to another version mid-run.
 
 Model input comes from the ranker's featuriser (``mmpipeline.rank.features.PairFeaturizer``:
-``from_lake(lake, cfg).transform(queries, query_ids, product_ids)``). When the rank package is not
-installed, :class:`RetrievalFeaturizer` feeds the candidate retrieval scores instead.
+``from_lake(lake, cfg).transform(queries, query_ids, product_ids)``), the same code that built the
+training data, so train/serve features cannot drift.
 """
 
 from __future__ import annotations
@@ -47,71 +47,42 @@ class Ranker:
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
-def _mlflow_setup(cfg: Config):
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    if cfg.mlflow.registry_uri:
-        mlflow.set_registry_uri(cfg.mlflow.registry_uri)
-    return mlflow
-
-
 def resolve_version(cfg: Config, alias: str) -> tuple[str, str, str | None]:
     """(model name, version, run id) currently behind ``alias``; StageError when there is none."""
-    mlflow = _mlflow_setup(cfg)
+    from mmpipeline.rank.registry import alias_version
+
     name = cfg.mlflow.model_name
     try:
-        mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except Exception as e:  # RestException: no such model / alias
-        raise StageError(f"no model registered as {name}@{alias} in {cfg.mlflow.tracking_uri} "
-                         f"(train and evaluate a ranker first): {str(e).splitlines()[0][:200]}") from None
+        mv = alias_version(cfg, alias)
+    except Exception as e:
+        raise StageError(f"cannot reach the MLflow registry at {cfg.mlflow.tracking_uri}: {type(e).__name__}: {e}") from e
+    if mv is None:
+        raise StageError(f"no version of registered model {name!r} has alias {alias!r} in {cfg.mlflow.tracking_uri} "
+                         "(run 'mmpipeline run train' and 'mmpipeline run evaluate' first)")
     return name, str(mv.version), mv.run_id
 
 
 def load_ranker(cfg: Config, alias: str, expect_version: str | None = None) -> Ranker:
-    """Load the model behind ``alias`` (through the rank package's registry helper when present)."""
+    """Load the registered version behind ``alias`` -- or exactly ``expect_version`` when given (the
+    version resolved on the driver), after checking the alias still points at it."""
+    from mmpipeline.rank.registry import load_version
+
+    name, version, _ = resolve_version(cfg, alias)
+    if expect_version is not None and version != str(expect_version):
+        raise StageError(f"{name}@{alias} moved from version {expect_version} to {version} during the run; "
+                         "re-run the score stage")
     try:
-        from mmpipeline.rank.registry import load_ranker as _rank_load  # type: ignore
-    except ImportError:
-        _rank_load = None
-    if _rank_load is not None:
-        try:
-            obj = _rank_load(cfg, alias)
-        except StageError:
-            raise
-        except Exception as e:
-            raise StageError(f"could not load {cfg.mlflow.model_name}@{alias}: {type(e).__name__}: {e}") from e
-        ranker = Ranker(str(obj.name), str(obj.version), getattr(obj, "run_id", None), obj)
-    else:
-        name, version, run_id = resolve_version(cfg, alias)
-        if expect_version is not None:
-            version = expect_version
-        mlflow = _mlflow_setup(cfg)
-        try:
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        except Exception as e:
-            raise StageError(f"could not load models:/{name}/{version}: {type(e).__name__}: {e}") from e
-        ranker = Ranker(name, version, run_id, model)
-    if expect_version is not None and ranker.version != str(expect_version):
-        raise StageError(f"{cfg.mlflow.model_name}@{alias} moved from version {expect_version} to "
-                         f"{ranker.version} during the run; re-run the score stage")
-    return ranker
+        loaded = load_version(cfg, version)
+    except Exception as e:
+        raise StageError(f"could not load models:/{name}/{version}: {type(e).__name__}: {e}") from e
+    return Ranker(name, str(loaded.version), loaded.run_id, loaded)
 
 
 # ------------------------------------------------------------------------------------- featurisers
 
 
-class RetrievalFeaturizer:
-    """Fallback model input: the candidate retrieval scores (text_sim, image_sim, bm25)."""
-
-    columns = ["text_sim", "image_sim", "bm25"]
-
-    def __call__(self, pairs: pd.DataFrame) -> pd.DataFrame:
-        return pairs[self.columns].astype("float64").reset_index(drop=True)
-
-
 class RankFeaturizer:
-    """Adapter over ``mmpipeline.rank.features.PairFeaturizer``."""
+    """Model input for candidate rows through ``mmpipeline.rank.features.PairFeaturizer``."""
 
     def __init__(self, featurizer: Any):
         self.featurizer = featurizer
@@ -120,17 +91,33 @@ class RankFeaturizer:
         return self.featurizer.transform(list(pairs["query"]), list(pairs["query_id"]), list(pairs["product_id"]))
 
 
+def make_query_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
+    """The embed stage's text encoder as ``texts -> vectors``, built on first use."""
+    cache: dict[str, Any] = {}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        if "enc" not in cache:
+            from mmpipeline.embed import models
+            from mmpipeline.embed.encoders import build_encoder
+
+            cache["enc"] = build_encoder(models.text_spec(cfg))
+        return np.asarray(cache["enc"].encode(list(texts)), dtype=np.float32)
+
+    return encode
+
+
 def make_featurizer(cfg: Config, lake=None) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    try:
-        from mmpipeline.rank.features import PairFeaturizer  # type: ignore
-    except ImportError:
-        log.warning("scoring: mmpipeline.rank.features not available; model input = retrieval scores")
-        return RetrievalFeaturizer()
+    from mmpipeline.rank.features import PairFeaturizer
+
     if lake is None:
         from mmpipeline.lake import Lake
 
-        lake = Lake.from_config(cfg)
-    return RankFeaturizer(PairFeaturizer.from_lake(lake, cfg))
+        lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only (delta-rs), no Spark on workers
+    try:
+        fz = PairFeaturizer.from_lake(lake, cfg, query_encoder=make_query_encoder(cfg))
+    except ValueError as e:
+        raise StageError(f"cannot featurise candidates: {e}") from e
+    return RankFeaturizer(fz)
 
 
 # ------------------------------------------------------------------------------------------ local
@@ -190,17 +177,9 @@ def score_spark(spark, pairs: pd.DataFrame, cfg: Config, alias: str, version: st
 
     cfg_json = cfg.model_dump_json()
     batch_size = cfg.score.batch_size
-    schema_in = T.StructType([
-        T.StructField("query_id", T.StringType()), T.StructField("query", T.StringType()),
-        T.StructField("product_id", T.StringType()), T.StructField("candidate_source", T.StringType()),
-        T.StructField("text_sim", T.DoubleType()), T.StructField("image_sim", T.DoubleType()),
-        T.StructField("bm25", T.DoubleType()),
-    ])
-    schema_out = T.StructType([f for f in schema_in.fields if f.name in SCORED_COLUMNS[:4]]
-                              + [T.StructField("score", T.DoubleType())])
-    pdf = pairs[[f.name for f in schema_in.fields]].copy()
-    for c in ("text_sim", "image_sim", "bm25"):
-        pdf[c] = pdf[c].astype("float64")
+    schema_in = T.StructType([T.StructField(c, T.StringType()) for c in SCORED_COLUMNS[:4]])
+    schema_out = T.StructType(list(schema_in.fields) + [T.StructField("score", T.DoubleType())])
+    pdf = pairs[SCORED_COLUMNS[:4]]
     sdf = spark.createDataFrame(pdf, schema=schema_in)
     sdf = sdf.repartition(partitions or cfg.score.spark_partitions, "query_id")
 

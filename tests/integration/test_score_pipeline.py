@@ -128,7 +128,7 @@ except ImportError:  # pragma: no cover
 def scored_env(make_config, tmp_path):
     cfg = make_config({"score.head_queries": 12, "score.candidates_k": 15, "score.output_k": 12,
                        "score.min_results_per_query": 10, "score.batch_size": 100,
-                       "embed.text_model.name": "tiny-text", "embed.image_model.name": "tiny-image",
+                       "rank.text_model_name": "tiny-text", "rank.image_model_name": "tiny-image",
                        "mlflow.model_name": "test-ranker"})
     ctx = RunContext.create(cfg, D1)
     build_lake(ctx.lake)
