@@ -1,0 +1,44 @@
+"""mm_catalog_daily: ingest -> clean -> validate -> embed, every night at 01:00 UTC.
+
+Brings the catalog, queries and judgments into the lake (bronze -> silver), checks them with Great
+Expectations (a failed critical expectation stops the run before anything downstream changes) and
+embeds only new or changed products and queries. Emits the ``mmp_silver_catalog`` and
+``mmp_product_embeddings`` assets; the latter also triggers ``mm_scoring_nightly``.
+
+Manual trigger (UI "Trigger" form or REST ``conf``): ``config``, ``run_date``, ``full_refresh``,
+``model_alias``, ``overrides``. See ``dags/_mmp_common.py`` for how stages run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, CronTriggerTimetable, chain
+
+from _mmp_common import (
+    PRODUCT_EMBEDDINGS, SILVER_CATALOG, START_DATE, default_args, log_dag_failure, resolve_task, run_params,
+    stage_task,
+)
+
+with DAG(
+    dag_id="mm_catalog_daily",
+    description="Catalog: ingest -> clean -> validate -> embed (incremental)",
+    doc_md=__doc__,
+    schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,  # ingest reads the sources as they are now: back-filling old dates would not reproduce them
+    max_active_runs=1,  # runs write the same Delta tables
+    dagrun_timeout=dt.timedelta(hours=8),
+    default_args=default_args(),
+    params=run_params(),
+    tags=["mmpipeline", "catalog", "spark", "daily"],
+    on_failure_callback=log_dag_failure,
+) as dag:
+    resolved = resolve_task()
+    chain(
+        resolved,
+        stage_task("ingest", resolved),
+        stage_task("clean", resolved),
+        stage_task("validate", resolved, outlets=[SILVER_CATALOG]),
+        stage_task("embed", resolved, outlets=[PRODUCT_EMBEDDINGS]),
+    )
