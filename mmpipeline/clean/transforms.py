@@ -157,12 +157,12 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
     outcome = (F.when(~valid, F.lit(QUARANTINED)).when(F.col("_rn") == 1, F.lit(KEPT))
                .when(F.col("_content") == F.col("_winner_content"), F.lit(FOLDED)).otherwise(F.lit(QUARANTINED)))
     dup = valid & (outcome == QUARANTINED)
-    return (df.withColumn("_outcome", outcome)
-            .withColumn("_reason", F.when(dup, F.lit("duplicate")).otherwise(F.col("_reason")))
-            .withColumn("_detail", F.when(dup, F.concat(
+    return (df.withColumn("_outcome", outcome).withColumn("_dup", dup)
+            .withColumn("_reason", F.when(F.col("_dup"), F.lit("duplicate")).otherwise(F.col("_reason")))
+            .withColumn("_detail", F.when(F.col("_dup"), F.concat(
                 F.lit("superseded by a newer record of product "), F.col("product_id"),
                 F.lit(" (bronze row "), F.col("_winner_row").cast("string"), F.lit(")"))).otherwise(F.col("_detail")))
-            .drop("_price", "_currency_col", "_rn", "_winner_content", "_winner_row"))
+            .drop("_price", "_currency_col", "_rn", "_winner_content", "_winner_row", "_dup"))
 
 
 def products_silver(tagged: "DataFrame") -> "DataFrame":
