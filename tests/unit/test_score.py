@@ -1,0 +1,113 @@
+"""Pure transforms of the score stage: query set, candidates + recall, ranking, fused vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmpipeline.score.candidates import CandidateGenerator, Vectors, candidate_recall, product_text
+from mmpipeline.score.queries import build_query_set, normalize_query, query_id_for, read_query_list
+from mmpipeline.score.scoring import rank_top
+from mmpipeline.score.vectors import fuse_product_vectors
+
+
+def test_query_set_head_by_frequency_plus_list(tmp_path):
+    queries = pd.DataFrame({"query_id": ["a", "b", "c"], "query_norm": ["red shirt", "blue bag", "hat"],
+                            "frequency": [5, 1, 1]})
+    judgments = pd.DataFrame({"query_id": ["b"] * 3 + ["d"], "query_norm": ["blue bag"] * 3 + ["shoe"],
+                              "product_id": ["1", "2", "3", "4"], "grade": [1.0, 2.0, 3.0, 1.0]})
+    inter = pd.DataFrame({"query_id": ["c"] * 4 + ["a"], "query_norm": ["hat"] * 4 + ["red shirt"],
+                          "session_id": ["s1", "s2", "s3", "s3", "s9"]})
+    lst = tmp_path / "queries.txt"
+    lst.write_text("# head queries the business cares about\nRed  Shirt\n\nGreen Scarf\n")
+    explicit = read_query_list(lst)
+    qs = build_query_set(2, queries, judgments, inter, explicit)
+    # a: 5 logged + 1 session = 6; c: max(1, 0) + 3 sessions = 4; b: max(1, 3) = 3; d: 1
+    assert list(qs["query_id"][:2]) == ["a", "c"]
+    assert list(qs["frequency"][:2]) == [6, 4]
+    red, scarf = query_id_for(normalize_query("Red  Shirt")), query_id_for(normalize_query("Green Scarf"))
+    assert list(qs["query_id"]) == ["a", "c", red, scarf]  # ids in the test data are not real hashes
+    assert list(qs["source"]) == ["head", "head", "list", "list"]
+    assert list(qs["query"][2:]) == ["red shirt", "green scarf"]
+    # a list query that is also a head query is kept once
+    qs2 = build_query_set(5, queries.assign(query_id=[red, "b", "c"]), None, None, ["RED SHIRT"])
+    assert (qs2["query_id"] == red).sum() == 1 and qs2.loc[qs2["query_id"] == red, "source"].item() == "head+list"
+    assert build_query_set(0, None, None, None, None).empty
+    with pytest.raises(FileNotFoundError):
+        read_query_list(tmp_path / "missing.txt")
+
+
+def _catalog():
+    rng = np.random.default_rng(0)
+    ids = np.array([f"p{i}" for i in range(40)], dtype=object)
+    titles = pd.Series([("red" if i % 2 else "blue") + (" shirt" if i % 4 < 2 else " shoe") + f" {i}" for i in range(40)])
+    centre = {"red shirt": rng.normal(size=6), "blue shirt": rng.normal(size=6), "red shoe": rng.normal(size=6),
+              "blue shoe": rng.normal(size=6)}
+    tv = np.stack([centre[" ".join(t.split()[:2])] + 0.05 * rng.normal(size=6) for t in titles])
+    return ids, titles, tv, centre
+
+
+def test_candidates_union_sources_and_recall():
+    ids, titles, tv, centre = _catalog()
+    text = Vectors(ids, tv, "t")
+    image = Vectors(ids[::2], tv[::2] + 0.01, "i")  # half of the products have photos
+    gen = CandidateGenerator(ids, titles, text, image, k=5, query_batch_size=1)
+    qset = pd.DataFrame({"query_id": ["q1", "q2", "q3"], "query": ["red shirt", "blue shoe", "zzz unknown"]})
+    qvec = Vectors(np.array(["q1", "q2"], dtype=object), np.stack([centre["red shirt"], centre["blue shoe"]]))
+    c = gen.generate(qset, qvec, progress=False)
+    assert not c.duplicated(["query_id", "product_id"]).any()
+    # q3 has no vector and no BM25 match: no candidates (the publish check catches the coverage gap)
+    assert set(c["query_id"]) == {"q1", "q2"}
+    srcs = set("+".join(c["candidate_source"]).split("+"))
+    assert srcs == {"text", "image", "bm25"}
+    q1 = c[c["query_id"] == "q1"]
+    text_hits = q1[q1["candidate_source"].str.contains("text")]
+    assert len(text_hits) == 5 and all(titles[int(p[1:])].startswith("red shirt") for p in text_hits["product_id"])
+    judg = pd.DataFrame({"query_id": ["q1"] * 3 + ["q2"], "product_id": ["p1", "p5", "p0", "p2"],
+                         "grade": [3.0, 3.0, 1.0, 2.0]})
+    rec = candidate_recall(c, judg, 5)
+    assert rec["queries_judged"] == 2 and 0 <= rec["recall_at_k_text"] <= rec["recall_at_k_union"] <= 1
+    assert candidate_recall(c, None, 5)["queries_judged"] == 0
+
+
+def test_candidates_skip_dense_when_dims_differ():
+    ids, titles, tv, centre = _catalog()
+    gen = CandidateGenerator(ids, titles, Vectors(ids, tv), Vectors(ids, np.ones((40, 3))), k=3,
+                             sources=["text", "image"])
+    c = gen.generate(pd.DataFrame({"query_id": ["q"], "query": ["red shirt"]}),
+                     Vectors(np.array(["q"], dtype=object), centre["red shirt"][None]), progress=False)
+    assert set(c["candidate_source"]) == {"text"} and len(c) == 3
+
+
+def test_product_text_joins_fields():
+    p = pd.DataFrame({"product_id": ["1"], "title": ["Shirt"], "brand": [None], "category_path": ["Apparel > Top"]})
+    assert product_text(p).tolist() == ["Shirt  Apparel > Top"]
+
+
+def test_rank_top_dense_ranks_ties_and_non_finite_last():
+    s = pd.DataFrame({"query_id": ["a"] * 5 + ["b"] * 2, "query": "q", "candidate_source": "bm25",
+                      "product_id": ["p3", "p1", "p2", "p4", "p5", "x", "y"],
+                      "score": [0.5, 0.9, 0.5, np.nan, np.inf, 1.0, 2.0]})
+    r = rank_top(s, 4)
+    a = r[r["query_id"] == "a"]
+    assert list(a["product_id"]) == ["p1", "p2", "p3", "p5"]  # tie broken by id; NaN/inf last
+    assert list(a["rank"]) == [1, 2, 3, 4]
+    assert list(r[r["query_id"] == "b"]["product_id"]) == ["y", "x"]
+
+
+def test_fused_vectors_weighted_sum_and_missing_modalities():
+    t = Vectors(np.array(["a", "b"], dtype=object), np.array([[1.0, 0, 0], [0, 2.0, 0]]), "txt")
+    i = Vectors(np.array(["a", "c"], dtype=object), np.array([[0, 0, 3.0], [0, 1.0, 1.0]]), "img")
+    v = fuse_product_vectors(np.array(["a", "b", "c", "d"], dtype=object), t, i, {"text": 0.5, "image": 0.5})
+    assert list(v["product_id"]) == ["a", "b", "c"]  # d has no vector at all
+    assert list(v["modalities"]) == ["text+image", "text", "image"]
+    np.testing.assert_allclose(v["vector"][0], np.array([1, 0, 1]) / np.sqrt(2), atol=1e-6)
+    np.testing.assert_allclose(v["vector"][1], [0, 1, 0], atol=1e-6)
+    assert v["fusion"][0] == "wsum(text=0.5,image=0.5)" and v["dim"][0] == 3
+    # image vectors outside the text space: concatenation
+    i2 = Vectors(np.array(["a"], dtype=object), np.array([[1.0, 1.0]]), "img2")
+    v2 = fuse_product_vectors(np.array(["a"], dtype=object), t, i2, {"text": 1, "image": 1})
+    assert v2["dim"][0] == 5 and v2["fusion"][0].startswith("concat")
+    with pytest.raises(ValueError):
+        fuse_product_vectors(np.array(["a"], dtype=object), t, i, {"text": 0, "image": 0})
