@@ -198,7 +198,7 @@ class ScoreConfig(_Model):
     engine: Literal["local", "spark"] = "local"  # spark: mapInPandas, model loaded once per partition
     batch_size: int = 8192  # (query, product) pairs per model call
     query_batch_size: int = 256  # queries per candidate-generation block
-    spark_partitions: int = 8
+    spark_partitions: int | None = None  # scoring partitions (None: Spark's default parallelism)
     # product_vectors: normalised weighted sum of the normalised per-modality vectors (same space)
     fusion_weights: dict[str, float] = Field(default_factory=lambda: {"text": 0.5, "image": 0.5})
     recall_min_grade: float | None = None  # judged relevant for candidate recall; None: above the lowest grade

@@ -181,7 +181,8 @@ def score_spark(spark, pairs: pd.DataFrame, cfg: Config, alias: str, version: st
     schema_out = T.StructType(list(schema_in.fields) + [T.StructField("score", T.DoubleType())])
     pdf = pairs[SCORED_COLUMNS[:4]]
     sdf = spark.createDataFrame(pdf, schema=schema_in)
-    sdf = sdf.repartition(partitions or cfg.score.spark_partitions, "query_id")
+    n_parts = partitions or cfg.score.spark_partitions or spark.sparkContext.defaultParallelism
+    sdf = sdf.repartition(max(1, int(n_parts)), "query_id")
 
     def _score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from mmpipeline.config import Config as _Config
