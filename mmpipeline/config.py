@@ -91,10 +91,10 @@ class QualityConfig(_Model):
     fail_on_warning: bool = False
     min_rows: int = 1  # every validated silver table (partition) must have at least this many rows
     rating_range: tuple[float, float] = (0.0, 5.0)
-    grade_range: tuple[float, float] = (0.0, 3.0)  # judgments.grade domain
     event_types: list[str] = Field(default_factory=lambda: ["impression", "click", "add_to_cart", "purchase"])
     image_statuses: list[str] = Field(default_factory=lambda: [
-        "ok", "none", "missing", "unreadable", "corrupt", "too_large", "bomb", "outside_root"])
+        "ok", "none", "unchecked", "missing", "unreadable", "corrupt", "too_large", "too_small", "bomb",
+        "unsupported", "outside_root"])
     decodable_image_statuses: list[str] = Field(default_factory=lambda: ["ok"])
     tables: list[str] = Field(default_factory=lambda: [
         "silver.products", "silver.queries", "silver.judgments", "silver.interactions", "silver.voice_queries"])

@@ -67,7 +67,7 @@ def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
 
     t = Table(title=title, title_justify="left")
     for h in headers:
-        t.add_column(h, justify="right" if h not in ("table", "query", "title", "stage", "expectation", "table_name") else "left")
+        t.add_column(h, justify="right" if h not in ("table", "query", "title", "stage", "expectation", "table_name", "observed") else "left")
     for r in rows:
         t.add_row(*[f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else
                     (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in r])

@@ -326,46 +326,19 @@ class GXProject:
         if cached_here:
             df = df.persist()
         try:
-            rows = df.count() if count_rows else None
-            run_name = f"{table_name} {run_date}" if run_date else table_name
+            run_name = str(run_date) if run_date else "adhoc"
             result = cp.run(batch_parameters={"dataframe": df},
                             run_id=RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.timezone.utc)))
+            suite_result = next(iter(result.run_results.values()))
+            out = [self._check_result(r, df, table_name, suite_name, by_name) for r in suite_result.results]
+            rows = None
+            if count_rows:  # GE counted already when the suite has a row-count check; else one more job
+                rc = [c for c in out if c.expectation == "expect_table_row_count_to_be_between" and not c.error]
+                obs = rc[0].result.get("observed_value") if rc else None
+                rows = obs if isinstance(obs, int) else df.count()
         finally:
             if cached_here:
                 df.unpersist()
-        suite_result = next(iter(result.run_results.values()))
-        out: list[CheckResult] = []
-        for r in suite_result.results:
-            cfg = r.expectation_config
-            name = (cfg.meta or {}).get("check_name") or cfg.type
-            check = by_name.get(name)
-            res = dict(r.result or {})
-            err = None
-            exc = r.exception_info or {}
-            infos = [exc] if "raised_exception" in exc else [v for v in exc.values() if isinstance(v, dict)]
-            msgs = [str(i.get("exception_message") or i) for i in infos if i.get("raised_exception")]
-            if msgs:
-                err = "; ".join(msgs)
-            if err:
-                observed = f"error: {_short(err, 300)}"
-            elif cfg.type == "unexpected_rows_expectation" and not r.success and res.get("observed_value") \
-                    and not (res.get("details") or {}).get("unexpected_rows"):
-                res["details"] = {"unexpected_rows": _sample_unexpected_rows(df, cfg.kwargs)}
-                observed = format_observed(cfg.type, res)
-            elif check is not None and check.observed is not None:
-                try:
-                    observed = check.observed(res)
-                except Exception as e:  # a formatter must not hide the outcome
-                    observed = f"{format_observed(cfg.type, res)} (formatter failed: {e})"
-            else:
-                observed = format_observed(cfg.type, res)
-            if check is not None and check.note:
-                observed = f"{observed}; {check.note}"
-            out.append(CheckResult(
-                table_name=table_name, suite=suite_name, check_name=name, expectation=cfg.type,
-                column=_column_of(cfg.kwargs), severity=(check.severity if check else "critical"),
-                success=bool(r.success) and not err, observed_value=observed,
-                kwargs=_plain(cfg.kwargs), result=_plain(res), error=err))
         order = {n: i for i, n in enumerate(names)}
         out.sort(key=lambda c: order.get(c.check_name, len(order)))
         docs = str(self.docs_index) if actions else None
@@ -375,6 +348,39 @@ class GXProject:
                  f"{rows:,}" if rows is not None else "?", len(out), len(rep.failed_critical),
                  len(rep.failed_warnings), rep.seconds)
         return rep
+
+    @staticmethod
+    def _check_result(r, df: "DataFrame", table_name: str, suite_name: str, by_name: dict[str, Check]) -> CheckResult:
+        cfg = r.expectation_config
+        name = (cfg.meta or {}).get("check_name") or cfg.type
+        check = by_name.get(name)
+        res = dict(r.result or {})
+        err = None
+        exc = r.exception_info or {}
+        infos = [exc] if "raised_exception" in exc else [v for v in exc.values() if isinstance(v, dict)]
+        msgs = [str(i.get("exception_message") or i) for i in infos if i.get("raised_exception")]
+        if msgs:
+            err = "; ".join(msgs)
+        if err:
+            observed = f"error: {_short(err, 300)}"
+        elif cfg.type == "unexpected_rows_expectation" and not r.success and res.get("observed_value") \
+                and not (res.get("details") or {}).get("unexpected_rows"):
+            res["details"] = {"unexpected_rows": _sample_unexpected_rows(df, cfg.kwargs)}
+            observed = format_observed(cfg.type, res)
+        elif check is not None and check.observed is not None:
+            try:
+                observed = check.observed(res)
+            except Exception as e:  # a formatter must not hide the outcome
+                observed = f"{format_observed(cfg.type, res)} (formatter failed: {e})"
+        else:
+            observed = format_observed(cfg.type, res)
+        if check is not None and check.note:
+            observed = f"{observed}; {check.note}"
+        return CheckResult(
+            table_name=table_name, suite=suite_name, check_name=name, expectation=cfg.type,
+            column=_column_of(cfg.kwargs), severity=(check.severity if check else "critical"),
+            success=bool(r.success) and not err, observed_value=observed,
+            kwargs=_plain(cfg.kwargs), result=_plain(res), error=err)
 
     def build_data_docs(self) -> Path | None:
         """Rebuild the whole Data Docs site (every stored result); validate() updates it incrementally."""

@@ -46,6 +46,15 @@ def partition_count(lake, name: str, run_date: dt.date) -> int | None:
     return DeltaTable(lake.uri(name)).to_pyarrow_dataset().count_rows(filter=pc.field("run_date") == run_date)
 
 
+def clean_rows_in(lake, table_name: str, run_date: dt.date) -> int | None:
+    """Rows the clean stage read for ``table_name`` on the run date (its row accounting)."""
+    if not lake.exists("ops.row_accounting"):
+        return None
+    t = lake.read_arrow("ops.row_accounting", columns=["rows_in"],
+                        filters=[("run_date", "=", run_date), ("stage", "=", "clean"), ("table_name", "=", table_name)])
+    return int(sum(v for v in t.column("rows_in").to_pylist() if v is not None)) if t.num_rows else None
+
+
 def _run_frame(lake, name: str, run_date: dt.date):
     """The rows a run validates: the run date's partition for partitioned tables, else the table."""
     from pyspark.sql import functions as F
@@ -77,9 +86,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
         entity = name.partition(".")[2]
         qname = f"quarantine.{entity}"
         quarantined = partition_count(lake, qname, ctx.run_date)
-        if quarantined is None:
+        if not quarantined:  # no quarantine table or nothing quarantined this run: share 0, nothing to check
             continue
-        rows_in, source = partition_count(lake, f"bronze.{entity}", ctx.run_date), f"bronze.{entity}"
+        rows_in, source = clean_rows_in(lake, name, ctx.run_date), "ops.row_accounting (clean)"
+        if not rows_in:
+            rows_in, source = partition_count(lake, f"bronze.{entity}", ctx.run_date), f"bronze.{entity}"
         if not rows_in:
             rows_in, source = (reports[-1].rows or 0) + quarantined, f"{name} + {qname}"
         if rows_in:

@@ -32,6 +32,17 @@ def _rows_observed(res: dict[str, Any]) -> str:
     return f"{obs:,} rows" if isinstance(obs, int) else f"{obs} rows"
 
 
+def _columns_observed(expected: list[str]):
+    def fmt(res: dict[str, Any]) -> str:
+        cols = res.get("observed_value") or []
+        missing = [c for c in expected if c not in cols]
+        if missing:
+            return f"missing column(s) {missing} (table has {len(cols)}: {cols})"
+        return f"all {len(expected)} registered columns present ({len(cols)} in the table)"
+
+    return fmt
+
+
 def _share_observed(what: str):
     def fmt(res: dict[str, Any]) -> str:
         n = int(res.get("element_count") or 0)
@@ -93,7 +104,7 @@ def silver_checks(spec: TableSpec, cfg: Config, previous_rows: int | None = None
     q, clean = cfg.quality, cfg.clean
     checks: list[Check] = [
         Check(gxe.ExpectTableColumnsToMatchSet(column_set=spec.column_names, exact_match=False), "critical",
-              name="schema_columns"),
+              name="schema_columns", observed=_columns_observed(spec.column_names)),
         row_count_check(previous_rows, previous_label, cfg),
         *key_checks(spec),
     ]
@@ -119,7 +130,7 @@ def silver_checks(spec: TableSpec, cfg: Config, previous_rows: int | None = None
                   name="frequency_non_negative"),
         ]
     elif entity == "judgments":
-        lo_g, hi_g = q.grade_range
+        lo_g, hi_g = clean.grade_min, clean.grade_max  # the domain clean enforces (0..3 by default)
         checks += [
             Check(gxe.ExpectColumnValuesToNotBeNull(column="grade"), "critical", name="grade_not_null"),
             Check(gxe.ExpectColumnValuesToBeBetween(column="grade", min_value=lo_g, max_value=hi_g), "critical",

@@ -91,8 +91,11 @@ def test_validate_stage_pass_warn_idempotent_then_critical_failure(spark, make_c
     assert docs == Path(cfg.lake.root) / "ops" / "data_docs" / "index.html" and docs.is_file()
     assert "silver.products" in docs.read_text() or any(docs.parent.rglob("*.html"))
 
-    # 2) re-running the run date leaves the same rows in ops.validation (no duplicates)
-    run(RunContext.create(cfg, D1))
+    # 2) re-running the run date leaves the same rows in ops.validation (no duplicates); with
+    #    quality.fail_on_warning the same warning stops the run
+    strict = make_config({"quality.max_quarantine_share": 0.1, "quality.fail_on_warning": True})
+    with pytest.raises(StageError, match="quarantine.products: warning check 'quarantine_share'"):
+        run(RunContext.create(strict, D1))
     pd.testing.assert_frame_equal(_validation_rows(lake, D1), first)
 
     # 3) next day: duplicate product ids, a grade of 7 and a shrunken table stop the stage

@@ -42,6 +42,29 @@ def test_format_observed_and_message():
     assert all(r["run_date"] == dt.date(2024, 1, 2) for r in rows)
 
 
+def test_store_reports_replaces_only_the_validated_tables(tmp_path):
+    """Re-storing a table's report for a run date replaces its rows and keeps other tables' rows."""
+    from mmpipeline.lake import Lake
+    from mmpipeline.validate import store_reports
+
+    lake = Lake(tmp_path / "lake", engine="delta-rs")
+    d = dt.date(2024, 1, 2)
+
+    def rep(table_name, checks):
+        return ValidationReport(table_name, table_name, [
+            CheckResult(table_name, table_name, c, "expect_table_row_count_to_be_between", "", "critical", True, "3 rows")
+            for c in checks], run_date=d)
+
+    store_reports(lake, d, [rep("silver.products", ["a", "b"]), rep("gold.search_ranking", ["x"])])
+    store_reports(lake, d, [rep("silver.products", ["a", "c"])])  # a re-run with a changed suite
+    store_reports(lake, d, [rep("silver.products", ["a", "c"])])  # idempotent
+    store_reports(lake, dt.date(2024, 1, 3), [rep("silver.products", ["a"])])
+    got = lake.read_pandas("ops.validation", filters=[("run_date", "=", d)])
+    assert sorted(zip(got.table_name, got.check_name)) == [
+        ("gold.search_ranking", "x"), ("silver.products", "a"), ("silver.products", "c")]
+    assert lake.count("ops.validation") == 4
+
+
 @pytest.fixture(scope="module")
 def gx_project():
     from mmpipeline.validate import GXProject

@@ -1,0 +1,88 @@
+"""How long the validate stage takes on silver tables of realistic size (JSON on stdout).
+
+    python -m mmpipeline.validate.timing --rows 50000 [--lake /tmp/validate-timing]
+
+Builds silver.products (``rows``), silver.judgments (``rows``) and silver.queries (``rows // 5``)
+with Spark in a scratch lake, then runs the stage for two run dates (the second one also checks the
+row-count change against the first) and prints per-table seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import tempfile
+import time
+
+
+def build_tables(lake, spark, rows: int, run_date: dt.date) -> None:
+    from pyspark.sql import functions as F
+
+    ids = spark.range(rows)
+    products = ids.select(
+        F.concat(F.lit("p"), F.col("id").cast("string")).alias("product_id"),
+        F.concat(F.lit("product title "), F.col("id").cast("string")).alias("title"),
+        F.lit("a description").alias("description"), F.lit("brand").alias("brand"),
+        F.lit("A > B > C").alias("category_path"), F.create_map(F.lit("colour"), F.lit("red")).alias("attributes"),
+        (F.col("id") % 500 + 0.99).alias("price"), F.lit("USD").alias("currency"),
+        F.when(F.col("id") % 4 != 0, F.concat(F.col("id").cast("string"), F.lit(".jpg"))).alias("image_ref"),
+        F.lit(None).cast("string").alias("image_path"),
+        F.when(F.col("id") % 4 == 0, F.lit("none")).when(F.col("id") % 50 == 1, F.lit("corrupt"))
+        .otherwise(F.lit("ok")).alias("image_status"),
+        F.lit(60).alias("image_width"), F.lit(80).alias("image_height"), (F.col("id") % 100).cast("double").alias("popularity"),
+        (F.col("id") % 5).cast("double").alias("rating"), F.current_timestamp().alias("updated_at"),
+        F.sha2(F.col("id").cast("string"), 256).alias("text_hash"), F.lit(None).cast("string").alias("image_hash"),
+        F.lit(run_date).alias("run_date"), F.lit("b1").alias("_batch_id"))
+    lake.write("silver.products", products, mode="overwrite")
+    judgments = ids.select(
+        F.concat(F.lit("q"), (F.col("id") % (rows // 6 + 1)).cast("string")).alias("query_id"),
+        F.concat(F.lit("query "), (F.col("id") % (rows // 6 + 1)).cast("string")).alias("query_norm"),
+        F.concat(F.lit("p"), F.col("id").cast("string")).alias("product_id"),
+        (F.col("id") % 4).cast("double").alias("grade"), F.lit("timing").alias("source"), F.lit(run_date).alias("run_date"))
+    lake.write("silver.judgments", judgments, mode="overwrite")
+    queries = spark.range(rows // 5).select(
+        F.concat(F.lit("q"), F.col("id").cast("string")).alias("query_id"),
+        F.concat(F.lit("Query "), F.col("id").cast("string")).alias("query"),
+        F.concat(F.lit("query "), F.col("id").cast("string")).alias("query_norm"),
+        F.lit(None).cast("string").alias("audio_ref"), (F.col("id") % 7).alias("frequency"),
+        F.sha2(F.col("id").cast("string"), 256).alias("text_hash"), F.lit(run_date).alias("run_date"))
+    lake.write("silver.queries", queries, mode="overwrite")
+
+
+def main(rows: int = 50_000, lake_root: str | None = None) -> dict:
+    from mmpipeline.config import load_config
+    from mmpipeline.context import RunContext
+    from mmpipeline.validate import run
+
+    root = lake_root or tempfile.mkdtemp(prefix="validate-timing-")
+    shutil.rmtree(root, ignore_errors=True)
+    cfg = load_config(None, {"lake.root": root}, env={})
+    out: dict = {"rows": rows, "lake": root, "runs": []}
+    for i, d in enumerate((dt.date(2024, 1, 1), dt.date(2024, 1, 2))):
+        ctx = RunContext.create(cfg, d)
+        lake = ctx.spark_lake()
+        t = time.perf_counter()
+        build_tables(lake, ctx.spark, rows if i == 0 else int(rows * 1.1), d)
+        build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        summary = run(ctx)
+        out["runs"].append({"run_date": str(d), "build_seconds": round(build_s, 1),
+                            "validate_seconds": round(time.perf_counter() - t, 1),
+                            "tables": {k: {"rows": v["rows"], "checks": v["checks"], "seconds": v["seconds"]}
+                                       for k, v in summary["tables"].items()},
+                            "failed_critical": summary["failed_critical"], "warnings": summary["warnings"]})
+    return out
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=50_000)
+    p.add_argument("--lake")
+    a = p.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    print(json.dumps(main(a.rows, a.lake), indent=2))
