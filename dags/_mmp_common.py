@@ -160,7 +160,7 @@ def resolve_run_args(params: Mapping[str, Any], *, logical_date: Any = None, run
 
     Precedence: explicit param > upstream asset event (asset-triggered runs) > Variable > default.
     """
-    upstream = [u for u in upstream if isinstance(u, Mapping)]
+    upstream = [u for u in upstream if isinstance(u, Mapping) and (u.get("config") or u.get("run_date"))]
     latest = upstream[-1] if upstream else {}
     config = params.get("config") or latest.get("config") or variable_config or default_config
     path = Path(str(config)).expanduser()
@@ -191,18 +191,22 @@ def resolve_run_args(params: Mapping[str, Any], *, logical_date: Any = None, run
 
 
 def _upstream_extras(context: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Extras of the asset events that triggered this run (oldest first), if any."""
+    """Extras of the asset events that triggered this run (oldest first); empty for other runs."""
     out: list[tuple[str, dict[str, Any]]] = []
     try:
         events = context.get("triggering_asset_events") or {}
         for evs in events.values():
             for ev in evs:
-                extra = dict(getattr(ev, "extra", None) or {})
-                if extra.get("config") or extra.get("run_date"):
-                    out.append((str(getattr(ev, "timestamp", "")), extra))
+                out.append((str(getattr(ev, "timestamp", "")), dict(getattr(ev, "extra", None) or {})))
     except Exception as e:  # never let a lookup of optional metadata fail the run
         log.warning("could not read triggering asset events: %s", e)
     return [e for _, e in sorted(out, key=lambda x: x[0])]
+
+
+def brings_news(extra: Mapping[str, Any]) -> bool:
+    """False only for an evaluation event that kept the previous champion (nothing new to score)."""
+    summary = extra.get("summary") or {}
+    return not (isinstance(summary, Mapping) and summary.get("promoted") is False)
 
 
 def resolve_run_callable(**context: Any) -> dict[str, Any]:
@@ -210,13 +214,19 @@ def resolve_run_callable(**context: Any) -> dict[str, Any]:
     from airflow.sdk import Variable
 
     dag_run = context.get("dag_run")
+    upstream = _upstream_extras(context)
+    if upstream and not any(brings_news(e) for e in upstream):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("triggered only by a ranker evaluation that kept the current champion: "
+                                   "nothing new to score, the published index stays as it is")
     try:
         variable_config = Variable.get(CONFIG_VARIABLE, default=None)
     except Exception:  # no metadata DB / API reachable: fall back to the default
         variable_config = None
     resolved = resolve_run_args(
         context.get("params") or {}, logical_date=context.get("logical_date"),
-        run_after=getattr(dag_run, "run_after", None), upstream=_upstream_extras(context),
+        run_after=getattr(dag_run, "run_after", None), upstream=[e for e in upstream if brings_news(e)],
         variable_config=variable_config)
     log.info("mmpipeline run: config=%s run_date=%s full_refresh=%s model_alias=%s overrides=%s",
              resolved["config"], resolved["run_date"], resolved["full_refresh"], resolved["model_alias"],

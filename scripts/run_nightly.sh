@@ -120,7 +120,10 @@ run_dag mm_scoring_nightly
 T_DAGS=$(( $(date +%s) - T_START ))
 
 echo
-mmpipeline --log-level WARNING summary --config "$CONFIG" --run-date "$RUN_DATE" || echo "run: summary failed (see above)"
+SET_ARGS=()
+for o in "${OVERRIDES[@]}"; do SET_ARGS+=(--set "$o"); done
+mmpipeline --log-level WARNING summary --config "$CONFIG" --run-date "$RUN_DATE" "${SET_ARGS[@]}" \
+  || echo "run: summary failed (see above)"
 echo
 python -m mmpipeline.airflow_support timings --db "$AIRFLOW_HOME/airflow.db" --logical-date "$RUN_DATE" \
   --dag-seconds "mm_catalog_daily=${DAG_SECONDS[mm_catalog_daily]}" \
