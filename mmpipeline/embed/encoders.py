@@ -215,7 +215,8 @@ class SentenceTransformerText(TextEncoder):
         self.model.max_seq_length = spec.max_length
         self.model.eval()
         self.tokenizer = self.model.tokenizer
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def _features(self, texts):
         return self.model.tokenize(texts)

@@ -146,10 +146,7 @@ def _record_failures(ctx, task: Task, rows: list[tuple[str, str, str, str]]) -> 
 
 
 # ------------------------------------------------------------------------------------ tasks
-def build_tasks(ctx: "RunContext", tspec: EncoderSpec, ispec: EncoderSpec | None) -> list[Task]:
-    cfg, lake = ctx.cfg, ctx.lake
-    products = edata.load_products(lake, cfg)
-    queries = edata.load_queries(lake, cfg)
+def text_tasks(products: pd.DataFrame, queries: pd.DataFrame, tspec: EncoderSpec) -> list[Task]:
     tasks: list[Task] = []
     L = tspec.max_length
     for entity, table, id_col, df in (("product", "gold.product_embeddings", "product_id", products),
@@ -159,14 +156,14 @@ def build_tasks(ctx: "RunContext", tspec: EncoderSpec, ispec: EncoderSpec | None
         frame = pd.DataFrame({id_col: ok[id_col].to_numpy(), "payload": ok["text"].to_numpy(),
                               "content_hash": [edata.text_hash(t, L) for t in ok["text"]]})
         tasks.append(Task(entity, table, id_col, "text", tspec, frame, len(df), df.loc[empty, id_col].tolist()))
-    if ispec is not None:
-        img = products[products["has_image"]]
-        frame = pd.DataFrame({"product_id": img["product_id"].to_numpy(), "payload": img["image_path"].to_numpy(),
-                              "content_hash": [edata.image_hash(k, ispec.image_size) for k in img["image_key"]]})
-        tasks.insert(1, Task("product", "gold.product_embeddings", "product_id", "image", ispec, frame, len(img)))
-    log.info("embed: %d products (%d with a usable image), %d queries", len(products),
-             int(products["has_image"].sum()) if len(products) else 0, len(queries))
     return tasks
+
+
+def image_task(products: pd.DataFrame, ispec: EncoderSpec) -> Task:
+    img = products[products["has_image"]]
+    frame = pd.DataFrame({"product_id": img["product_id"].to_numpy(), "payload": img["image_path"].to_numpy(),
+                          "content_hash": [edata.image_hash(k, ispec.image_size) for k in img["image_key"]]})
+    return Task("product", "gold.product_embeddings", "product_id", "image", ispec, frame, len(img))
 
 
 # ------------------------------------------------------------------------------------ local engine
@@ -311,11 +308,19 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     if not ctx.lake.exists("silver.products"):
         raise StageError("silver.products does not exist yet: run ingest and clean first")
     t0 = time.perf_counter()
+    products = edata.load_products(ctx.lake, ctx.cfg)
+    queries = edata.load_queries(ctx.lake, ctx.cfg)
+    log.info("embed: %d products (%d with a usable image), %d queries", len(products),
+             int(products["has_image"].sum()) if len(products) else 0, len(queries))
     tspec = models.text_spec(ctx.cfg)
-    ispec = models.image_spec(ctx.cfg, ctx)
-    tasks = build_tasks(ctx, tspec, ispec)
     encoders: dict[str, Any] = {}
+    tasks = text_tasks(products, queries, tspec)
     results = [run_task(ctx, t, encoders) for t in tasks]
+    # the image spec after the text vectors: training a missing tower reuses them as its targets
+    ispec = models.image_spec(ctx.cfg, ctx)
+    if ispec is not None:
+        tasks.append(image_task(products, ispec))
+        results.append(run_task(ctx, tasks[-1], encoders))
     record_accounting(ctx, "embed", [
         Accounting(f"{t.table}:{t.modality}", r.rows_in, r.encoded + r.reused, r.skipped)
         for t, r in zip(tasks, results)])

@@ -202,7 +202,7 @@ def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_id
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
             n += len(b)
             bar.set_postfix(loss=f"{total / max(n, 1):.3f}")
         epoch_loss = total / max(n, 1)
