@@ -36,6 +36,41 @@ def previous_row_count(lake, table_name: str, run_date: dt.date) -> tuple[int | 
     return (best[1], str(best[0])) if best else (None, "")
 
 
+def previous_row_count_from_history(lake, table_name: str, run_date: dt.date) -> tuple[int | None, str]:
+    """Fallback: the table's rows at its latest Delta commit made for an earlier run date.
+
+    Commits written by the stages carry ``run_date`` in their commit metadata. For tables
+    partitioned by run date, the rows of that earlier run's partition at that version are counted.
+    """
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    best: tuple[str, int] | None = None
+    for h in lake.history(table_name):
+        rd = h.get("run_date") or _meta_run_date(h.get("userMetadata"))
+        if not rd or str(rd) >= str(run_date):
+            continue
+        if best is None or (str(rd), h["version"]) > best:
+            best = (str(rd), int(h["version"]))
+    if best is None:
+        return None, ""
+    ds = DeltaTable(lake.uri(table_name), version=best[1]).to_pyarrow_dataset()
+    if "run_date" in table(table_name).partition_by:
+        n = ds.count_rows(filter=pc.field("run_date") == dt.date.fromisoformat(best[0]))
+    else:
+        n = ds.count_rows()
+    return n, f"{best[0]} (Delta version {best[1]})"
+
+
+def _meta_run_date(meta: Any) -> str | None:
+    if isinstance(meta, str):  # delta-spark keeps userMetadata as a JSON string
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return None
+    return meta.get("run_date") if isinstance(meta, dict) else None
+
+
 def partition_count(lake, name: str, run_date: dt.date) -> int | None:
     """Rows of ``name`` in the run date's partition (delta-rs, no Spark); None when absent."""
     if not lake.exists(name) or "run_date" not in table(name).column_names:
@@ -80,6 +115,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     for name in present:
         spec = table(name)
         prev, prev_label = previous_row_count(lake, name, ctx.run_date)
+        if prev is None:
+            prev, prev_label = previous_row_count_from_history(lake, name, ctx.run_date)
         checks = silver_checks(spec, cfg, prev, prev_label)
         reports.append(project.validate(_run_frame(lake, name, ctx.run_date), name, name, checks,
                                         run_date=ctx.run_date, data_docs=q.data_docs))

@@ -8,14 +8,6 @@ import pytest
 
 from mmpipeline.validate import Check, ValidationReport, format_observed
 from mmpipeline.validate.api import CheckResult
-from mmpipeline.validate.suites import row_count_bounds
-
-
-def test_row_count_bounds():
-    assert row_count_bounds(None, 0.5, 1) == (1, None)
-    assert row_count_bounds(0, 0.5, 1) == (1, None)
-    assert row_count_bounds(1000, 0.5, 1) == (500, 1500)
-    assert row_count_bounds(3, 0.1, 1) == (3, 3)
 
 
 def test_check_severity_is_validated():
