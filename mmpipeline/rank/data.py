@@ -184,13 +184,26 @@ def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer
 # ------------------------------------------------------------------------------------ stage
 
 
-def _read_known(ctx: "RunContext", name: str, columns: list[str]) -> pd.DataFrame | None:
-    if not ctx.lake.exists(name):
+def _read_known(lake, name: str, columns: list[str], run_date) -> pd.DataFrame | None:
+    if not lake.exists(name):
         return None
-    df = ctx.lake.read_pandas(name, columns=columns)
+    df = lake.read_pandas(name, columns=columns)
     if "run_date" in df.columns:
-        df = df[pd.to_datetime(df["run_date"]).dt.date <= ctx.run_date]
+        df = df[pd.to_datetime(df["run_date"]).dt.date <= run_date]
     return df
+
+
+def load_inputs(lake, run_date) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Judgments and interactions known at ``run_date`` (silver rows of that date or earlier;
+    interaction events before the end of the run date)."""
+    judgments = _read_known(lake, "silver.judgments", ["query_id", "query_norm", "product_id", "grade", "run_date"], run_date)
+    interactions = _read_known(lake, "silver.interactions",
+                               ["query_id", "query_norm", "product_id", "event_type", "event_ts", "run_date"], run_date)
+    if interactions is not None and len(interactions):
+        end = pd.Timestamp(run_date, tz="UTC") + pd.Timedelta(days=1)
+        ts = pd.to_datetime(interactions["event_ts"], utc=True)
+        interactions = interactions[ts.isna() | (ts < end)]
+    return judgments, interactions
 
 
 def run(ctx: "RunContext") -> dict[str, Any]:
@@ -202,13 +215,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     for need in ("silver.products", "gold.product_embeddings"):
         if not lake.exists(need):
             raise StageError(f"{need} does not exist: run the clean and embed stages first")
-    judgments = _read_known(ctx, "silver.judgments", ["query_id", "query_norm", "product_id", "grade", "run_date"])
-    interactions = _read_known(ctx, "silver.interactions",
-                               ["query_id", "query_norm", "product_id", "event_type", "event_ts", "run_date"])
-    if interactions is not None and len(interactions):
-        end = pd.Timestamp(ctx.run_date, tz="UTC") + pd.Timedelta(days=1)
-        ts = pd.to_datetime(interactions["event_ts"], utc=True)
-        interactions = interactions[ts.isna() | (ts < end)]
+    judgments, interactions = load_inputs(lake, ctx.run_date)
     if (judgments is None or judgments.empty) and (interactions is None or interactions.empty):
         raise StageError("no judgments or interactions known at the run date: nothing to learn from")
     versions = {n: lake.version(n) for n in ("silver.products", "silver.judgments", "silver.interactions",

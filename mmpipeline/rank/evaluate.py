@@ -7,7 +7,7 @@ For every held-out (test-split) query, each system ranks the **whole catalog**:
   union text top-K union image top-K) then rerank with the model; products outside the candidates
   rank below every candidate.
 
-Metrics (torchmetrics retrieval): NDCG@k with graded gains, MRR and Recall@K with binary relevance
+Metrics (definitions of torchmetrics' retrieval metrics, see mmpipeline.rank.metrics): NDCG@k with graded gains, MRR and Recall@K with binary relevance
 (normalised grade >= ``rank.relevant_min_label``), overall and per slice: short / long queries and
 products without images (relevance restricted to products that have no image). RMSE of predicted
 grades on judged test pairs, with a linear score->grade calibration fitted on the validation split,
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mmpipeline.rank.features import PairFeaturizer, arrays_to_frame
-from mmpipeline.rank.metrics import retrieval_metrics
+from mmpipeline.rank.metrics import FLOOR, retrieval_metrics
 from mmpipeline.retrieval import tokenize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("bm25", "text_cosine", "image_cosine")
 SLICES = ("all", "short_queries", "long_queries", "no_image_products")
-FLOOR = -1e9  # score of a product the system did not retrieve
 Scorer = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 

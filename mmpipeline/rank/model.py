@@ -68,6 +68,24 @@ class ModalityBranch(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1))
 
 
+class ModalityAttention(nn.Module):
+    """Single-head scaled dot-product attention of one query token over the modality tokens;
+    masked (absent) modalities get no weight."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, hidden)
+        self.v = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.scale = hidden ** -0.5
+
+    def forward(self, query: torch.Tensor, tokens: torch.Tensor, missing: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.einsum("nh,nmh->nm", self.q(query), self.k(tokens)) * self.scale
+        w = torch.softmax(logits.masked_fill(missing, -1e4), dim=-1)
+        return self.out(torch.einsum("nm,nmh->nh", w, self.v(tokens))), w
+
+
 class FusionRanker(nn.Module):
     def __init__(self, cfg: FusionConfig):
         super().__init__()
@@ -96,7 +114,7 @@ class FusionRanker(nn.Module):
             self.modality_emb = nn.Parameter(torch.randn(3, h) * 0.02)
             self.cls = nn.Parameter(torch.randn(h) * 0.02)
             self.q_proj = nn.Linear(cfg.dim, h) if cfg.use_vectors else None
-            self.attn = nn.MultiheadAttention(h, num_heads=2, dropout=cfg.dropout, batch_first=True)
+            self.attn = ModalityAttention(h)
             self.head = nn.Sequential(nn.Linear(2 * h + 1, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 1))
 
     # ------------------------------------------------------------------------- statistics
@@ -138,8 +156,8 @@ class FusionRanker(nn.Module):
             query = query + self.q_proj(q_text)
         missing = torch.zeros(len(tokens), 3, dtype=torch.bool, device=tokens.device)
         missing[:, 1] = has_image.squeeze(-1) < 0.5
-        out, _ = self.attn(query.unsqueeze(1), tokens, tokens, key_padding_mask=missing, need_weights=False)
-        return self.head(torch.cat([out.squeeze(1), h_t, has_image], dim=-1)).squeeze(-1)
+        out, _ = self.attn(query, tokens, missing)
+        return self.head(torch.cat([out, h_t, has_image], dim=-1)).squeeze(-1)
 
     def modality_weights(self) -> dict[str, float] | None:
         """alpha, beta, gamma of the weighted fusion (all modalities present)."""

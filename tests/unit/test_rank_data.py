@@ -1,0 +1,117 @@
+"""Training-data builder (split by query, labels, negatives), featurizer and the gating decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmpipeline.config import RankConfig
+from mmpipeline.rank import data
+from mmpipeline.rank.evaluate import decide
+from mmpipeline.rank.features import FEATURE_COLUMNS, PairFeaturizer
+
+DIM = 6
+
+
+def _featurizer(n: int = 40, seed: int = 0) -> PairFeaturizer:
+    rng = np.random.default_rng(seed)
+    ids = [f"p{i}" for i in range(n)]
+    products = pd.DataFrame({"product_id": ids, "title": [f"{'red' if i % 2 else 'blue'} shirt {i}" for i in range(n)],
+                             "price": [float(i) if i % 5 else None for i in range(n)]})
+    text = rng.normal(size=(n, DIM))
+    image_ids = ids[: n // 2]
+    image = rng.normal(size=(len(image_ids), DIM))
+    qids = [f"q{i}" for i in range(30)]
+    return PairFeaturizer(products, {"text": (ids, text), "image": (image_ids, image)}, (qids, rng.normal(size=(30, DIM))))
+
+
+def _judgments(n_q: int = 30) -> pd.DataFrame:
+    rows = []
+    for q in range(n_q):
+        for j in range(4):
+            rows.append({"query_id": f"q{q}", "query_norm": f"red shirt {q}", "product_id": f"p{(q + j) % 40}",
+                         "grade": float(1 + (j % 3))})
+    return pd.DataFrame(rows)
+
+
+def test_split_is_by_query_deterministic_and_disjoint():
+    rc = RankConfig(negatives_random=3, negatives_hard=3, hard_pool_k=8)
+    fz = _featurizer()
+    df, counts = data.build(_judgments(), None, fz, rc, "2026-11-01")
+    assert df.groupby("query_id")["split"].nunique().max() == 1
+    assert set(df["split"]) <= {"train", "valid", "test"}
+    df2, _ = data.build(_judgments(), None, fz, rc, "2026-11-01")
+    pd.testing.assert_frame_equal(df, df2)
+    # stable: a query keeps its split when other queries come and go
+    s_all = data.assign_split(pd.Series([f"q{i}" for i in range(200)]), rc.split)
+    s_some = data.assign_split(pd.Series([f"q{i}" for i in range(0, 200, 3)]), rc.split)
+    assert (s_all.iloc[::3].to_numpy() == s_some.to_numpy()).all()
+    shares = s_all.value_counts(normalize=True)
+    assert 0.5 < shares["train"] < 0.9
+    assert counts["train_queries"] + counts["valid_queries"] + counts["test_queries"] == counts["queries"]
+
+
+def test_labels_negatives_and_features():
+    rc = RankConfig(negatives_random=3, negatives_hard=2, hard_pool_k=8)
+    fz = _featurizer()
+    j = _judgments()
+    df, counts = data.build(j, None, fz, rc, "2026-11-01")
+    judged = df[df["source"] == "judgment"]
+    assert judged["label"].between(0, 1).all() and judged["label"].max() == 1 and judged["label"].min() == 0
+    neg = df[df["source"].str.endswith("negative")]
+    assert (neg["label"] == 0).all() and neg["grade"].isna().all()
+    pairs = set(zip(j["query_id"], j["product_id"]))
+    assert not any((q, p) in pairs for q, p in zip(neg["query_id"], neg["product_id"]))  # never a judged product
+    assert counts["hard_negatives"] > 0 and counts["random_negatives"] == 3 * 30
+    assert not df.duplicated(["query_id", "product_id"]).any()
+    no_img = df[~df["product_id"].isin([f"p{i}" for i in range(20)])]
+    assert (no_img["has_image"] == 0).all() and (no_img["cos_image"] == 0).all()
+
+
+def test_interactions_graded_by_event_type_and_judgments_win():
+    rc = RankConfig()
+    inter = pd.DataFrame({
+        "query_id": ["qa", "qa", "qa", "qa", "qb"], "query_norm": ["a"] * 4 + ["b"],
+        "product_id": ["p1", "p1", "p2", "p3", "p1"],
+        "event_type": ["impression", "purchase", "click", "teleport", "add_to_cart"]})
+    g = data.grade_interactions(inter, rc.interaction_grades).set_index(["query_id", "product_id"])["grade"]
+    assert g[("qa", "p1")] == 3 and g[("qa", "p2")] == 1 and g[("qb", "p1")] == 2 and ("qa", "p3") not in g
+    judg = pd.DataFrame({"query_id": ["qa"], "query_norm": ["a"], "product_id": ["p2"], "grade": [1.0]})
+    pairs = data.graded_pairs(judg, inter, rc).set_index(["query_id", "product_id"])
+    assert pairs.loc[("qa", "p2"), "source"] == "judgment"
+    assert pairs.loc[("qa", "p1"), "label"] == 1.0 and pairs.loc[("qb", "p1"), "label"] == pytest.approx(2 / 3)
+
+
+def test_featurizer_transform_columns_and_unknowns():
+    fz = _featurizer()
+    out = fz.transform(["red shirt", "red shirt", "blue"], ["q1", "unknown-q", "q2"], ["p1", "p30", "nope"])
+    assert list(out.columns) == FEATURE_COLUMNS and len(out) == 3
+    assert out.loc[0, "has_image"] == 1 and out.loc[1, "has_image"] == 0  # p30 has no image
+    assert out.loc[1, "has_query_vec"] == 0 and out.loc[1, "cos_text"] == 0  # no vector, no encoder
+    assert out.loc[2, "has_text"] == 0 and out.loc[2, "bm25"] == 0  # unknown product
+    assert out.loc[0, "title_coverage"] == 1.0 and out.loc[0, "bm25"] > 0
+    assert len(out.loc[0, "q_text"]) == DIM
+
+
+def test_gate_decisions():
+    rc = RankConfig(primary_metric="ndcg_at_10", promote_margin=0.01, slice_tolerance=0.02)
+
+    def m(all_, short=None, noimg=None):
+        return {"all": {"ndcg_at_10": all_}, "short_queries": {"ndcg_at_10": short if short is not None else all_},
+                "long_queries": {"ndcg_at_10": all_}, "no_image_products": {"ndcg_at_10": noimg if noimg is not None else all_}}
+
+    ok, why = decide(m(0.3), None, rc)
+    assert ok and "no current champion" in why[0]
+    ok, _ = decide(m(0.50), m(0.60), rc)  # worse: not promoted
+    assert not ok
+    ok, _ = decide(m(0.605), m(0.60), rc)  # better but inside the margin
+    assert not ok
+    ok, _ = decide(m(0.70), m(0.60), rc)
+    assert ok
+    ok, why = decide(m(0.70, noimg=0.50), m(0.60), rc)  # a slice regresses beyond tolerance
+    assert not ok and any("no_image_products regresses" in r for r in why)
+    ok, _ = decide(m(0.70, noimg=0.59), m(0.60), rc)  # within tolerance
+    assert ok
+    ok, _ = decide(m(float("nan")), m(0.6), rc)
+    assert not ok
