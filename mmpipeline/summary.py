@@ -145,12 +145,14 @@ def _latest_evaluation(cfg: Config, version: str | None) -> tuple[list[str], lis
         return [], [], ""
     ev = lake.read_pandas("ops.rank_evaluations")
     ev = ev[ev["model_name"] == cfg.mlflow.model_name]
-    if version is not None and (ev["model_version"].astype(str) == version).any():
-        ev = ev[ev["model_version"].astype(str) == version]
     if not len(ev):
         return [], [], ""
-    latest = ev["evaluated_at"].max()
+    # the latest evaluation of the champion's version (baselines share its evaluated_at), else the latest
+    mine = ev[ev["model_version"].astype(str) == str(version)] if version is not None else ev.iloc[0:0]
+    latest = (mine if len(mine) else ev)["evaluated_at"].max()
     ev = ev[(ev["evaluated_at"] == latest) & (ev["slice"] == "all")]
+    if not len(ev):
+        return [], [], ""
     metrics = sorted(ev["metric"].unique())
     rows = []
     for system, grp in ev.groupby("system", sort=False):
@@ -158,7 +160,8 @@ def _latest_evaluation(cfg: Config, version: str | None) -> tuple[list[str], lis
         rows.append([system, *[float(vals[m]) if m in vals else "" for m in metrics]])
     order = {"challenger": 0, "champion": 1}
     rows.sort(key=lambda r: (order.get(r[0], 2), r[0]))
-    when = f"model version {ev['model_version'].iloc[0]}, evaluated {str(latest)[:19]}"
+    versions = sorted({str(v) for v in ev["model_version"] if v})
+    when = f"model version {', '.join(versions) or '?'}, evaluated {str(latest)[:19]}"
     return metrics, rows, when
 
 
@@ -205,16 +208,16 @@ def sample_queries(cfg: Config, index_queries: list[str], n: int = 3) -> list[st
     """A few head queries present in the index: the most frequent ones when frequencies are known."""
     lake = _lake(cfg)
     present = set(index_queries)
+    picked: list[str] = []
     try:
         if lake.exists("silver.queries"):
             q = lake.read_pandas("silver.queries", columns=["query_norm", "frequency"]).dropna(subset=["query_norm"])
             q = q.sort_values(["frequency", "query_norm"], ascending=[False, True], na_position="last")
-            picked = [x for x in q["query_norm"].tolist() if x in present][:n]
-            if len(picked) == n:
-                return picked
+            picked = list(dict.fromkeys(x for x in q["query_norm"].tolist() if x in present))[:n]
     except Exception as e:
         log.debug("query frequencies unavailable: %s", e)
-    return sorted(present)[:n]
+    picked += [x for x in sorted(present) if x not in picked][: n - len(picked)]
+    return picked
 
 
 def top_results(cfg: Config, queries: list[str] | None = None, k: int = 5, n_queries: int = 3) -> list[dict[str, Any]]:

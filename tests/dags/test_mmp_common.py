@@ -1,0 +1,85 @@
+"""The DAGs' shared helper: run-argument resolution, failure summaries, and the CLI stage runner."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from _mmp_common import (
+    REPO_ROOT, STAGES, brings_news, failure_paragraph, resolve_run_args, run_cli_stage,
+)
+
+CFG = "configs/homedepot.yaml"
+
+
+def test_defaults_take_the_logical_date_and_the_default_config():
+    r = resolve_run_args({}, logical_date=dt.datetime(2026, 3, 4, 1, 0, tzinfo=dt.timezone.utc),
+                         default_config=CFG)
+    assert r["config"] == str(REPO_ROOT / CFG) and r["run_date"] == "2026-03-04"
+    assert r["argv"] == ["--config", str(REPO_ROOT / CFG), "--run-date", "2026-03-04"]
+    assert r["full_refresh"] is False and r["model_alias"] is None
+
+
+def test_params_win_and_become_cli_flags():
+    r = resolve_run_args({"config": "configs/fashion.yaml", "run_date": "2026-01-02", "full_refresh": True,
+                          "model_alias": "challenger", "overrides": ["embed.batch_size=64"]},
+                         logical_date=dt.datetime(2026, 3, 4, tzinfo=dt.timezone.utc),
+                         upstream=[{"config": CFG, "run_date": "2025-12-31"}], variable_config=CFG)
+    assert r["argv"] == ["--config", str(REPO_ROOT / "configs/fashion.yaml"), "--run-date", "2026-01-02",
+                         "--full-refresh", "--model-alias", "challenger", "--set", "embed.batch_size=64"]
+    assert r["cli"].startswith("mmpipeline run STAGE --config ")
+
+
+def test_asset_triggered_runs_follow_the_upstream_run_then_variable_then_run_after():
+    up = [{"config": "configs/sample.yaml", "run_date": "2026-05-01"}, {"dag_id": "x"}]
+    r = resolve_run_args({}, logical_date=None, run_after=dt.datetime(2026, 5, 2, 5, 0), upstream=up,
+                         variable_config=CFG)
+    assert r["config"].endswith("configs/sample.yaml") and r["run_date"] == "2026-05-01"
+    r = resolve_run_args({}, logical_date=None, run_after=dt.datetime(2026, 5, 2, 5, 0), variable_config=CFG)
+    assert r["config"].endswith(CFG) and r["run_date"] == "2026-05-02"
+    r = resolve_run_args({}, today=dt.date(2026, 6, 1), default_config=CFG)
+    assert r["run_date"] == "2026-06-01"
+
+
+def test_bad_inputs_fail_with_a_readable_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        resolve_run_args({"config": str(tmp_path / "nope.yaml")})
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        resolve_run_args({"run_date": "yesterday"}, default_config=CFG)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        resolve_run_args({"overrides": ["embed.batch_size"]}, default_config=CFG)
+
+
+def test_evaluation_that_kept_the_champion_brings_no_news():
+    assert brings_news({"config": CFG})
+    assert brings_news({"summary": {"promoted": True}})
+    assert not brings_news({"summary": {"promoted": False}})
+
+
+def test_failure_paragraph_is_one_actionable_paragraph():
+    resolved = resolve_run_args({"run_date": "2026-01-02"}, default_config=CFG)
+    p = failure_paragraph(dag_id="mm_catalog_daily", task_id="clean", run_id="manual__1", try_number=3,
+                          max_tries=3, error=RuntimeError("rows lost in silver.products\n  in 10 != 9"),
+                          resolved=resolved, will_retry=False, downstream=["embed", "validate"],
+                          log_url="http://x/log")
+    assert "\n" not in p
+    assert "mm_catalog_daily.clean failed on attempt 3 of 3" in p and "run date 2026-01-02" in p
+    assert "rows lost in silver.products in 10 != 9" in p
+    assert "(embed, validate) will not run" in p
+    assert f"mmpipeline run clean --config {REPO_ROOT / CFG} --run-date 2026-01-02" in p
+    p = failure_paragraph(dag_id="d", task_id="t", run_id="r", try_number=1, max_tries=3, error="boom",
+                          resolved=None, will_retry=True)
+    assert "will retry" in p and "run parameters unresolved" in p
+
+
+def test_every_stage_has_its_spark_submit_job():
+    for st in STAGES.values():
+        assert st.job.is_file(), st.job
+        assert st.timeout <= dt.timedelta(hours=12)
+
+
+def test_cli_stage_failure_carries_the_output_tail():
+    with pytest.raises(RuntimeError, match="(?s)exited with code 2.*invalid choice"):
+        run_cli_stage("no-such-stage", ["--config", str(Path(REPO_ROOT) / CFG)])
