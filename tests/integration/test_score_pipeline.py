@@ -96,7 +96,7 @@ def register_models(cfg) -> dict[str, str]:
     versions = {}
     for kind, model in (("good", SumModel()), ("nan", NanModel())):
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=model,
+            info = mlflow.pyfunc.log_model(name="model", python_model=model, pip_requirements=["mlflow"],
                                            registered_model_name=cfg.mlflow.model_name)
         versions[kind] = str(info.registered_model_version)
     return versions
@@ -141,7 +141,7 @@ def _ctx(cfg, d, **kw):
 
 
 @pytest.mark.slow
-def test_score_publish_nan_rejected_and_rollback(scored_env, capsys):
+def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
     from mmpipeline.score import job, publish
 
     cfg, versions = scored_env
@@ -170,7 +170,16 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, capsys):
     assert p1["published"] and p1["rows"] == len(r1)
     assert publish.run(_ctx(cfg, D1)).get("already_current")  # publishing again is a no-op
 
-    job.run(_ctx(cfg, D2))
+    # D2 on the Spark engine (mapInPandas, model loaded per partition): the same rows as the local path
+    ctx2 = _ctx(cfg, D2, options={"engine": "spark"})
+    ctx2.__dict__["spark"] = spark
+    assert job.run(ctx2)["ranking_rows"] == len(r1)
+    r2 = lake.read_pandas("gold.search_ranking")
+    r2 = r2[pd.to_datetime(r2["run_date"]).dt.date == D2]
+    a, b = r1.sort_values(key).reset_index(drop=True), r2.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[["query_id", "rank", "product_id", "model_version", "candidate_source"]],
+                                  b[["query_id", "rank", "product_id", "model_version", "candidate_source"]])
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
     p2 = publish.run(_ctx(cfg, D2))
     assert p2["index_version"] > p1["index_version"]
 
@@ -212,24 +221,14 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, capsys):
     top = res["results"][0]["title"]
     assert "blue" in top and "shirt" in top
 
+    # the benchmark on the same lake (kept in this test: the lake and models are already built)
+    from mmpipeline.bench.score import main as bench
 
-@pytest.mark.slow
-def test_score_spark_engine_matches_local(scored_env, spark):
-    from mmpipeline.score import job
-
-    cfg, versions = scored_env
     set_alias(cfg, versions["good"])
-    local = job.run(_ctx(cfg, D1))
-    lake = _ctx(cfg, D1).lake
-    r_local = lake.read_pandas("gold.search_ranking")
-    ctx = _ctx(cfg, D1, options={"engine": "spark"})
-    ctx.__dict__["spark"] = spark
-    sp = job.run(ctx)
-    assert sp["ranking_rows"] == local["ranking_rows"]
-    r_spark = lake.read_pandas("gold.search_ranking")
-    key = ["query_id", "rank"]
-    a = r_local.sort_values(key).reset_index(drop=True)
-    b = r_spark.sort_values(key).reset_index(drop=True)
-    pd.testing.assert_frame_equal(a[["query_id", "rank", "product_id", "model_version"]],
-                                  b[["query_id", "rank", "product_id", "model_version"]])
-    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-6)
+    out = bench(cfg, {"head_queries": 6, "baseline_queries": 3})
+    ds = out["datasets"][cfg.name]
+    assert ds["queries"] == 6 and ds["candidate_pairs"] > 0 and ds["pairs_scored_per_second"] > 0
+    assert ds["baseline_per_query_calls"]["queries"] == 3 and ds["non_finite_scores"] == 0
+    assert {"candidates", "score", "write", "stage_total"} <= set(ds["stage_seconds"])
+    # the bench writes to a throw-away lake: the served index is untouched
+    assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
