@@ -189,7 +189,10 @@ def format_observed(exp_type: str, result: dict[str, Any]) -> str:
     if "unexpected_count" in result:  # column map expectations
         n, bad = result.get("element_count") or 0, result.get("unexpected_count") or 0
         pct = result.get("unexpected_percent")
+        missing = result.get("missing_count") or 0
         s = f"{bad:,} of {n:,} rows unexpected" + (f" ({pct:.2f}%)" if pct is not None else "")
+        if missing and "null" not in exp_type:
+            s += f", {missing:,} null (not checked)"
         if bad and result.get("partial_unexpected_counts"):
             eg = ", ".join(f"{c['value']!r} x{c['count']}" for c in result["partial_unexpected_counts"][:5])
             s += f", e.g. {eg}"

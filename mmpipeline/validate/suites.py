@@ -50,9 +50,9 @@ def _share_observed(what: str):
         bad = int(res.get("unexpected_count") or 0)
         considered = n - missing
         if considered <= 0:
-            return f"{what}: n/a (no rows to consider)"
+            return f"{what}: n/a (no product references an image)"
         ok = considered - bad
-        s = f"{what} {ok / considered:.3f} ({ok:,} of {considered:,})"
+        s = f"{what} {ok / considered:.3f} ({ok:,} of {considered:,} with an image reference)"
         if bad and res.get("partial_unexpected_counts"):
             s += ", failures e.g. " + ", ".join(f"{c['value']!r} x{c['count']}" for c in res["partial_unexpected_counts"][:5])
         return s
@@ -154,7 +154,7 @@ def decodable_image_check(cfg: Config) -> Check:
             column="image_status", value_set=list(q.decodable_image_statuses), mostly=q.min_decodable_image_share,
             row_condition=Column("image_ref").is_not_null()),
         "critical", name="decodable_image_share", observed=_share_observed("decodable share"),
-        note=f"required >= {q.min_decodable_image_share:.3f} among products with an image reference")
+        note=f"required >= {q.min_decodable_image_share:.3f}")
 
 
 def quarantine_check(rows_in: int, cfg: Config, source: str) -> Check:
@@ -169,11 +169,11 @@ def quarantine_check(rows_in: int, cfg: Config, source: str) -> Check:
         n = res.get("observed_value")
         if not isinstance(n, int):
             return f"{n} quarantined"
-        return f"{n:,} of {rows_in:,} rows quarantined (share {n / rows_in:.3f})" if rows_in else f"{n:,} quarantined"
+        return f"{n:,} of {rows_in:,} rows quarantined ({n / rows_in:.2%})" if rows_in else f"{n:,} quarantined"
 
     return Check(_gxe().ExpectTableRowCountToBeBetween(min_value=0, max_value=limit), "warning",
                  name="quarantine_share", observed=fmt,
-                 note=f"allowed share <= {share:.3f} (<= {limit:,} rows; rows in from {source})")
+                 note=f"allowed <= {share:.0%} (<= {limit:,} rows; rows in from {source})")
 
 
 # ----------------------------------------------------------------------------------- rankings

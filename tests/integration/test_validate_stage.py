@@ -83,9 +83,9 @@ def test_validate_stage_pass_warn_idempotent_then_critical_failure(spark, make_c
     assert "decodable_image_share" in out and "grade_domain" in out
     first = _validation_rows(lake, D1)
     share = first[first.check_name == "decodable_image_share"].iloc[0]
-    assert share.success and "decodable share 0.875 (7 of 8)" in share.observed_value
+    assert share.success and "decodable share 0.875 (7 of 8 with an image reference)" in share.observed_value
     q = first[first.check_name == "quarantine_share"].iloc[0]
-    assert not q.success and q.severity == "warning" and "3 of 15 rows quarantined" in q.observed_value
+    assert not q.success and q.severity == "warning" and "3 of 15 rows quarantined (20.00%)" in q.observed_value
     assert "first run" in first[(first.check_name == "row_count") & (first.table_name == "silver.products")].iloc[0].observed_value
     docs = Path(summary["data_docs"])
     assert docs == Path(cfg.lake.root) / "ops" / "data_docs" / "index.html" and docs.is_file()
