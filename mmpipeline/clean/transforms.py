@@ -118,7 +118,7 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
         clean_text_col("description").alias("description"),
         clean_text_col("brand").alias("brand"),
         clean_text_col("category_path").alias("category_path"),
-        F.col("attributes"),
+        (F.col("attributes") if "attributes" in bronze.columns else F.lit(None).cast("map<string,string>")).alias("attributes"),
         price.alias("_price"),
         F.upper(_blank_to_null(F.col("currency"))).alias("_currency_col"),
         _blank_to_null(F.col("image_ref")).alias("image_ref"),
