@@ -115,7 +115,7 @@ class EmbedConfig(_Model):
     image_batch_size: int = 64
     max_text_length: int = 128
     num_workers: int = 2
-    image_size: int = 64  # image encoder input side (px); the trained tower records its own
+    image_size: int = 48  # image encoder input side (px); the trained tower records its own
     text_model: EmbedModelConfig = Field(default_factory=EmbedModelConfig)
     image_model: EmbedModelConfig = Field(
         default_factory=lambda: EmbedModelConfig(kind="trained-tower", name="resnet18")
