@@ -69,6 +69,16 @@ class ListData:
                 "p_image": featurizer.p_image[r], "scalars": self.scalars[idx]}
 
 
+def subset_lists(data: ListData, group_idx: np.ndarray) -> ListData:
+    """The lists of the given query groups (re-indexed)."""
+    rows = np.concatenate([data.groups[i] for i in group_idx]) if len(group_idx) else np.zeros(0, np.int64)
+    bounds = np.cumsum([len(data.groups[i]) for i in group_idx])[:-1]
+    groups = np.split(np.arange(len(rows)), bounds) if len(rows) else []
+    return ListData(q_vec=data.q_vec, q_index=data.q_index[rows], p_row=data.p_row[rows], scalars=data.scalars[rows],
+                    labels=data.labels[rows], grades=data.grades[rows], groups=groups,
+                    query_ids=[data.query_ids[i] for i in group_idx])
+
+
 def make_lists(df: pd.DataFrame, featurizer: PairFeaturizer) -> ListData:
     """Rows of ``gold.training_data`` (one split) -> :class:`ListData`. Pairs whose product is not
     in the featurizer's catalog are dropped."""
@@ -115,6 +125,7 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
     groups = [g for g in train.groups if len(g) > 1]
     history: list[dict[str, float]] = []
     best, best_state, bad = -1.0, None, 0
+    monitor = subset_lists(train, rng.permutation(len(train.groups))[:200]) if train.groups else None
     for epoch in range(1, rc.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -154,9 +165,9 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
         if valid is not None and len(valid):
             vs = predict_lists(model, featurizer, valid, rc.score_batch_size, device)
             rec[f"valid_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(vs, valid.labels, valid.groups, rc.eval_k)
-        ts = predict_lists(model, featurizer, train, rc.score_batch_size, device) if len(train) <= 200_000 else None
-        if ts is not None:
-            rec[f"train_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(ts, train.labels, train.groups, rc.eval_k)
+        if monitor is not None:  # training NDCG on a fixed sample of queries (learning curves)
+            ts = predict_lists(model, featurizer, monitor, rc.score_batch_size, device)
+            rec[f"train_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(ts, monitor.labels, monitor.groups, rc.eval_k)
         history.append(rec)
         if on_epoch:
             on_epoch(epoch, rec)
