@@ -114,13 +114,18 @@ def run(ctx: RunContext) -> dict[str, Any]:
     reports: list[ValidationReport] = []
     for name in present:
         spec = table(name)
+        entity = name.partition(".")[2]
+        if "run_date" in spec.partition_by and entity not in cfg.sources \
+                and not partition_count(lake, name, ctx.run_date):
+            log.info("validate: %s has no partition for %s and no %s source is configured, skipped",
+                     name, ctx.run_date, entity)
+            continue
         prev, prev_label = previous_row_count(lake, name, ctx.run_date)
         if prev is None:
             prev, prev_label = previous_row_count_from_history(lake, name, ctx.run_date)
         checks = silver_checks(spec, cfg, prev, prev_label)
         reports.append(project.validate(_run_frame(lake, name, ctx.run_date), name, name, checks,
                                         run_date=ctx.run_date, data_docs=q.data_docs))
-        entity = name.partition(".")[2]
         qname = f"quarantine.{entity}"
         quarantined = partition_count(lake, qname, ctx.run_date)
         if not quarantined:  # no quarantine table or nothing quarantined this run: share 0, nothing to check
@@ -134,6 +139,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
             reports.append(project.validate(_run_frame(lake, qname, ctx.run_date), qname, qname,
                                             [quarantine_check(rows_in, cfg, source)], run_date=ctx.run_date,
                                             data_docs=q.data_docs))
+    if not reports:
+        raise StageError(f"validate: nothing to validate for {ctx.run_date} under {cfg.lake.root}")
     stored = store_reports(lake, ctx.run_date, reports)
 
     rows = []
