@@ -10,7 +10,8 @@ How a stage runs
   ``SparkSubmitOperator`` with ``jobs/<stage>.py``. The Spark connection id is ``mmp_spark`` (local
   mode, ``local[2]``, by default); point that connection at ``spark://host:7077``, ``yarn`` or
   ``k8s://...`` to run on a cluster, or set ``MMP_SPARK_CONN_ID`` to use another connection.
-* torch-only stages (train-image-tower, train, evaluate) never start a SparkSession: they run the
+* torch-only stages (train, evaluate; train-image-tower by hand, or by embed when no tower is
+  registered yet) never start a SparkSession: they run the
   same CLI (``python -m mmpipeline.cli run <stage>``) in a subprocess of the Airflow worker. A
   spark-submit would add a JVM launch for nothing and, with a cluster connection in cluster deploy
   mode, would ship a GPU training job to a Spark executor host. In a subprocess the model's memory
@@ -393,7 +394,6 @@ def log_failure_summary(context: Mapping[str, Any]) -> None:
             error=context.get("exception") or context.get("reason"), resolved=resolved, will_retry=will_retry,
             downstream=downstream, log_url=getattr(ti, "log_url", None))
         log.error("%s", para)
-        print(para, file=sys.stderr)
     except Exception as e:  # a callback must never raise
         log.error("mmpipeline: a task failed (and the failure summary could not be built: %s)", e)
 
@@ -404,7 +404,7 @@ def log_dag_failure(context: Mapping[str, Any]) -> None:
         dag_run = context.get("dag_run")
         failed = []
         try:
-            failed = [ti.task_id for ti in dag_run.get_task_instances(state="failed")]
+            failed = sorted(ti.task_id for ti in dag_run.get_task_instances(state=["failed", "upstream_failed"]))
         except Exception:
             pass
         log.error("mmpipeline: DAG run %s of %s failed (%s); failed tasks: %s. Downstream tables keep their "
