@@ -26,7 +26,6 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("ndcg_at_10", "mrr", "recall_at_100")
 
 
 def colour_vocabulary(attrs: pd.Series, attribute: str) -> list[str]:
@@ -73,10 +72,11 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
         log.info("%s: trained %s in %.0fs (%s)", label, name, time.perf_counter() - t1, fit_info[name])
     t2 = time.perf_counter()
     res = evaluate(featurizer, df, models, rc)
+    keys = (f"ndcg_at_{rc.eval_k}", "mrr", f"recall_at_{rc.recall_k}")
     systems = {}
     for system, slices in res["metrics"].items():
-        entry = {k: round(v, 4) for k, v in slices["all"].items() if k in METRIC_KEYS}
-        entry["slices"] = {sl: {k: round(v, 4) for k, v in ms.items() if k in METRIC_KEYS} | {"queries": ms["queries"]}
+        entry = {k: round(v, 4) for k, v in slices["all"].items() if k in keys}
+        entry["slices"] = {sl: {k: round(v, 4) for k, v in ms.items() if k in keys} | {"queries": ms["queries"]}
                            for sl, ms in slices.items() if sl != "all"}
         if system in res["rmse"] and res["rmse"][system]:
             entry["rmse_grade"] = round(res["rmse"][system]["rmse"], 4)

@@ -139,3 +139,28 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
     dec = ctx.lake.read_pandas("ops.rank_decisions")
     assert dec["promoted"].tolist().count(True) == 1 and len(dec) == 2
+
+
+@pytest.mark.slow
+def test_quality_bench_reports_every_system(rank_cfg):
+    from mmpipeline.bench.quality import main
+
+    build_world(RunContext.create(rank_cfg, D1).lake)
+    rank_cfg.run_date = D1
+    out = main(rank_cfg, {"epochs": 2, "bench_fusions": ["concat", "weighted"], "colour_free": False})
+    systems = out["titles_as_given"]["systems"]
+    assert set(systems) == {"bm25", "text_cosine", "image_cosine", "fusion_concat", "fusion_weighted"}
+    for s in systems.values():
+        assert set(s) >= {"ndcg_at_10", "mrr", "recall_at_20", "slices"}
+    assert "rmse_grade" in systems["fusion_concat"] and "modality_weights" in systems["fusion_weighted"]["training"]
+    assert "colour_words_removed" not in out
+
+
+def test_colour_words_are_removed_from_titles():
+    from mmpipeline.bench.quality import colour_vocabulary, strip_words
+
+    attrs = pd.Series([[("colour", "Navy Blue"), ("gender", "Men")], [("colour", "Red")], None, [("gender", "Women")]])
+    vocab = colour_vocabulary(attrs, "colour")
+    assert vocab[0] == "navy blue" and {"navy", "blue", "red"} <= set(vocab)
+    assert strip_words(["Turtle Check Men Navy Blue Shirt", "Red Tape Shoe", "Bluetooth Speaker"], vocab) == [
+        "Turtle Check Men Shirt", "Tape Shoe", "Bluetooth Speaker"]
