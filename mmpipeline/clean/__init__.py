@@ -119,7 +119,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         account("products", "silver.products", counts, {"images": img_counts, "merge": merge})
         n_refs = sum(img_counts.values())
         n_ok = img_counts.get("ok", 0)
-        acc.append(Accounting("silver.products:images", n_refs, n_ok, n_refs - n_ok))
+        if n_refs:  # image references checked: ok vs failed (the products themselves are kept)
+            acc.append(Accounting("silver.products:images", n_refs, n_ok, n_refs - n_ok))
         for status, n in sorted(img_counts.items()):
             if status not in ("ok", "none"):
                 reasons_rows.append(["quarantine.images", status, n])

@@ -240,3 +240,64 @@ def test_bad_mapping_is_a_clear_error(spark, make_config, tmp_path):
                                                     "columns": {"product_id": "id", "title": "nme"}}})
     with pytest.raises(StageError, match="title"):
         _run(cfg, "ingest")
+
+
+def _shared_sources(name: str, datasets: Path, tmp: Path) -> dict:
+    text = (Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text.replace("${MMP_DATASETS:-../../shared/datasets}", str(tmp)))["sources"]
+
+
+@pytest.mark.slow
+def test_homedepot_slice(spark, make_config, tmp_path, shared_datasets):
+    (tmp_path / "homedepot").mkdir()
+    df = pd.read_csv(shared_datasets / "homedepot" / "relevance.csv", dtype=str, encoding="latin-1", nrows=300)
+    df.to_csv(tmp_path / "homedepot" / "relevance.csv", index=False)
+    cfg = _cfg(make_config, tmp_path, _shared_sources("homedepot", shared_datasets, tmp_path),
+               clean={"grade_min": 1.0, "grade_max": 3.0})
+    _run(cfg, "ingest")
+    _, ctx = _run(cfg, "clean")
+    lake = ctx.lake
+    acc = _accounting(lake)
+    assert "silver.products:images" not in acc.index  # no image references in this dataset
+    assert (acc["rows_in"] == 300).all() and (acc["rows_in"] == acc["rows_kept"] + acc["rows_quarantined"]).all()
+    sp = lake.read_pandas("silver.products")
+    assert sp["product_id"].is_unique and len(sp) == df["product_uid"].nunique()
+    assert (sp["image_status"] == "none").all()
+    sj = lake.read_pandas("silver.judgments")
+    sq = lake.read_pandas("silver.queries")
+    assert sj["grade"].between(1, 3).all() and set(sj["query_id"]) <= set(sq["query_id"])
+    assert sq["frequency"].sum() == 300
+
+
+@pytest.mark.slow
+def test_fashion_slice_with_images_and_attribute_queries(spark, make_config, tmp_path, shared_datasets):
+    import shutil
+
+    src = shared_datasets / "fashion"
+    df = pd.read_csv(src / "products.csv", dtype=str).head(200)
+    (tmp_path / "fashion" / "images").mkdir(parents=True)
+    df.to_csv(tmp_path / "fashion" / "products.csv", index=False)
+    n_img = 0
+    for pid in df["id"]:
+        if (src / "images" / f"{pid}.jpg").is_file():
+            shutil.copy(src / "images" / f"{pid}.jpg", tmp_path / "fashion" / "images")
+            n_img += 1
+    cfg = _cfg(make_config, tmp_path, _shared_sources("fashion", shared_datasets, tmp_path))
+    _run(cfg, "ingest")
+    _, ctx = _run(cfg, "clean")
+    lake = ctx.lake
+    sp = lake.read_pandas("silver.products")
+    assert len(sp) == 200 and (sp["image_status"] == "ok").sum() == n_img
+    assert (sp.loc[sp["image_status"] == "ok", "image_width"] > 0).all()
+    assert lake.count("quarantine.images") == 200 - n_img
+    sj = lake.read_pandas("silver.judgments")
+    assert len(sj) > 0 and set(sj["grade"]) <= {0.0, 1.0, 2.0, 3.0} and 3.0 in set(sj["grade"])
+    assert (sj["source"] == "fashion-attributes").all()
+    sq = lake.read_pandas("silver.queries")
+    assert set(sj["query_id"]) == set(sq["query_id"])
+    attrs = sp.set_index("product_id")["attributes"].map(dict)
+    full = sj[sj["grade"] == 3.0].merge(sq, on="query_id")
+    for _, r in full.head(20).iterrows():  # a grade-3 product matches every word group of its query
+        a = attrs[r["product_id"]]
+        assert a["articleType" if "articleType" in a else "article_type"].lower() in r["query_norm"]
+        assert a["colour"].lower() in r["query_norm"]
