@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,12 +170,7 @@ class ValidationReport:
 
 
 def _json(obj: Any) -> str:
-    def default(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return str(o)
-        return str(o)
-
-    return json.dumps(obj, default=default, sort_keys=True)
+    return json.dumps(obj, default=str, sort_keys=True)
 
 
 def _short(v: Any, n: int = 160) -> str:
