@@ -60,6 +60,8 @@ if [ "${MMP_FULL:-0}" != 1 ]; then
       OVERRIDES+=("sources.products.params.sample_size=${MMP_SAMPLE_PRODUCTS:-3000}") ;;
   esac
 fi
+# Home Depot has titles only (no product images): no image tower to train, no image vectors.
+[ "$DATASET" = homedepot ] && OVERRIDES+=("embed.embed_images=false")
 # shellcheck disable=SC2206
 [ -n "${MMP_OVERRIDES:-}" ] && OVERRIDES+=(${MMP_OVERRIDES})
 
@@ -105,8 +107,7 @@ run_dag() {
   if [ "$rc" != 0 ]; then
     echo
     echo "run: $dag FAILED after ${DAG_SECONDS[$dag]}s; last lines of $log:"
-    grep -E 'mmpipeline: task .* failed' "$log" | tail -3 | sed -E 's/ \[[a-z._]+\] loc=.*$//' || true
-    tail -40 "$log"
+    tail -40 "$log" | cut -c1-600
     python -m mmpipeline.airflow_support timings --db "$AIRFLOW_HOME/airflow.db" --logical-date "$RUN_DATE" \
       mm_catalog_daily mm_ranker_weekly mm_scoring_nightly || true
     exit "$rc"
