@@ -131,8 +131,8 @@ def test_spark_engine_matches_local(make_config, shared_datasets, tmp_path, spar
     from mmpipeline.embed import job
 
     base = {"embed.image_model.kind": "torchvision", "embed.image_model.name": "resnet18", "embed.image_size": 32,
-            "embed.progress": False, "embed.num_workers": 0, "embed.spark_partitions": 2}
-    products = silver_products(shared_datasets, 24, tmp_path)
+            "embed.progress": False, "embed.num_workers": 0, "embed.spark_partitions": 1}
+    products = silver_products(shared_datasets, 16, tmp_path)
     out = {}
     for engine in ("local", "spark"):
         cfg = make_config({**base, "embed.engine": engine, "lake.root": str(tmp_path / engine / "lake")})
