@@ -39,7 +39,8 @@ class Vectors:
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=object)
-        self.matrix = np.asarray(self.matrix, dtype=np.float32).reshape(len(self.ids), -1)
+        m = np.asarray(self.matrix, dtype=np.float32)
+        self.matrix = m.reshape(len(self.ids), -1) if len(self.ids) else m.reshape(0, m.shape[-1] if m.ndim == 2 else 0)
         self.pos = {k: i for i, k in enumerate(self.ids)}
 
     @property

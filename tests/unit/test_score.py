@@ -111,3 +111,13 @@ def test_fused_vectors_weighted_sum_and_missing_modalities():
     assert v2["dim"][0] == 5 and v2["fusion"][0].startswith("concat")
     with pytest.raises(ValueError):
         fuse_product_vectors(np.array(["a"], dtype=object), t, i, {"text": 0, "image": 0})
+
+
+def test_catalog_without_images():
+    ids, titles, tv, centre = _catalog()
+    gen = CandidateGenerator(ids, titles, Vectors(ids, tv, "t"), Vectors.empty(), k=4)
+    c = gen.generate(pd.DataFrame({"query_id": ["q"], "query": ["red shirt"]}),
+                     Vectors(np.array(["q"], dtype=object), centre["red shirt"][None]), progress=False)
+    assert "image" not in "+".join(c["candidate_source"]) and len(c) >= 4
+    v = fuse_product_vectors(ids, Vectors(ids, tv, "t"), Vectors.empty(), {"text": 0.5, "image": 0.5})
+    assert len(v) == 40 and set(v["modalities"]) == {"text"} and v["dim"][0] == 6
