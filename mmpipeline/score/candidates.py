@@ -179,8 +179,12 @@ def candidate_recall(candidates: pd.DataFrame, judgments: pd.DataFrame | None, k
     out["relevant_pairs"] = int(len(rel))
     hit = rel.merge(candidates[["query_id", "product_id", "candidate_source"]], on=["query_id", "product_id"], how="left")
     src = hit["candidate_source"].fillna("")
+    used = set("+".join(candidates["candidate_source"].unique()).split("+"))
     for name, mask in [("union", src != "")] + [(m, src.str.split("+").apply(lambda s, m=m: m in s))
                                                  for m in SOURCE_ORDER]:
+        if name != "union" and name not in used:  # e.g. no image vectors in this catalog
+            out[f"recall_at_k_{name}"] = None
+            continue
         per_q = mask.groupby(hit["query_id"]).sum() / n_rel
         out[f"recall_at_k_{name}"] = round(float(per_q.mean()), 4)
     return out

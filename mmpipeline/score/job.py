@@ -282,7 +282,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 [["queries", len(res.query_set)], ["candidate pairs", n_pairs],
                  ["pairs / query", round(n_pairs / max(len(res.query_set), 1), 1)],
                  [f"candidate recall@{sc.candidates_k} (union)", res.recall.get("recall_at_k_union", "n/a")],
-                 *[[f"  recall@{sc.candidates_k} {m} only", res.recall.get(f"recall_at_k_{m}", "n/a")]
+                 *[[f"  recall@{sc.candidates_k} {m} only", res.recall.get(f"recall_at_k_{m}") if res.recall.get(f"recall_at_k_{m}") is not None else "n/a"]
                    for m in ("text", "image", "bm25")],
                  [f"{RANKING} rows (top {sc.output_k})", rows], ["non-finite scores", non_finite],
                  [f"{VECTORS} rows", len(res.vectors)],
