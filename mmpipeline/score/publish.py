@@ -261,7 +261,7 @@ def search(cfg: Config, query: str, k: int = 10) -> dict[str, Any]:
         if len(exact):
             match_id, match_q = exact.iloc[0]["query_id"], exact.iloc[0]["query"]
         else:
-            close = difflib.get_close_matches(norm, list(known["query"]), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(norm, list(known["query"]), n=1, cutoff=0.8)
             if not close:
                 console.print(f"no published ranking for [bold]{query!r}[/bold] (the index holds "
                               f"{len(known):,} queries; it is built for head queries and score.query_list)")
