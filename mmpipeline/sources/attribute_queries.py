@@ -16,8 +16,10 @@ with relevance graded by how many of the query's attributes a product matches is
 * ``max_queries``: demo knob, keep this many queries (by hash).
 
 Grades (0-3): with ``required`` fields, 0 when one of them does not match, otherwise
-``1 + round(2 * matched_other / n_other)``; without, ``floor(3 * matched / n)``. Every full match
-(grade 3) is judged, so retrieval over the whole catalog is scored fairly.
+``1 + round(2 * matched_other / n_other)``; without, ``floor(3 * matched / n)`` over the products
+that match the query's first field. Every full match (grade 3) is judged, so retrieval over the
+whole catalog is scored fairly; partial matches and negatives are capped (chosen by hash, so the
+set is deterministic and re-runs give identical judgments).
 """
 
 from __future__ import annotations
