@@ -190,8 +190,7 @@ def rollback(cfg: Config, run_date: dt.date | None = None, version: int | None =
     _append_event(lake, action="rollback", status="current", run_date=t["rd"], index_version=new_version,
                   ranking_version=t["ranking_version"], vectors_version=t["vectors_version"],
                   model_name=t["model_name"], model_version=t["model_version"], queries=t["queries"], rows=t["rows"],
-                  detail=json.dumps({"restored_version": to_version, "from_run_date": str(cur_rd),
-                                     "from_index_version": int(cur["index_version"])}))
+                  detail=f"restored index version {to_version}; was run {cur_rd} (index version {int(cur['index_version'])})")
     print(f"rolled back: run {t['rd']} is current again ({INDEX} restored to version {to_version} "
           f"as new version {new_version}; was run {cur_rd})")
     return {"run_date": str(t["rd"]), "restored_version": to_version, "index_version": new_version,
@@ -224,7 +223,8 @@ def index_status(cfg: Config) -> dict[str, Any]:
     rows = []
     for _, e in pubs.iloc[::-1].head(20).iterrows():
         is_cur = e["event_at"] == cur["event_at"]
-        rows.append([str(e["rd"]), e["action"], "CURRENT" if is_cur else e["status"],
+        status = "CURRENT" if is_cur else ("rejected" if e["action"] == "reject" else "previous")
+        rows.append([str(e["rd"]), e["action"], status,
                      "" if pd.isna(e["index_version"]) else int(e["index_version"]),
                      f"{e['model_name']} v{e['model_version']}", "" if pd.isna(e["queries"]) else int(e["queries"]),
                      "" if pd.isna(e["rows"]) else int(e["rows"]), f"{pd.Timestamp(e['event_at']):%Y-%m-%d %H:%M:%S}",
