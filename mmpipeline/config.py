@@ -164,6 +164,7 @@ class RankConfig(_Model):
     negatives_random: int = 10
     negatives_hard: int = 10
     hard_pool_k: int = 50  # hard negatives are drawn from the top-k nearest products by embedding
+    lexical_hard_negatives: bool = True  # also from the BM25 top-k (what the reranker sees as candidates)
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "valid": 0.15, "test": 0.15})
     interaction_grades: dict[str, float] = Field(default_factory=lambda: {
         "purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "impression": 0.0})

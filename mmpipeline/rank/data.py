@@ -5,8 +5,8 @@ add-to-cart > click > impression), build one row per (query, product) with a lab
 split and the scalar features, plus sampled negatives from the whole catalog:
 
 * random negatives: uniformly from the catalog, excluding the query's judged products;
-* hard negatives: from the query's nearest products by embedding (text and image vectors),
-  excluding judged products.
+* hard negatives: from the query's nearest products by embedding (text and image vectors) and,
+  with ``rank.lexical_hard_negatives``, by BM25, excluding judged products.
 
 Splits are by query (deterministic hash of the query id, stable across runs and seeds), so no query
 is in two splits. Only data known at the run date is used: silver rows and vectors with
@@ -113,6 +113,9 @@ def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankC
             idx = DenseIndex(featurizer.ids[sel], mat[sel])
             k = min(rc.hard_pool_k, len(sel))
             ids, _ = idx.search(qv, k)
+            pools.append(ids)
+        if rc.lexical_hard_negatives:  # BM25 neighbours too: the candidates a reranker meets at serving time
+            ids, _ = featurizer.bm25.search(queries["query_norm"].fillna("").tolist(), min(rc.hard_pool_k, n_cat))
             pools.append(ids)
         for i, qid in enumerate(queries["query_id"]):
             if not has[i]:
