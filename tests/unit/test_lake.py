@@ -79,3 +79,13 @@ def test_pandas_writes_without_spark(tmp_path):
     lake.write("test.part", pd.DataFrame({"run_date": [D1], "k": ["a"], "v": [1], "m": [None]}), "overwrite", {"run_date": D1})
     lake.write("test.part", pd.DataFrame({"run_date": [D1], "k": ["a"], "v": [1], "m": [None]}), "overwrite", {"run_date": D1})
     assert lake.count("test.part") == 1
+
+
+def test_merge_of_mixed_type_columns_updates_only_changed_rows(tmp_path):
+    """Regression: the change predicate over double and boolean columns must be parenthesised."""
+    register(TableSpec("test.mixed", [("k", "string"), ("x", "double"), ("ok", "boolean"), ("s", "string")], keys=["k"]))
+    lake = Lake(tmp_path / "lake")
+    lake.merge("test.mixed", pd.DataFrame({"k": ["a", "b"], "x": [1.0, 2.0], "ok": [True, False], "s": ["u", None]}))
+    m = lake.merge("test.mixed", pd.DataFrame({"k": ["a", "b"], "x": [1.0, 3.0], "ok": [True, False], "s": ["u", None]}))
+    assert m["num_target_rows_updated"] == 1
+    assert lake.read_pandas("test.mixed").set_index("k")["x"].to_dict() == {"a": 1.0, "b": 3.0}
