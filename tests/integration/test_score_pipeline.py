@@ -92,6 +92,7 @@ def register_models(cfg) -> dict[str, str]:
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Spark workers cannot import tests/
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow.tracking_uri)  # earlier tests may have pointed the registry elsewhere
     mlflow.set_experiment(experiment_name="score-tests")
     versions = {}
     for kind, model in (("good", SumModel()), ("nan", NanModel())):
@@ -106,6 +107,7 @@ def set_alias(cfg, version: str, alias: str = "champion") -> None:
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow.tracking_uri)  # earlier tests may have pointed the registry elsewhere
     mlflow.MlflowClient().set_registered_model_alias(cfg.mlflow.model_name, alias, version)
 
 
