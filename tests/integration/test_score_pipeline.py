@@ -93,7 +93,9 @@ def register_models(cfg) -> dict[str, str]:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Spark workers cannot import tests/
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     mlflow.set_registry_uri(cfg.mlflow.tracking_uri)  # earlier tests may have pointed the registry elsewhere
-    mlflow.set_experiment(experiment_name="score-tests")
+    # artifacts under the test's tmp dir, not ./mlruns in the checkout
+    exp_id = mlflow.create_experiment("score-tests", artifact_location=cfg.mlflow.artifact_root)
+    mlflow.set_experiment(experiment_id=exp_id)
     versions = {}
     for kind, model in (("good", SumModel()), ("nan", NanModel())):
         with mlflow.start_run():
