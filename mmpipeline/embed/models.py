@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmpipeline.embed.encoders import EncoderSpec, recorded_name, resolve_text_source, source_version
+from mmpipeline.tracking import client as _client
+from mmpipeline.tracking import setup_mlflow  # noqa: F401 (used by mmpipeline.embed.tower)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmpipeline.config import Config, EmbedModelConfig
@@ -35,33 +37,6 @@ def text_spec(cfg: "Config") -> EncoderSpec:
 
 def tower_registered_name(cfg: "Config") -> str:
     return f"{cfg.mlflow.model_name}-image-tower"
-
-
-def setup_mlflow(cfg: "Config") -> str:
-    """Point MLflow at the configured stores; create the experiment (with the configured artifact
-    root) when missing; returns its id."""
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
-    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    loc = cfg.mlflow.artifact_root
-    if loc and "://" not in loc:
-        Path(loc).mkdir(parents=True, exist_ok=True)
-        loc = Path(loc).resolve().as_uri()
-    try:
-        return mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=loc)
-    except Exception:  # noqa: BLE001 - created concurrently by another stage
-        return mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
-
-
-def _client(cfg: "Config"):
-    from mlflow import MlflowClient
-
-    setup_mlflow(cfg)
-    return MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
 
 
 def register_tower(cfg: "Config", run_id: str, result: dict[str, Any]) -> str:

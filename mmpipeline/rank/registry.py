@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from mmpipeline.tracking import client, setup_mlflow  # noqa: F401 (re-exported for the rank modules)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -15,37 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from mmpipeline.config import Config
 
 log = logging.getLogger(__name__)
-
-
-def setup_mlflow(cfg: "Config") -> str:
-    """Point MLflow at the configured tracking/registry store; create the experiment with the
-    configured artifact root when missing. Returns the experiment id."""
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    if cfg.mlflow.registry_uri:
-        mlflow.set_registry_uri(cfg.mlflow.registry_uri)
-    else:
-        mlflow.set_registry_uri(cfg.mlflow.tracking_uri)
-    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
-    if exp is None:
-        loc = cfg.mlflow.artifact_root
-        if loc and "://" not in loc:
-            Path(loc).mkdir(parents=True, exist_ok=True)
-            loc = Path(loc).resolve().as_uri()
-        exp_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=loc)
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
-
-
-def client(cfg: "Config"):
-    from mlflow import MlflowClient
-
-    setup_mlflow(cfg)
-    return MlflowClient(tracking_uri=cfg.mlflow.tracking_uri,
-                        registry_uri=cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri)
 
 
 def alias_version(cfg: "Config", alias: str, name: str | None = None):
