@@ -1,9 +1,9 @@
 """Canonical schemas and the table registry: every lake table's name, schema, key and partitioning.
 
 Schemas are written as ``(column, type)`` pairs in Spark's simple type syntax so they read like a
-table contract; :func:`spark_schema` and :func:`arrow_schema` turn them into engine types. The lake
-layer enforces them on write (columns selected in order and cast), so every table has exactly the
-schema declared here.
+table contract; :func:`arrow_schema` turns them into Arrow types and :func:`spark_schema` derives
+the Spark ones from those. The lake layer enforces them on write (columns selected in order and
+cast), so every table has exactly the schema declared here.
 """
 
 from __future__ import annotations
@@ -303,32 +303,13 @@ def arrow_type(t: str) -> pa.DataType:
     raise ValueError(f"unsupported type {t!r}")
 
 
-def spark_type(t: str):
-    from pyspark.sql import types as T
-
-    simple = {
-        "string": T.StringType(), "double": T.DoubleType(), "float": T.FloatType(), "int": T.IntegerType(),
-        "long": T.LongType(), "bigint": T.LongType(), "boolean": T.BooleanType(), "date": T.DateType(),
-        "timestamp": T.TimestampType(), "binary": T.BinaryType(),
-    }
-    t = t.strip()
-    if t in simple:
-        return simple[t]
-    if t.startswith("array<") and t.endswith(">"):
-        return T.ArrayType(spark_type(t[6:-1]))
-    if t.startswith("map<") and t.endswith(">"):
-        k, v = _split_top(t[4:-1])
-        return T.MapType(spark_type(k), spark_type(v))
-    raise ValueError(f"unsupported type {t!r}")
-
-
 def arrow_schema(spec: TableSpec | list[tuple[str, str]]) -> pa.Schema:
     cols = spec.columns if isinstance(spec, TableSpec) else spec
     return pa.schema([pa.field(c, arrow_type(t)) for c, t in cols])
 
 
 def spark_schema(spec: TableSpec | list[tuple[str, str]]):
-    from pyspark.sql import types as T
+    """The Spark schema, derived from the Arrow one by PySpark's own converter (one type parser)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-    cols = spec.columns if isinstance(spec, TableSpec) else spec
-    return T.StructType([T.StructField(c, spark_type(t), True) for c, t in cols])
+    return from_arrow_schema(arrow_schema(spec))
