@@ -27,6 +27,26 @@ _DEFAULT_CONF = {
 }
 
 
+def is_local_master(master: str | None) -> bool:
+    """``local``, ``local[N]``, ``local[*]``, ``local[N,F]``: driver and executors in one JVM."""
+    return bool(master) and (master == "local" or master.startswith("local["))
+
+
+def session_conf(cfg: Config | None, master: str | None) -> dict[str, str]:
+    """The Spark conf a session is built with: defaults, then loopback binds in local mode, then the
+    config's ``spark.conf`` (which wins, e.g. to expose a local driver on purpose).
+
+    In local mode nothing outside the machine needs to reach the driver, so it binds to 127.0.0.1
+    instead of the host's network address (Spark's default listens on every interface).
+    """
+    conf = dict(_DEFAULT_CONF)
+    if is_local_master(master):
+        conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+    if cfg:
+        conf.update(cfg.spark.conf)
+    return conf
+
+
 def get_spark(cfg: Config | None = None) -> SparkSession:
     """Return the active session or build one from ``cfg.spark``.
 
@@ -40,12 +60,11 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.spark.app_name if cfg else "mmpipeline")
     # under spark-submit the JVM already exists (PYSPARK_GATEWAY_PORT) and --master/--conf win
+    master = None
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
-        builder = builder.master(cfg.spark.master if cfg else "local[2]")
-    conf = dict(_DEFAULT_CONF)
-    if cfg:
-        conf.update(cfg.spark.conf)
-    for k, v in conf.items():
+        master = cfg.spark.master if cfg else "local[2]"
+        builder = builder.master(master)
+    for k, v in session_conf(cfg, master).items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
