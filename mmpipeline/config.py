@@ -197,6 +197,8 @@ class ScoreConfig(_Model):
     candidate_sources: list[Literal["text", "image", "bm25"]] = Field(default_factory=lambda: ["text", "image", "bm25"])
     output_k: int = 50
     min_results_per_query: int = 10
+    min_query_coverage: float = Field(0.95, ge=0.0, le=1.0)  # publish: share of the run's query set ranked
+    max_abs_score: float = Field(1e6, gt=0.0)  # publish: |score| above this is a sentinel, not a score
     model_alias: str = "champion"
     ann: Literal["exact", "auto"] = "exact"
     engine: Literal["local", "spark"] = "local"  # spark: mapInPandas, model loaded once per partition

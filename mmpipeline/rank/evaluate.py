@@ -14,8 +14,14 @@ grades on judged test pairs, with a linear score->grade calibration fitted on th
 next to the RMSE of predicting the mean training grade.
 
 Gating: the challenger becomes champion when there is no champion, or when it beats the champion on
-the primary metric by ``rank.promote_margin`` and no slice regresses by more than
-``rank.slice_tolerance``. The decision and its reasons go to MLflow and ``ops.rank_decisions``.
+the primary metric by more than ``rank.promote_margin`` (strictly: a tie never promotes) and no slice
+regresses by more than ``rank.slice_tolerance``. The decision and its reasons go to MLflow and
+``ops.rank_decisions``.
+
+Evaluate is a transaction keyed by (run date, challenger version): it writes its ops rows first and
+moves the ``champion`` alias last, so a process that dies in between leaves a recorded decision and
+a retry completes it -- applies the recorded decision (moving the alias if it said promote) and
+returns the same result, with the same reasons, without evaluating again.
 """
 
 from __future__ import annotations
@@ -261,11 +267,12 @@ def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str
     reasons, ok = [], True
     if not np.isfinite(c_val):
         return False, [f"challenger {pm} is not finite ({c_val})"]
-    if not np.isfinite(h_val) or c_val >= h_val + rc.promote_margin:
-        reasons.append(f"{pm}: challenger {c_val:.4f} >= champion {h_val:.4f} + margin {rc.promote_margin}")
+    if not np.isfinite(h_val) or c_val > h_val + rc.promote_margin:
+        reasons.append(f"{pm}: challenger {c_val:.4f} > champion {h_val:.4f} + margin {rc.promote_margin}")
     else:
         ok = False
-        reasons.append(f"{pm}: challenger {c_val:.4f} does not beat champion {h_val:.4f} by margin {rc.promote_margin}")
+        reasons.append(f"{pm}: challenger {c_val:.4f} does not beat champion {h_val:.4f} by more than margin "
+                       f"{rc.promote_margin}" + (" (a tie)" if c_val == h_val else ""))
     for slice_name in SLICES[1:]:
         c = challenger.get(slice_name, {}).get(pm, float("nan"))
         h = (champion.get(slice_name) or {}).get(pm, float("nan"))
@@ -302,6 +309,48 @@ def _metrics_rows(result: dict[str, Any], ctx: "RunContext", name: str, versions
     return pd.DataFrame(rows)
 
 
+def recorded_decision(lake, run_date: dt.date, challenger_version: str, model_name: str) -> dict[str, Any] | None:
+    """The decision an earlier evaluate run recorded for (run date, challenger version), or None."""
+    if not lake.exists("ops.rank_decisions"):
+        return None
+    d = lake.read_pandas("ops.rank_decisions")
+    d = d[(pd.to_datetime(d["run_date"]).dt.date == run_date) & (d["challenger_version"].astype(str) == str(challenger_version))
+          & (d["model_name"].astype(str) == model_name)]
+    if not len(d):
+        return None
+    return d.sort_values("decided_at", kind="stable").iloc[-1].to_dict()
+
+
+def _apply_recorded(ctx: "RunContext", rec: dict[str, Any]) -> dict[str, Any]:
+    """Finish an evaluation already decided for this run date and challenger (a retry / re-run)."""
+    from mmpipeline.rank.registry import alias_version, client
+    from mmpipeline.rank.train import CHAMPION
+
+    cfg = ctx.cfg
+    name = cfg.mlflow.model_name
+    version = str(rec["challenger_version"])
+    promote = bool(rec["promoted"])
+    reasons = json.loads(rec["reasons"]) if isinstance(rec.get("reasons"), str) else list(rec.get("reasons") or [])
+    c = client(cfg)
+    c.set_model_version_tag(name, version, "evaluation_run_id", str(rec.get("mlflow_run_id")))
+    c.set_model_version_tag(name, version, "gate_decision", "promoted" if promote else "rejected")
+    if promote:
+        cur = alias_version(cfg, CHAMPION)
+        if cur is None or str(cur.version) != version:
+            c.set_registered_model_alias(name, CHAMPION, version)  # the earlier run died before this
+            log.info("evaluate: completed the recorded promotion of %s version %s to %s", name, version, CHAMPION)
+    champ = rec.get("champion_version")
+    champ = None if champ is None or (not isinstance(champ, str) and pd.isna(champ)) else str(champ)
+    log.info("evaluate: run %s already decided for %s version %s (%s); not evaluating again", ctx.run_date, name,
+             version, "promote" if promote else "keep champion")
+    from mmpipeline.ops import print_table
+
+    print_table(f"gate (recorded {ctx.run_date}): " + ("PROMOTE" if promote else "KEEP CHAMPION"), ["reason"],
+                [[r] for r in reasons])
+    return {"challenger_version": version, "champion_version_before": champ, "promoted": promote,
+            "reasons": reasons, "mlflow_run_id": rec.get("mlflow_run_id"), "recorded": True}
+
+
 def run(ctx: "RunContext") -> dict[str, Any]:
     import mlflow
 
@@ -319,6 +368,10 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     except LookupError as e:
         raise StageError(str(e)) from None
     champ_mv = alias_version(cfg, CHAMPION)
+    rec = recorded_decision(ctx.lake, ctx.run_date, challenger.version, name)
+    # --full-refresh evaluates again, except a champion against itself (that would overwrite its record)
+    if rec is not None and (not ctx.full_refresh or (champ_mv is not None and str(champ_mv.version) == challenger.version)):
+        return _apply_recorded(ctx, rec)
     models: dict[str, Any] = {"challenger": challenger}
     versions = {"challenger": challenger.version}
     if champ_mv is not None and str(champ_mv.version) != challenger.version:
@@ -365,16 +418,17 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     c.set_model_version_tag(name, challenger.version, "evaluation_run_id", run_id)
     c.set_model_version_tag(name, challenger.version, f"test_{pm}", f"{m['challenger']['all'].get(pm, float('nan')):.4f}")
     c.set_model_version_tag(name, challenger.version, "gate_decision", "promoted" if promote else "rejected")
-    if promote:
-        c.set_registered_model_alias(name, CHAMPION, challenger.version)
-        log.info("promoted %s version %s to %s", name, challenger.version, CHAMPION)
     now = dt.datetime.now(dt.timezone.utc)
+    # ops rows first, the champion alias last: a retry finds the decision and completes it
     ctx.lake.merge("ops.rank_evaluations", _metrics_rows(result, ctx, name, versions, run_id))
     ctx.lake.merge("ops.rank_decisions", pd.DataFrame([{
         "run_date": ctx.run_date, "model_name": name, "challenger_version": challenger.version,
         "champion_version": versions.get("champion"), "promoted": promote, "primary_metric": pm,
         "challenger_value": m["challenger"]["all"].get(pm), "champion_value": (m.get("champion") or {}).get("all", {}).get(pm),
         "reasons": json.dumps(reasons), "mlflow_run_id": run_id, "decided_at": now}]))
+    if promote:
+        c.set_registered_model_alias(name, CHAMPION, challenger.version)
+        log.info("promoted %s version %s to %s", name, challenger.version, CHAMPION)
     k, rk = rc.eval_k, rc.recall_k
     print_table(f"evaluate {ctx.run_date}: {result['queries']} held-out queries, whole catalog "
                 f"({result['mean_candidates']:.0f} candidates/query for the models)",
@@ -384,6 +438,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     print_table("gate: " + ("PROMOTE" if promote else "KEEP CHAMPION"), ["reason"], [[r] for r in reasons])
     return {"challenger_version": challenger.version, "champion_version_before": versions.get("champion"),
             "promoted": promote, "reasons": reasons, "mlflow_run_id": run_id, "queries": result["queries"],
+            "recorded": False,
             pm: {s: round(sls["all"][pm], 4) for s, sls in m.items()},
             "rmse": {s: {k_: round(v, 4) for k_, v in r.items()} for s, r in result["rmse"].items()}}
 

@@ -7,10 +7,16 @@ embedding tables at the versions recorded with the training data, trains, and re
 one MLflow run (parameters, per-epoch metrics, learning-curve and score-distribution plots, the
 training table's Delta version as the run's input dataset, the model with signature and input
 example), then registers the model and points the ``challenger`` alias at the new version.
+
+Train is a transaction in the model registry, keyed by the run date and a fingerprint of the
+training configuration and the training rows (:func:`train_key`): a retry or re-run of a date whose
+model is already registered reuses that version (and re-points ``challenger`` at it) instead of
+registering a new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -30,7 +36,7 @@ from mmpipeline.rank.metrics import mean_list_ndcg
 from mmpipeline.rank.model import FusionConfig, FusionRanker, resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mmpipeline.config import RankConfig
+    from mmpipeline.config import Config, RankConfig
     from mmpipeline.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -264,10 +270,79 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
     return df, version, meta
 
 
+# rank.* settings that only matter to evaluation, gating or benchmarks: changing them does not retrain
+_NOT_TRAINING = frozenset({"primary_metric", "promote_margin", "slice_tolerance", "recall_k", "candidates_k",
+                           "relevant_min_label", "long_query_tokens", "max_eval_queries", "eval_batch_queries",
+                           "bench_fusions", "colour_attribute", "score_batch_size", "device"})
+TRAIN_KEY_TAG = "mmp_train_key"
+
+
+def config_fingerprint(rc: "RankConfig", df: pd.DataFrame, featurizer_meta: dict[str, Any] | None = None) -> str:
+    """sha256 (16 hex) of the training settings and the training rows' content (order-independent)."""
+    settings = {k: v for k, v in rc.model_dump().items() if k not in _NOT_TRAINING}
+    rows = df.sort_values(["query_id", "product_id"], kind="stable").reset_index(drop=True)
+    rows = rows[sorted(rows.columns)]
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(pd.util.hash_pandas_object(rows.astype({c: str for c in rows.columns if rows[c].dtype == object}),
+                                        index=False).to_numpy().tobytes())
+    meta = {k: (featurizer_meta or {}).get(k) for k in ("text_model", "image_model")}
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def train_key(run_date: Any, fingerprint: str) -> str:
+    return f"{run_date}/{fingerprint}"
+
+
+def find_trained_version(cfg: "Config", key: str):
+    """The registered version an earlier train run for ``key`` produced (lowest number), or None.
+
+    Matches the version tag, or the MLflow run tag when the process died before it tagged the version.
+    """
+    import mlflow
+
+    from mmpipeline.rank.registry import client
+
+    c = client(cfg)
+    name = cfg.mlflow.model_name
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except Exception:  # noqa: BLE001 - no such registered model yet
+        return None
+    if not versions:
+        return None
+    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    run_ids: set[str] = set()
+    if exp is not None:
+        runs = c.search_runs([exp.experiment_id], filter_string=f"tags.{TRAIN_KEY_TAG} = '{key}'", max_results=1000)
+        run_ids = {r.info.run_id for r in runs}
+    hits = [v for v in versions if (v.tags or {}).get(TRAIN_KEY_TAG) == key or v.run_id in run_ids]
+    return min(hits, key=lambda v: int(v.version)) if hits else None
+
+
 def featurizer_for(ctx: "RunContext", meta: dict[str, Any]) -> PairFeaturizer:
     versions = {k: v for k, v in (meta.get("input_versions") or {}).items()
                 if k in ("silver.products", "gold.product_embeddings", "gold.query_embeddings") and v is not None}
     return PairFeaturizer.from_lake(ctx.lake, ctx.cfg, as_of=ctx.run_date, versions=versions)
+
+
+def _reuse(ctx: "RunContext", mv, key: str, table_version: int) -> dict[str, Any]:
+    """A retry / re-run of a date already trained: keep its version, make sure it is tagged and that
+    ``challenger`` points at it (the earlier run may have died before either)."""
+    from mmpipeline.rank.registry import client
+
+    name = ctx.cfg.mlflow.model_name
+    c = client(ctx.cfg)
+    version = str(mv.version)
+    if (mv.tags or {}).get(TRAIN_KEY_TAG) != key:
+        c.set_model_version_tag(name, version, TRAIN_KEY_TAG, key)
+        c.set_model_version_tag(name, version, "run_date", str(ctx.run_date))
+    c.set_registered_model_alias(name, CHALLENGER, version)
+    log.info("train: run %s with these settings and training rows is already registered as %s version %s "
+             "(train key %s); reusing it as %s", ctx.run_date, name, version, key, CHALLENGER)
+    print(f"train: {name} v{version} already trained for {ctx.run_date} with the same settings and data; reused")
+    return {"model_name": name, "version": version, "alias": CHALLENGER, "mlflow_run_id": mv.run_id,
+            "reused": True, "train_key": key, "training_table_version": table_version}
 
 
 def log_and_register(ctx: "RunContext", model: FusionRanker, featurizer: PairFeaturizer, example: pd.DataFrame,
@@ -325,8 +400,14 @@ def run(ctx: "RunContext") -> dict[str, Any]:
              len(valid), len(valid.groups))
     setup_mlflow(ctx.cfg)
     k = rc.eval_k
+    fingerprint = config_fingerprint(rc, df, featurizer.meta)
+    key = train_key(ctx.run_date, fingerprint)
+    done = find_trained_version(ctx.cfg, key)
+    if done is not None:
+        return _reuse(ctx, done, key, table_version)
     with mlflow.start_run(run_name=f"train-{ctx.run_date}-{rc.fusion}-{rc.loss}") as mrun:
-        mlflow.set_tags({"stage": "train", "run_date": str(ctx.run_date), "fusion": rc.fusion, "loss": rc.loss})
+        mlflow.set_tags({"stage": "train", "run_date": str(ctx.run_date), "fusion": rc.fusion, "loss": rc.loss,
+                         TRAIN_KEY_TAG: key, "config_fingerprint": fingerprint})
         params = {f"rank.{k_}": v for k_, v in rc.model_dump().items() if not isinstance(v, (dict, list))}
         params.update({"rank.split": json.dumps(rc.split), "training_table": "gold.training_data",
                        "training_table_version": table_version, "training_run_date": meta["training_run_date"],
@@ -368,14 +449,14 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         version = log_and_register(ctx, model, featurizer, example, CHALLENGER, tags={
             "run_date": str(ctx.run_date), "fusion": rc.fusion, "loss": rc.loss,
             f"best_valid_ndcg_at_{k}": f"{summary_metrics[f'best_valid_ndcg_at_{k}']:.4f}",
-            "training_table_version": table_version})
+            "training_table_version": table_version, TRAIN_KEY_TAG: key})
         mlflow.set_tag("registered_version", version)
         run_id = mrun.info.run_id
     print_table(f"train: {ctx.cfg.mlflow.model_name} v{version} ({rc.fusion}, {rc.loss})",
                 ["epoch", "train_loss", f"valid_ndcg@{k}", "seconds"],
                 [[h["epoch"], h["train_loss"], h.get(f"valid_ndcg_at_{k}", float("nan")), h["seconds"]] for h in history])
     return {"model_name": ctx.cfg.mlflow.model_name, "version": version, "alias": CHALLENGER, "mlflow_run_id": run_id,
-            "train_pairs": len(train), "train_queries": len(train.groups), "valid_queries": len(valid.groups),
+            "reused": False, "train_key": key, "train_pairs": len(train), "train_queries": len(train.groups), "valid_queries": len(valid.groups),
             "epochs_run": len(history), "best_epoch": best_epoch["epoch"],
             f"best_valid_ndcg_at_{k}": round(summary_metrics[f"best_valid_ndcg_at_{k}"], 4),
             "training_table_version": table_version, "seconds_training": round(train_seconds, 1)}

@@ -9,6 +9,7 @@ space), and a quarter of the products have no image.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -123,10 +124,53 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(t1["mlflow_run_id"], "plots")}
     assert {"plots/learning_curves.png", "plots/score_by_grade.png"} <= arts
 
-    # first model, no champion: promoted
+    # train is keyed by run date + settings/data fingerprint: a retry reuses the registered version
+    client = mlflow.MlflowClient()
+    n_versions = len(client.search_model_versions(f"name='{rank_cfg.mlflow.model_name}'"))
+    t1b = train.run(ctx)
+    assert t1b["reused"] and t1b["version"] == t1["version"] and t1b["train_key"] == t1["train_key"]
+    assert len(client.search_model_versions(f"name='{rank_cfg.mlflow.model_name}'")) == n_versions
+    assert str(alias_version(rank_cfg, "challenger").version) == t1["version"]
+
+    # first model, no champion: promoted. The process dies when it moves the alias (after its ops
+    # rows): the retry completes the recorded decision with the same reasons
+    from mlflow import MlflowClient
+
+    real_set_alias = MlflowClient.set_registered_model_alias
+
+    def dies(self, name, alias, version):
+        if alias == "champion":
+            raise RuntimeError("killed before the champion alias moved")
+        return real_set_alias(self, name, alias, version)
+
+    MlflowClient.set_registered_model_alias = dies
+    try:
+        with pytest.raises(RuntimeError, match="killed before"):
+            evaluate.run(ctx)
+    finally:
+        MlflowClient.set_registered_model_alias = real_set_alias
+    assert alias_version(rank_cfg, "champion") is None
+    recorded = ctx.lake.read_pandas("ops.rank_decisions")
+    assert len(recorded) == 1 and bool(recorded["promoted"].iloc[0])
     e1 = evaluate.run(ctx)
-    assert e1["promoted"] and str(alias_version(rank_cfg, "champion").version) == t1["version"]
-    assert set(e1["ndcg_at_10"]) >= {"challenger", "bm25", "text_cosine", "image_cosine"}
+    assert e1["promoted"] and e1["recorded"] and str(alias_version(rank_cfg, "champion").version) == t1["version"]
+    assert e1["reasons"] == json.loads(recorded["reasons"].iloc[0])
+    # evaluate again: the same decision, the same champion, no second decision row
+    e1b = evaluate.run(ctx)
+    assert e1b["promoted"] and e1b["reasons"] == e1["reasons"] and e1b["challenger_version"] == t1["version"]
+    assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
+    assert len(ctx.lake.read_pandas("ops.rank_decisions")) == 1
+    systems = set(ctx.lake.read_pandas("ops.rank_evaluations")["system"])
+    assert systems >= {"challenger", "bm25", "text_cosine", "image_cosine"}
+
+    # a tie does not promote: the same weights registered again as a new challenger
+    with mlflow.start_run():
+        v_tie = train.log_and_register(ctx, ranker.model, fz, feats, "challenger")
+    e_tie = evaluate.run(ctx)
+    assert e_tie["challenger_version"] == v_tie != t1["version"]
+    m = e_tie["ndcg_at_10"]
+    assert m["challenger"] == m["champion"] and not e_tie["promoted"], e_tie["reasons"]
+    assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
 
     # a worse model (untrained, random weights) is not promoted
     from mmpipeline.rank.model import FusionConfig, FusionRanker
@@ -138,7 +182,7 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     assert e2["challenger_version"] == v_bad and not e2["promoted"]
     assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
     dec = ctx.lake.read_pandas("ops.rank_decisions")
-    assert dec["promoted"].tolist().count(True) == 1 and len(dec) == 2
+    assert dec["promoted"].tolist().count(True) == 1 and len(dec) == 3
 
 
 @pytest.mark.slow

@@ -236,3 +236,90 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
     assert {"candidates", "score", "write", "stage_total"} <= set(ds["stage_seconds"])
     # the bench writes to a throw-away lake: the served index is untouched
     assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
+
+
+def _bad(kind: str, good: pd.DataFrame) -> pd.DataFrame:
+    """A D2 ranking made from D1's good one, broken in one way."""
+    r = good.copy()
+    r["run_date"] = D2
+    first = r["query_id"].iloc[0]
+    if kind == "one_query":
+        return r[r["query_id"] == first]
+    if kind == "unknown_ids":
+        return r.assign(product_id="gone-" + r["product_id"])
+    if kind == "sentinel":  # the bottom half of every list at -1e30 (ranks still follow scores)
+        return r.assign(score=np.where(r["rank"] > 6, -1e30, r["score"]))
+    if kind == "nan":
+        return r.assign(score=np.where(r["rank"] == 3, np.nan, r["score"]))
+    if kind == "duplicates":  # rank 2 repeats rank 1's product
+        top = r[r["rank"] == 1].set_index("query_id")["product_id"]
+        r.loc[r["rank"] == 2, "product_id"] = r.loc[r["rank"] == 2, "query_id"].map(top)
+        return r
+    if kind == "constant":
+        return r.assign(score=0.5)
+    if kind == "rank_order":  # ranks no longer follow the scores
+        return r.assign(score=r["score"] * -1.0)
+    if kind == "wrong_model":
+        return r.assign(model_version="999")
+    raise ValueError(kind)
+
+
+BAD_KINDS = {"one_query": "covers_query_set", "unknown_ids": "products_in_catalog", "sentinel": "scores_not_sentinel",
+             "nan": "scores_finite", "duplicates": "product_once_per_query", "constant": "scores_not_constant",
+             "rank_order": "ranks_follow_scores", "wrong_model": "model_is_expected_version"}
+
+
+@pytest.mark.slow
+def test_publish_gate_refuses_each_kind_of_bad_ranking_and_old_dates(scored_env, spark, capsys):
+    """Bad rankings written straight into gold.search_ranking (no ops.score_runs row for D2): each is
+    refused by the check that names its defect; the previous index stays current and is served."""
+    from mmpipeline.score import job, publish
+
+    cfg, versions = scored_env
+    set_alias(cfg, versions["good"])
+    job.run(_ctx(cfg, D1))
+    lake = _ctx(cfg, D1).lake
+    p1 = publish.run(_ctx(cfg, D1))
+    good = lake.read_pandas("gold.search_ranking")
+    served_before = lake.read_pandas("gold.search_index").sort_values(["query_id", "rank"]).reset_index(drop=True)
+    index_v = lake.version("gold.search_index")
+    for kind, check in BAD_KINDS.items():
+        lake.write("gold.search_ranking", _bad(kind, good), mode="overwrite", partition={"run_date": D2})
+        with pytest.raises(StageError, match="publish refused") as ei:
+            publish.run(_ctx(cfg, D2))
+        assert check in str(ei.value), (kind, str(ei.value))
+        val = lake.read_pandas("ops.validation")
+        val = val[(pd.to_datetime(val["run_date"]).dt.date == D2)].set_index("check_name")
+        assert not val.loc[check, "success"], kind
+        # the previous version stays current, untouched, and is what search serves
+        assert lake.version("gold.search_index") == index_v, kind
+        cur = publish.current_event(lake)
+        assert pd.Timestamp(cur["run_date"]).date() == D1 and int(cur["index_version"]) == p1["index_version"]
+        served = lake.read_pandas("gold.search_index").sort_values(["query_id", "rank"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(served, served_before)
+        res = publish.search(cfg, "blue shirt", k=3)
+        assert res["run_date"] == str(D1) and len(res["results"]) == 3, kind
+    ev = lake.read_pandas("ops.index_versions")
+    assert (ev["action"] == "reject").sum() == len(BAD_KINDS)
+
+    # a good D2 (scored by the stage) publishes; then the older D1 is refused unless forced
+    job.run(_ctx(cfg, D2))
+    p2 = publish.run(_ctx(cfg, D2))
+    assert p2["published"] and not p2.get("already_current")
+    with pytest.raises(StageError, match=r"older than the served index .*force=true"):
+        publish.run(_ctx(cfg, D1))
+    assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D2
+    job.run(_ctx(cfg, D1))  # a new D1 ranking version, so the forced publish really writes
+    forced = publish.run(_ctx(cfg, D1, options={"force": True}))
+    assert forced["forced"] and pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
+    assert set(pd.to_datetime(lake.read_pandas("gold.search_index")["run_date"]).dt.date) == {D1}
+    # rollback keeps working: back to D2
+    assert publish.rollback(cfg)["run_date"] == str(D2)
+    assert set(pd.to_datetime(lake.read_pandas("gold.search_index")["run_date"]).dt.date) == {D2}
+
+    # the champion moved after scoring: the D3 ranking was made by a version that is no longer it
+    job.run(_ctx(cfg, D3))
+    set_alias(cfg, versions["nan"])
+    with pytest.raises(StageError, match="model_is_expected_version"):
+        publish.run(_ctx(cfg, D3))
+    set_alias(cfg, versions["good"])
