@@ -71,7 +71,18 @@ def test_recall_at_k_and_holdout():
     rng = np.random.default_rng(0)
     items = rng.normal(size=(50, 8))
     assert recall_at_k(items, items, 1) == 1.0
-    assert recall_at_k(items, rng.normal(size=(50, 8)), 50) == 1.0
+    # known ranks: query i's own item is 1st for even i and 3rd for odd i (two other items closer)
+    n = 40
+    eye = np.eye(n)
+    q = eye.copy()
+    for i in range(1, n, 2):
+        q[i] = 0.5 * eye[i] + 0.8 * eye[(i + 1) % n] + 0.7 * eye[(i + 2) % n]
+    assert recall_at_k(q, eye, 1) == 0.5
+    assert recall_at_k(q, eye, 2) == 0.5
+    assert recall_at_k(q, eye, 3) == 1.0
+    # unrelated vectors: about k / n of the queries find their own item (not everything, as k = n would)
+    r = recall_at_k(rng.normal(size=(400, 16)), rng.normal(size=(400, 16)), 10)
+    assert r < 0.1
     m = holdout_mask([str(i) for i in range(2000)], 0.1)
     assert 0.07 < m.mean() < 0.13
     assert (m == holdout_mask([str(i) for i in range(2000)], 0.1)).all()
