@@ -64,10 +64,24 @@ def test_candidates_union_sources_and_recall():
     q1 = c[c["query_id"] == "q1"]
     text_hits = q1[q1["candidate_source"].str.contains("text")]
     assert len(text_hits) == 5 and all(titles[int(p[1:])].startswith("red shirt") for p in text_hits["product_id"])
-    judg = pd.DataFrame({"query_id": ["q1"] * 3 + ["q2"], "product_id": ["p1", "p5", "p0", "p2"],
-                         "grade": [3.0, 3.0, 1.0, 2.0]})
+    judg = pd.DataFrame({"query_id": ["q1"] * 3 + ["q2"] * 2, "product_id": ["p1", "p5", "p0", "p2", "not-a-candidate"],
+                         "grade": [3.0, 3.0, 1.0, 2.0, 3.0]})
     rec = candidate_recall(c, judg, 5)
-    assert rec["queries_judged"] == 2 and 0 <= rec["recall_at_k_text"] <= rec["recall_at_k_union"] <= 1
+    relevant = {"q1": {"p1", "p5"}, "q2": {"p2", "not-a-candidate"}}  # grade above the lowest (1.0)
+
+    def expected(source=None):
+        per = []
+        for q, rel in relevant.items():
+            cq = c[c["query_id"] == q]
+            if source:
+                cq = cq[cq["candidate_source"].str.split("+").apply(lambda s: source in s)]
+            per.append(len(rel & set(cq["product_id"])) / len(rel))
+        return round(float(np.mean(per)), 4)
+
+    assert rec["queries_judged"] == 2 and rec["relevant_pairs"] == 4
+    assert rec["recall_at_k_union"] == expected() < 1.0  # a judged product no source retrieved
+    for m in ("text", "image", "bm25"):
+        assert rec[f"recall_at_k_{m}"] == expected(m), m
     assert candidate_recall(c, None, 5)["queries_judged"] == 0
 
 
