@@ -134,8 +134,9 @@ def _assert_data_docs(index: Path, rows: pd.DataFrame, run_date: dt.date) -> Non
     site = index.parent
     index_html = index.read_text()
     for suite, checks in rows.groupby("suite"):
-        assert (site / "expectations" / f"{suite}.html").is_file(), suite
-        pages = sorted((site / "validations" / suite / str(run_date)).rglob("*.html"))
+        *folders, leaf = suite.split(".")  # GE renders "a.b" under a/b
+        assert (site / "expectations" / Path(*folders, f"{leaf}.html")).is_file(), suite
+        pages = sorted((site / "validations" / Path(*folders, leaf) / str(run_date)).rglob("*.html"))
         assert pages, f"no rendered validation result for {suite} on {run_date}"
         assert any(str(p.relative_to(site)) in index_html for p in pages), f"index does not link {suite}"
         text = _page_text(pages[-1])
