@@ -187,3 +187,18 @@ def test_metrics_match_torchmetrics():
     assert ours["ndcg_at_5"] == pytest.approx(float(RetrievalNormalizedDCG(top_k=5, empty_target_action="skip")(t_s, t_g, indexes=t_idx)), abs=1e-6)
     assert ours["mrr"] == pytest.approx(float(RetrievalMRR(empty_target_action="skip")(t_s, rel, indexes=t_idx)), abs=1e-6)
     assert ours["recall_at_7"] == pytest.approx(float(RetrievalRecall(top_k=7, empty_target_action="skip")(t_s, rel, indexes=t_idx)), abs=1e-6)
+
+
+def test_gate_promotes_only_on_a_strict_win():
+    from mmpipeline.config import RankConfig
+    from mmpipeline.rank.evaluate import decide
+
+    def m(v):
+        return {s: {"ndcg_at_10": v} for s in ("all", "short_queries", "long_queries", "no_image_products")}
+
+    tie, why = decide(m(0.6), m(0.6), RankConfig(promote_margin=0.0))
+    assert not tie and "a tie" in why[0]
+    assert decide(m(0.6001), m(0.6), RankConfig(promote_margin=0.0))[0]
+    # exactly at the margin is not a win either
+    assert not decide(m(0.75), m(0.5), RankConfig(promote_margin=0.25))[0]
+    assert decide(m(0.7501), m(0.5), RankConfig(promote_margin=0.25))[0]
