@@ -142,3 +142,15 @@ def test_query_keys_match_the_clean_stage(spark):
     for r in rows:
         assert normalize_query(r["q"]) == r["n"]
         assert query_id_for(normalize_query(r["q"])) == r["id"]
+
+
+def test_bm25_saved_index_reloads_memory_mapped_to_the_same_results(tmp_path):
+    products, ids, *_ = _catalog()
+    idx = BM25Index(ids, product_text(products).tolist())
+    idx.save(tmp_path / "bm25")
+    back = BM25Index.load(tmp_path / "bm25", mmap=True)
+    for q in (["acme"], ["red shirt", "footwear shoes", "waterproof"]):
+        a, b = idx.search(q, 7), back.search(q, 7)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1])
+    np.testing.assert_allclose(back.score_pairs(["acme"] * 2, ["p3", "p4"]), idx.score_pairs(["acme"] * 2, ["p3", "p4"]))
