@@ -213,7 +213,7 @@ class AnnConfig(_Model):
     tune_queries: int = 500  # 0: no tuning (the configured nprobe / efSearch as they are)
     seed: int = 0
     threads: int | None = None  # FAISS OpenMP threads (None: FAISS's default)
-    save: bool = True  # score: save the index under <lake>/_artifacts/ann and record it in ops.ann_indexes
+    save: bool = True  # score: save the index under <lake>/_artifacts/ann and record it in ops.retrieval_indexes
 
 
 class ScoreConfig(_Model):

@@ -99,7 +99,7 @@ def bench_dataset(cfg, params: dict[str, Any]) -> dict[str, Any]:
         ranking = res.ranking
         if engine == "spark":
             ranking = ranking.toPandas()
-        ann_used = out.read_pandas("ops.ann_indexes").to_dict("records") if out.exists("ops.ann_indexes") else []
+        ann_used = out.read_pandas("ops.retrieval_indexes").to_dict("records") if out.exists("ops.retrieval_indexes") else []
         t1 = time.perf_counter()
         out.write("gold.search_ranking", ranking, mode="overwrite", partition={"run_date": run_date})
         out.write("gold.product_vectors", res.vectors, mode="overwrite", partition={"run_date": run_date})

@@ -7,7 +7,7 @@ One package so the three cannot drift apart:
 * :mod:`.bm25` -- :class:`BM25Index` (bm25s) over the whole catalog;
 * :mod:`.dense` -- :class:`Vectors`, ``normalize`` and the exact numpy :class:`DenseIndex`;
 * :mod:`.ann` -- FAISS dense search (exact / IVF / HNSW, tuned to a recall target) and its
-  versioned artifacts next to the lake (:class:`AnnStore`, ``ops.ann_indexes``);
+  versioned artifacts next to the lake (:class:`AnnStore`, ``ops.retrieval_indexes``);
 * :mod:`.embeddings` -- ``pick_model`` (which embedding model's vectors to use) and ``load_vectors``;
 * :mod:`.encoder` -- the query-side text encoder (the embed stage's text model);
 * :mod:`.features` -- :class:`PairFeaturizer`, the ranker's (query, product) features;

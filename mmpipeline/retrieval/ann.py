@@ -17,7 +17,9 @@ value until recall@``tune_k`` against exact search on sampled query vectors reac
 ``ids.json``, ``meta.json``), where the fingerprint hashes the vectors, their ids, the index
 settings and the FAISS version. A re-run of a date with the same vectors loads the saved index
 (the same index, bit for bit) instead of building another; new vectors get a new folder, so an
-artifact is never overwritten or deleted. Each get is recorded in ``ops.ann_indexes``.
+artifact is never overwritten or deleted. Each get is recorded in ``ops.retrieval_indexes``. The
+BM25 index is kept the same way (:meth:`AnnStore.get_bm25`: ``<lake>/_artifacts/bm25/<run_date>/<fp>``,
+loaded memory-mapped).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-OPS_TABLE = "ops.ann_indexes"
+OPS_TABLE = "ops.retrieval_indexes"
 _SEARCH_BLOCK = 4096
 _MAX_EF = 4096
 
@@ -263,7 +265,7 @@ def _safe(name: str | None) -> str:
 
 
 class AnnStore:
-    """Saved ANN indexes under ``root`` (``<lake>/_artifacts/ann``); records in ``ops.ann_indexes``
+    """Saved ANN indexes under ``root`` (``<lake>/_artifacts/ann``); records in ``ops.retrieval_indexes``
     when a lake is given."""
 
     def __init__(self, root: str | Path, lake: Any = None):
@@ -273,6 +275,44 @@ class AnnStore:
     @classmethod
     def for_lake(cls, lake: Any) -> "AnnStore":
         return cls(Path(lake.root) / "_artifacts" / "ann", lake)
+
+    def get_bm25(self, ids: np.ndarray, texts: Sequence[str], run_date: dt.date, k1: float = 1.5,
+                 b: float = 0.75) -> Any:
+        """The BM25 index over ``texts`` for ``run_date``: loaded (memory-mapped) when saved before for
+        the same ids and texts, else built and saved atomically; recorded like the dense indexes."""
+        from mmpipeline.retrieval.bm25 import BM25Index
+
+        t0 = time.perf_counter()
+        texts = [str(t) for t in texts]
+        h = hashlib.sha256(f"bm25s|k1={k1}|b={b}|".encode())
+        for i, t in zip(ids, texts):
+            h.update(str(i).encode("utf-8") + b"\x1f" + t.encode("utf-8") + b"\x1e")
+        fp = h.hexdigest()
+        folder = self.root.parent / "bm25" / str(run_date) / fp[:16]
+        reused = (folder / "ids.json").is_file()
+        if reused:
+            index = BM25Index.load(folder, mmap=True)
+        else:
+            index = BM25Index(ids, texts, k1=k1, b=b)
+            tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+            index.save(tmp)
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        seconds = time.perf_counter() - t0
+        log.info("bm25 index: %s %s (%d products, %.1fs)", "loaded" if reused else "saved", folder, len(ids), seconds)
+        if self.lake is not None:
+            import pandas as pd
+
+            self.lake.merge(OPS_TABLE, pd.DataFrame([{
+                "run_date": run_date, "modality": "bm25", "model_name": "bm25s", "kind": "bm25",
+                "params": json.dumps({"k1": k1, "b": b}), "vectors": len(ids), "dim": None, "fingerprint": fp,
+                "path": str(folder), "reused": reused, "build_seconds": None if reused else seconds,
+                "recall": None, "recall_k": None, "tune_queries": None,
+                "recorded_at": dt.datetime.now(dt.timezone.utc),
+            }]))
+        return index
 
     def folder(self, model: str | None, modality: str, run_date: dt.date, fp: str) -> Path:
         return self.root / _safe(model) / _safe(modality) / str(run_date) / fp[:16]

@@ -79,7 +79,10 @@ class CandidateGenerator:
         elif self.bm25 is None:
             if self.texts is None:
                 raise ValueError("CandidateGenerator needs the BM25 texts (product_text) or a prebuilt bm25 index")
-            self.bm25 = BM25Index(self.product_ids, list(self.texts))
+            if self.store is not None and self.run_date is not None:
+                self.bm25 = self.store.get_bm25(self.product_ids, list(self.texts), self.run_date)
+            else:
+                self.bm25 = BM25Index(self.product_ids, list(self.texts))
         self.timings["bm25_build"] = time.perf_counter() - t0
         self.dense: dict[str, AnnIndex] = {}
         self._vecs = {"text": self.text_vectors, "image": self.image_vectors}

@@ -127,7 +127,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
             progress: bool = True, ann_store: AnnStore | None = None) -> ScoreResult:
     """Everything the stage computes, without writing its gold tables (the benchmark times this too);
     the dense candidate index is saved to ``ann_store`` (default ``<lake>/_artifacts/ann`` when
-    ``score.ann.save``) and recorded in ``ops.ann_indexes``."""
+    ``score.ann.save``) and recorded in ``ops.retrieval_indexes``."""
     sc = cfg.score
     engine = engine or sc.engine
     timings: dict[str, float] = {}

@@ -35,17 +35,18 @@ def test_score_saves_reuses_and_records_the_ann_index(env):
     cfg, cfg_exact = env
     lake = RunContext.create(cfg, D1).lake
     job.run(RunContext.create(cfg, D1))
-    ops = lake.read_pandas("ops.ann_indexes")
-    assert sorted(ops["modality"]) == ["image", "text"] and set(ops["kind"]) == {"hnsw"}
-    assert not ops["reused"].any() and (ops["recall"] >= 0.95).all()
+    ops = lake.read_pandas("ops.retrieval_indexes")
+    assert sorted(ops["modality"]) == ["bm25", "image", "text"]
+    assert dict(zip(ops["modality"], ops["kind"])) == {"bm25": "bm25", "image": "hnsw", "text": "hnsw"}
+    assert not ops["reused"].any() and (ops.loc[ops["kind"] == "hnsw", "recall"] >= 0.95).all()
     paths = dict(zip(ops["modality"], ops["path"]))
-    assert all(p.startswith(str(Path(cfg.lake.root) / "_artifacts" / "ann")) for p in paths.values())
-    assert all((Path(p) / "index.faiss").is_file() for p in paths.values())
+    assert all(p.startswith(str(Path(cfg.lake.root) / "_artifacts")) for p in paths.values())
+    assert (Path(paths["text"]) / "index.faiss").is_file() and (Path(paths["bm25"]) / "ids.json").is_file()
     r1 = lake.read_pandas("gold.search_ranking")
 
     job.run(RunContext.create(cfg, D1))  # re-run of the date: the saved index is loaded, tables identical
-    ops2 = lake.read_pandas("ops.ann_indexes")
-    assert len(ops2) == 2 and ops2["reused"].all() and dict(zip(ops2["modality"], ops2["path"])) == paths
+    ops2 = lake.read_pandas("ops.retrieval_indexes")
+    assert len(ops2) == 3 and ops2["reused"].all() and dict(zip(ops2["modality"], ops2["path"])) == paths
     key = ["query_id", "rank"]
     pd.testing.assert_frame_equal(r1.sort_values(key).reset_index(drop=True),
                                   lake.read_pandas("gold.search_ranking").sort_values(key).reset_index(drop=True))
@@ -60,4 +61,4 @@ def test_score_saves_reuses_and_records_the_ann_index(env):
     cols = ["query_id", "rank", "product_id", "candidate_source"]
     pd.testing.assert_frame_equal(r1.sort_values(key).reset_index(drop=True)[cols],
                                   rx.sort_values(key).reset_index(drop=True)[cols])
-    assert lake_x.read_pandas("ops.ann_indexes")["kind"].tolist() == ["exact", "exact"]
+    assert sorted(lake_x.read_pandas("ops.retrieval_indexes")["kind"]) == ["bm25", "exact", "exact"]

@@ -84,7 +84,7 @@ def test_saved_index_reloads_to_the_same_results_and_is_recorded(tmp_path):
     # new vectors for the same date: a new artifact beside the old one (nothing overwritten)
     changed = store.get("text", Vectors(vec.ids, x * 1.5 + 0.01, "mini/lm"), day, cfg)
     assert changed.info["path"] != path and (tmp_path / "lake").joinpath(path).exists()
-    ops = lake.read_pandas("ops.ann_indexes")
+    ops = lake.read_pandas("ops.retrieval_indexes")
     assert len(ops) == 1  # one row per (run date, modality, model): the latest attempt
     row = ops.iloc[0]
     assert row["path"] == changed.info["path"] and row["kind"] == "ivf" and row["vectors"] == 4000
@@ -112,7 +112,14 @@ def test_candidate_generator_uses_the_configured_index_and_artifacts(tmp_path):
     key = ["query_id", "product_id"]
     overlap = len(a[key].merge(b[key])) / len(a)
     assert overlap >= 0.95
-    assert lake.read_pandas("ops.ann_indexes")["kind"].tolist() == ["hnsw"]
+    ops = lake.read_pandas("ops.retrieval_indexes").sort_values("kind")
+    assert ops["kind"].tolist() == ["bm25", "hnsw"] and ops["path"].str.contains("_artifacts").all()
+    # a re-run of the date loads both saved indexes and proposes the same candidates
+    again = CandidateGenerator(ids, texts, Vectors(ids, x, "m"), Vectors.empty(), k=30,
+                               ann=AnnConfig(kind="hnsw", tune_k=30, tune_queries=200), store=AnnStore.for_lake(lake),
+                               run_date=dt.date(2026, 11, 20), tune_vectors=qv.matrix)
+    assert lake.read_pandas("ops.retrieval_indexes")["reused"].all()
+    pd.testing.assert_frame_equal(b, again.generate(qs, qv, progress=False))
 
 
 def test_ann_config_shorthand_and_knobs():
