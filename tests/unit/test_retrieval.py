@@ -154,3 +154,30 @@ def test_bm25_saved_index_reloads_memory_mapped_to_the_same_results(tmp_path):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_allclose(a[1], b[1])
     np.testing.assert_allclose(back.score_pairs(["acme"] * 2, ["p3", "p4"]), idx.score_pairs(["acme"] * 2, ["p3", "p4"]))
+
+
+def _imports(folder: str) -> dict[str, set[str]]:
+    """module file -> the mmpipeline modules it imports (anywhere in the file, lazy imports too)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "mmpipeline" / folder
+    out = {}
+    for f in sorted(root.glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        out[f.name] = {n for n in names if n.startswith("mmpipeline")}
+    return out
+
+
+def test_import_direction_rank_and_score_use_retrieval_never_the_reverse():
+    for name, mods in _imports("retrieval").items():
+        assert not {m for m in mods if m.startswith(("mmpipeline.rank", "mmpipeline.score"))}, name
+    for name, mods in _imports("score").items():
+        assert not {m for m in mods if m.startswith(("mmpipeline.clean", "mmpipeline.embed"))}, name
+    # the encoder and the query normaliser are reached through retrieval only
+    assert any(m.startswith("mmpipeline.embed") for m in _imports("retrieval")["encoder.py"])
