@@ -169,15 +169,22 @@ def _measure(kind: str, ids: np.ndarray, base: np.ndarray, tune_q: np.ndarray, t
             "exact_search_seconds": round(exact_s, 4)}
 
 
+def _plain(v: Any) -> Any:
+    """JSON-safe scalar: NaN / None -> None, numpy numbers -> Python."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def ann_report(cfg, lake, res, ann_used: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
     """Recall@K of approximate dense search against exact search on this dataset's vectors."""
     from mmpipeline.retrieval.embeddings import load_vectors
 
     sc = cfg.score
     out: dict[str, Any] = {"target_recall": sc.ann.target_recall, "k": sc.ann.tune_k,
-                           "used": [{k: (str(v) if k in ("run_date", "recorded_at") else v) for k, v in r.items()
+                           "used": [{k: _plain(v) for k, v in r.items()
                                      if k in ("modality", "model_name", "kind", "params", "vectors", "recall", "recall_k",
-                                              "build_seconds", "run_date")} for r in ann_used]}
+                                              "build_seconds")} for r in ann_used]}
     qvec = load_vectors(lake, "gold.query_embeddings", "query_id", "text", cfg.rank.text_model_name)
     qvec = qvec.restrict(set(res.query_set["query_id"])) if len(qvec) else qvec
     if len(qvec) < 4:
