@@ -180,7 +180,7 @@ class RankConfig(_Model):
     slice_tolerance: float = 0.02
     eval_k: int = 10
     recall_k: int = 100
-    candidates_k: int = 100  # per retrieval source (BM25, text, image); the union is reranked
+    candidates_k: int = 100  # evaluate() without a candidate generator (bench quality); the evaluate stage uses score.candidates_k
     relevant_min_label: float = 0.5  # normalised grade at or above which a product counts as relevant
     long_query_tokens: int = 4  # slices: short = fewer tokens, long = at least this many
     max_eval_queries: int | None = None
@@ -188,6 +188,32 @@ class RankConfig(_Model):
     # quality benchmark
     bench_fusions: list[str] = Field(default_factory=lambda: ["concat", "weighted", "attention"])
     colour_attribute: str = "colour"  # attribute whose values are removed from titles in the colour-free run
+
+
+class AnnConfig(_Model):
+    """Dense candidate search (``score.ann``): FAISS, exact below a catalog size, approximate above it.
+
+    ``kind``: ``auto`` = exact (IndexFlatIP) for fewer than ``exact_below`` vectors, else
+    ``auto_kind``; ``exact`` / ``ivf`` / ``hnsw`` force one. Approximate indexes are tuned at build
+    time: ``nprobe`` (IVF) or ``efSearch`` (HNSW) doubles from the configured value until recall@k
+    against exact search on ``tune_queries`` sampled vectors reaches ``target_recall``.
+    """
+
+    kind: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
+    exact_below: int = 100_000  # auto: exact search under this many vectors
+    auto_kind: Literal["ivf", "hnsw"] = "ivf"
+    ivf_nlist: int | None = None  # None: 4 * sqrt(n), at least 16
+    ivf_nprobe: int = 16  # starting value; tuning raises it
+    ivf_train_size: int = 100_000  # vectors sampled to train the coarse quantizer
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 128
+    hnsw_ef_search: int = 128  # starting value; tuning raises it
+    target_recall: float = 0.95  # recall@tune_k against exact search the tuning aims for
+    tune_k: int = 100
+    tune_queries: int = 500  # 0: no tuning (the configured nprobe / efSearch as they are)
+    seed: int = 0
+    threads: int | None = None  # FAISS OpenMP threads (None: FAISS's default)
+    save: bool = True  # score: save the index under <lake>/_artifacts/ann and record it in ops.retrieval_indexes
 
 
 class ScoreConfig(_Model):
@@ -200,7 +226,7 @@ class ScoreConfig(_Model):
     min_query_coverage: float = Field(0.95, ge=0.0, le=1.0)  # publish: share of the run's query set ranked
     max_abs_score: float = Field(1e6, gt=0.0)  # publish: |score| above this is a sentinel, not a score
     model_alias: str = "champion"
-    ann: Literal["exact", "auto"] = "exact"
+    ann: AnnConfig = Field(default_factory=AnnConfig)
     engine: Literal["local", "spark"] = "local"  # spark: mapInPandas, model loaded once per partition
     batch_size: int = 8192  # (query, product) pairs per model call
     query_batch_size: int = 256  # queries per candidate-generation block
@@ -208,6 +234,11 @@ class ScoreConfig(_Model):
     # product_vectors: normalised weighted sum of the normalised per-modality vectors (same space)
     fusion_weights: dict[str, float] = Field(default_factory=lambda: {"text": 0.5, "image": 0.5})
     recall_min_grade: float | None = None  # judged relevant for candidate recall; None: above the lowest grade
+
+    @field_validator("ann", mode="before")
+    @classmethod
+    def _ann_kind_shorthand(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v  # `score.ann: exact` = `score.ann.kind: exact`
 
 
 class Config(_Model):

@@ -256,6 +256,19 @@ register(TableSpec("ops.score_runs", [
     ("scored_at", "timestamp"),
 ], keys=["run_date"], description="one row per scored run date (latest attempt): sizes, recall, timings"))
 
+register(TableSpec("ops.retrieval_indexes", [
+    ("run_date", "date"), ("modality", "string"),  # text | image (dense) | bm25
+    ("model_name", "string"),  # the embedding model; bm25s for BM25
+    ("kind", "string"),  # exact | ivf | hnsw | bm25
+    ("params", "string"),  # JSON: nlist / nprobe or M / efConstruction / efSearch after tuning
+    ("vectors", "long"), ("dim", "int"), ("fingerprint", "string"),  # sha256 of ids, vectors and settings
+    ("path", "string"),  # the artifact: <lake>/_artifacts/ann/<model>/<modality>/<run_date>/<fp> or bm25/<run_date>/<fp>
+    ("reused", "boolean"),  # true when a re-run loaded the index saved earlier for the same vectors
+    ("build_seconds", "double"), ("recall", "double"),  # recall@recall_k vs exact search at build time
+    ("recall_k", "int"), ("tune_queries", "long"), ("recorded_at", "timestamp"),
+], keys=["run_date", "modality", "model_name"],
+    description="the candidate indexes (dense and BM25) each score run used (latest attempt per date and model)"))
+
 register(TableSpec("ops.index_versions", [
     ("event_at", "timestamp"), ("action", "string"),  # publish | reject | rollback
     ("run_date", "date"), ("status", "string"),  # current | rejected

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mmpipeline.rank.features import SCALAR_FEATURES, PairFeaturizer
+from mmpipeline.retrieval.features import SCALAR_FEATURES, PairFeaturizer
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmpipeline.config import RankConfig
@@ -96,7 +96,7 @@ def graded_pairs(judgments: pd.DataFrame, interactions: pd.DataFrame | None, rc:
 
 def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankConfig") -> pd.DataFrame:
     """Random and hard negatives per query from the whole catalog (never a judged product)."""
-    from mmpipeline.retrieval import DenseIndex
+    from mmpipeline.retrieval.dense import DenseIndex
 
     n_cat = len(featurizer.ids)
     queries = pairs[["query_id", "query_norm"]].drop_duplicates("query_id").reset_index(drop=True)

@@ -5,7 +5,9 @@ For every held-out (test-split) query, each system ranks the **whole catalog**:
 * ``bm25``, ``text_cosine``, ``image_cosine``: exact scores against every product;
 * model systems (``challenger``, ``champion``, bench variants): candidate retrieval (BM25 top-K
   union text top-K union image top-K) then rerank with the model; products outside the candidates
-  rank below every candidate.
+  rank below every candidate. The candidates come from the score stage's own
+  :class:`~mmpipeline.retrieval.candidates.CandidateGenerator` with ``score.candidates_k``,
+  ``score.candidate_sources`` and ``score.ann``, so the gate measures the candidate set that is published.
 
 Metrics (definitions of torchmetrics' retrieval metrics, see mmpipeline.rank.metrics): NDCG@k with graded gains, MRR and Recall@K with binary relevance
 (normalised grade >= ``rank.relevant_min_label``), overall and per slice: short / long queries and
@@ -37,9 +39,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 
-from mmpipeline.rank.features import PairFeaturizer, arrays_to_frame
 from mmpipeline.rank.metrics import FLOOR, retrieval_metrics
-from mmpipeline.retrieval import tokenize
+from mmpipeline.retrieval.candidates import CandidateGenerator
+from mmpipeline.retrieval.features import PairFeaturizer, arrays_to_frame
+from mmpipeline.retrieval.text import tokenize
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmpipeline.config import RankConfig
@@ -118,9 +121,14 @@ def _topk(row: np.ndarray, k: int) -> np.ndarray:
 
 
 def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, Scorer], rc: "RankConfig",
-                 progress: bool = True) -> tuple[Rankings, dict[str, float]]:
-    """Rank the whole catalog for every held-out query with the baselines and each model."""
+                 progress: bool = True, candidates: CandidateGenerator | None = None) -> tuple[Rankings, dict[str, float]]:
+    """Rank the whole catalog for every held-out query with the baselines and each model (which
+    rerank the ``candidates`` generator's union; default: the generator over the featurizer's
+    catalog with ``rc.candidates_k``)."""
     from tqdm.auto import tqdm
+
+    if candidates is None:
+        candidates = CandidateGenerator.from_featurizer(featurizer, rc.candidates_k)
 
     out = Rankings()
     n_cand: list[int] = []
@@ -141,6 +149,7 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
             if not has_q[b]:
                 full["text_cosine"][b] = full["image_cosine"][b] = -np.inf
         cand_rows, cand_q = [], []
+        cand_ids = candidates.candidate_lists(qids, qtexts, qvec, has_q)
         for b in range(len(qids)):
             judged = rel.rows[s + b]
             tops = {name: _topk(full[name][b], max(depth, rc.candidates_k)) for name in BASELINES}
@@ -148,7 +157,7 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
                 items = np.unique(np.concatenate([tops[name][:depth], judged]))
                 sc = full[name][b][items]
                 out.add(name, items, np.where(np.isfinite(sc), sc, FLOOR))
-            cands = np.unique(np.concatenate([tops[name][:rc.candidates_k] for name in BASELINES]))
+            cands = np.unique(featurizer.product_rows(cand_ids[b]))
             n_cand.append(len(cands))
             cand_rows.append(cands)
             cand_q.append(np.full(len(cands), b))
@@ -244,11 +253,11 @@ def grade_rmse(scorer: Scorer, featurizer: PairFeaturizer, df: pd.DataFrame) -> 
 
 
 def evaluate(featurizer: PairFeaturizer, df: pd.DataFrame, models: dict[str, Any], rc: "RankConfig",
-             split: str = "test", progress: bool = True) -> dict[str, Any]:
+             split: str = "test", progress: bool = True, candidates: CandidateGenerator | None = None) -> dict[str, Any]:
     """Whole-catalog metrics for the baselines and ``models`` (name -> model) on ``split`` queries."""
     rel = Relevance.from_training_data(df, featurizer, split, rc.max_eval_queries)
     scorers = {name: scorer_for(m, rc.score_batch_size) for name, m in models.items()}
-    rankings, info = rank_catalog(featurizer, rel, scorers, rc, progress)
+    rankings, info = rank_catalog(featurizer, rel, scorers, rc, progress, candidates)
     metrics = compute_metrics(rankings, rel, featurizer, rc)
     rmse = {name: grade_rmse(s, featurizer, df) for name, s in scorers.items()}
     return {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), **info}
@@ -379,7 +388,10 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         versions["champion"] = str(champ_mv.version)
     df, table_version, meta = read_training_data(ctx)
     featurizer = featurizer_for(ctx, meta)
-    result = evaluate(featurizer, df, models, rc)
+    sc = cfg.score  # the score stage's retrieval: the gate measures the candidate set that is published
+    candidates = CandidateGenerator.from_featurizer(featurizer, sc.candidates_k, list(sc.candidate_sources), sc.ann,
+                                                    sc.query_batch_size)
+    result = evaluate(featurizer, df, models, rc, candidates=candidates)
     if result["queries"] == 0:
         raise StageError("no held-out (test split) queries with judgments to evaluate on")
     m = result["metrics"]
@@ -395,7 +407,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                          "decision": "promote" if promote else "keep champion"})
         mlflow.log_params({"primary_metric": pm, "promote_margin": rc.promote_margin,
                            "slice_tolerance": rc.slice_tolerance, "eval_queries": result["queries"],
-                           "candidates_k": rc.candidates_k, "training_table_version": table_version,
+                           "candidates_k": sc.candidates_k, "training_table_version": table_version,
                            "challenger_run_id": challenger.run_id})
         flat = {f"{system}.{sl}.{metric}": v for system, sls in m.items() for sl, ms in sls.items()
                 for metric, v in ms.items() if metric != "queries" and np.isfinite(v)}

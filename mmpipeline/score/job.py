@@ -24,11 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mmpipeline.config import Config
 from mmpipeline.context import RunContext, StageError
-from mmpipeline.score.candidates import CandidateGenerator, Vectors, candidate_recall, product_text
+from mmpipeline.retrieval.ann import AnnStore
+from mmpipeline.retrieval.candidates import CandidateGenerator, candidate_recall
+from mmpipeline.retrieval.dense import Vectors
+from mmpipeline.retrieval.embeddings import load_vectors
+from mmpipeline.retrieval.text import product_text
 from mmpipeline.score.queries import build_query_set, read_query_list
 from mmpipeline.score.scoring import (load_ranker, make_featurizer, make_query_encoder, rank_top, resolve_version,
                                       score_pairs, score_spark)
@@ -47,48 +50,6 @@ def _read(lake, name: str, columns: list[str] | None = None, filters=None) -> pd
     if not lake.exists(name):
         return None
     return lake.read_pandas(name, columns=columns, filters=filters)
-
-
-def _pick_model(models: pd.DataFrame, preferred: str | None) -> str | None:
-    """The embedding model to use for a modality: the configured one, else the one with the most
-    vectors (latest on ties)."""
-    if not len(models):
-        return None
-    names = list(models["model_name"])
-    if preferred:
-        if preferred not in names:
-            raise StageError(f"no vectors from model {preferred!r}; have {sorted(names)}")
-        return preferred
-    best = models.sort_values(["n", "last"], ascending=[False, False]).iloc[0]
-    return str(best["model_name"])
-
-
-def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | None = None,
-                 model_name: str | None = None) -> Vectors:
-    """Vectors of one modality and one model from a gold embeddings table (sorted by id)."""
-    if not lake.exists(table):
-        return Vectors.empty()
-    filt = [("modality", "=", modality)]
-    if model_name is None:
-        meta = lake.read_arrow(table, columns=["model_name", "embedded_at"], filters=filt).to_pandas()
-        models = meta.groupby("model_name").agg(n=("model_name", "size"), last=("embedded_at", "max")).reset_index()
-        model_name = _pick_model(models, preferred)
-        if model_name is None:
-            return Vectors.empty()
-        if len(models) > 1:
-            log.info("%s %s: models %s; using %s", table, modality, list(models["model_name"]), model_name)
-    t = lake.read_arrow(table, columns=[id_col, "vector"], filters=filt + [("model_name", "=", model_name)])
-    t = t.filter(pc.invert(pc.is_null(t.column("vector"))))
-    if not t.num_rows:
-        return Vectors(np.array([], dtype=object), np.zeros((0, 0), np.float32), model_name)
-    t = t.sort_by(id_col)
-    vec = t.column("vector").combine_chunks()
-    lengths = pc.list_value_length(vec).to_numpy(zero_copy_only=False)
-    if len(set(lengths.tolist())) != 1:
-        raise StageError(f"{table}: {modality} vectors of model {model_name} have mixed dimensions {sorted(set(lengths.tolist()))}")
-    mat = pc.list_flatten(vec).to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, int(lengths[0]))
-    ids = np.asarray(t.column(id_col).to_pylist(), dtype=object)
-    return Vectors(ids, mat, model_name)
 
 
 @dataclass
@@ -163,8 +124,10 @@ class ScoreResult:
 
 
 def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None = None, spark=None,
-            progress: bool = True) -> ScoreResult:
-    """Everything the stage computes, without writing (the benchmark times this too)."""
+            progress: bool = True, ann_store: AnnStore | None = None) -> ScoreResult:
+    """Everything the stage computes, without writing its gold tables (the benchmark times this too);
+    the dense candidate index is saved to ``ann_store`` (default ``<lake>/_artifacts/ann`` when
+    ``score.ann.save``) and recorded in ``ops.retrieval_indexes``."""
     sc = cfg.score
     engine = engine or sc.engine
     timings: dict[str, float] = {}
@@ -182,7 +145,9 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     t0 = time.perf_counter()
     gen = CandidateGenerator(inputs.products["product_id"].to_numpy(object), product_text(inputs.products),
                              inputs.text, inputs.image, k=sc.candidates_k, sources=list(sc.candidate_sources),
-                             query_batch_size=sc.query_batch_size)
+                             query_batch_size=sc.query_batch_size, ann=sc.ann, run_date=run_date,
+                             store=ann_store or (AnnStore.for_lake(lake) if sc.ann.save else None),
+                             tune_vectors=qvec.matrix if len(qvec) else None)
     cands = gen.generate(qset, qvec, progress=progress)
     timings.update({f"candidates_{k}": v for k, v in gen.timings.items()})
     timings["candidates"] = time.perf_counter() - t0

@@ -8,27 +8,16 @@ deterministic.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import pandas as pd
 
+from mmpipeline.retrieval.keys import normalize_query, query_id_for  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 QUERY_SET_COLUMNS = ["query_id", "query", "frequency", "source"]
-
-
-def normalize_query(text: str) -> str:
-    """Canonical query text, exactly as the clean stage writes ``query_norm``."""
-    from mmpipeline.clean.text import normalize_query as _clean_norm
-
-    return _clean_norm(text) or ""
-
-
-def query_id_for(query_norm: str) -> str:
-    """The clean stage's query id: the first 16 hex digits of sha256(query_norm)."""
-    return hashlib.sha256(query_norm.encode("utf-8")).hexdigest()[:16]
 
 
 def read_query_list(path: str | Path) -> list[str]:

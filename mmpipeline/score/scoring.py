@@ -5,7 +5,7 @@ The model is the MLflow registered model ``cfg.mlflow.model_name`` under ``cfg.s
 carries that version, and Spark workers load exactly that version (once per partition) and refuse
 to score if the alias moved to another version mid-run.
 
-Model input comes from the ranker's featuriser (``mmpipeline.rank.features.PairFeaturizer``:
+Model input comes from the ranker's featuriser (``mmpipeline.retrieval.features.PairFeaturizer``:
 ``from_lake(lake, cfg).transform(queries, query_ids, product_ids)``), the same code that built the
 training data, so train/serve features cannot drift.
 """
@@ -82,7 +82,7 @@ def load_ranker(cfg: Config, alias: str, expect_version: str | None = None) -> R
 
 
 class RankFeaturizer:
-    """Model input for candidate rows through ``mmpipeline.rank.features.PairFeaturizer``."""
+    """Model input for candidate rows through ``mmpipeline.retrieval.features.PairFeaturizer``."""
 
     def __init__(self, featurizer: Any):
         self.featurizer = featurizer
@@ -93,21 +93,13 @@ class RankFeaturizer:
 
 def make_query_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
     """The embed stage's text encoder as ``texts -> vectors``, built on first use."""
-    cache: dict[str, Any] = {}
+    from mmpipeline.retrieval.encoder import query_encoder
 
-    def encode(texts: list[str]) -> np.ndarray:
-        if "enc" not in cache:
-            from mmpipeline.embed import models
-            from mmpipeline.embed.encoders import build_encoder
-
-            cache["enc"] = build_encoder(models.text_spec(cfg))
-        return np.asarray(cache["enc"].encode(list(texts)), dtype=np.float32)
-
-    return encode
+    return query_encoder(cfg)
 
 
 def make_featurizer(cfg: Config, lake=None) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    from mmpipeline.rank.features import PairFeaturizer
+    from mmpipeline.retrieval.features import PairFeaturizer
 
     if lake is None:
         from mmpipeline.lake import Lake

@@ -19,8 +19,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from mmpipeline.retrieval import normalize
-from mmpipeline.score.candidates import Vectors
+from mmpipeline.retrieval.dense import Vectors, normalize
 
 log = logging.getLogger(__name__)
 

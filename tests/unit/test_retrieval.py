@@ -1,8 +1,14 @@
 """Whole-catalog retrieval used by evaluation and candidate generation."""
 
 import numpy as np
+import pandas as pd
+import pytest
 
-from mmpipeline.retrieval import BM25Index, DenseIndex, tokenize
+from mmpipeline.rank.features import PairFeaturizer
+from mmpipeline.retrieval import BM25Index, DenseIndex, product_text, query_id_for, tokenize
+from mmpipeline.retrieval.candidates import CandidateGenerator
+from mmpipeline.retrieval.dense import Vectors
+from mmpipeline.retrieval.embeddings import ModelNotFound, model_stats, pick_model
 
 
 def test_tokenize_is_lowercase_alnum():
@@ -32,3 +38,146 @@ def test_dense_exact_topk_matches_bruteforce():
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
     ids_all, _ = idx.search(q[:1], k=1000)  # k larger than the catalog
     assert ids_all.shape == (1, 500)
+
+
+# ------------------------------------------------------------------ one BM25 text, one model picker, keys
+
+def _catalog(n: int = 30, dim: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = [f"p{i}" for i in range(n)]
+    products = pd.DataFrame({
+        "product_id": ids, "title": [f"{'red' if i % 2 else 'blue'} shirt {i}" for i in range(n)],
+        "brand": ["acme" if i == 3 else None for i in range(n)],
+        "category_path": ["Apparel > Topwear" if i < 10 else "Footwear > Shoes" for i in range(n)],
+        "description": ["waterproof lining" if i == 7 else None for i in range(n)],
+    })
+    text = rng.normal(size=(n, dim)).astype(np.float32)
+    image_ids = ids[::2]
+    image = rng.normal(size=(len(image_ids), dim)).astype(np.float32)
+    return products, ids, text, image_ids, image
+
+
+def test_featurizer_bm25_indexes_the_same_text_as_candidate_generation():
+    """The ranker's bm25 feature and the candidate generator search ONE text (title + brand +
+    category + description); before, the featurizer indexed titles only."""
+    products, ids, text, image_ids, image = _catalog()
+    fz = PairFeaturizer(products, {"text": (ids, text), "image": (image_ids, image)})
+    s = fz.bm25_scores("acme")
+    assert s[3] > 0 and (np.delete(s, 3) == 0).all()  # brand only
+    assert fz.bm25_scores("waterproof")[7] > 0  # description only
+    assert (fz.bm25_scores("footwear")[10:] > 0).all()  # category only
+    # the score stage's generator (product_text) and the featurizer's give the same BM25 scores
+    gen = CandidateGenerator(np.array(ids, dtype=object), product_text(products), Vectors.empty(), Vectors.empty(),
+                             k=5, sources=["bm25"])
+    for q in ("acme", "red shirt footwear", "waterproof blue"):
+        np.testing.assert_allclose(gen.bm25.scores_all(q), fz.bm25_scores(q), rtol=1e-6)
+
+
+def test_evaluation_and_scoring_draw_the_same_candidates():
+    """rank.evaluate's candidate set (CandidateGenerator.from_featurizer) equals the score stage's."""
+    products, ids, text, image_ids, image = _catalog()
+    rng = np.random.default_rng(1)
+    qids = ["q1", "q2", "q3"]
+    qmat = rng.normal(size=(3, 8)).astype(np.float32)
+    fz = PairFeaturizer(products, {"text": (ids, text), "image": (image_ids, image)}, (qids, qmat))
+    serve = CandidateGenerator(np.array(ids, dtype=object), product_text(products), Vectors(ids, text, "t"),
+                               Vectors(image_ids, image, "i"), k=4)
+    queries = ["acme shirt", "footwear", "nothing matches"]
+    published = serve.generate(pd.DataFrame({"query_id": qids, "query": queries}), Vectors(qids, qmat), progress=False)
+    evaluated = CandidateGenerator.from_featurizer(fz, 4)
+    qvec, has = fz.query_matrix(queries, qids)
+    lists = evaluated.candidate_lists(qids, queries, qvec, has)
+    for qid, got in zip(qids, lists):
+        want = sorted(published.loc[published["query_id"] == qid, "product_id"])
+        assert list(got) == want and len(want) >= 4
+    assert "p3" in lists[0]  # reached through the brand
+
+
+def test_rank_catalog_reranks_the_generator_candidates():
+    """The models in evaluation score exactly the generator's candidates (plus judged items at the floor)."""
+    from mmpipeline.config import RankConfig
+    from mmpipeline.rank.evaluate import Relevance, rank_catalog
+    from mmpipeline.rank.metrics import FLOOR
+
+    products, ids, text, image_ids, image = _catalog()
+    qids = ["q1", "q2"]
+    qmat = np.random.default_rng(2).normal(size=(2, 8)).astype(np.float32)
+    fz = PairFeaturizer(products, {"text": (ids, text), "image": (image_ids, image)}, (qids, qmat))
+    rel = Relevance(qids, ["acme", "footwear shoes"], [np.array([0, 3]), np.array([12])], [np.array([1.0, 0.0]), np.array([1.0])])
+    gen = CandidateGenerator.from_featurizer(fz, 3, sources=["bm25", "text"])
+    r, info = rank_catalog(fz, rel, {"m": lambda a: a["scalars"][:, 0]}, RankConfig(), progress=False, candidates=gen)
+    lists = gen.candidate_lists(qids, rel.queries, *fz.query_matrix(rel.queries, qids))
+    for qi in range(2):
+        scored = r.items["m"][qi][r.scores["m"][qi] > FLOOR]
+        assert sorted(fz.ids[scored]) == list(lists[qi])
+    assert info["mean_candidates"] == np.mean([len(x) for x in lists])
+
+
+def test_pick_model_one_rule():
+    t = pd.Timestamp("2026-11-01", tz="UTC")
+    df = pd.DataFrame({"model_name": ["b", "b", "a", "a", "c"],
+                       "embedded_at": [t, t, t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=9)]})
+    stats = model_stats(df)
+    assert pick_model(stats, None) == "a"  # a and b have 2 vectors each; a was embedded later; c has 1
+    assert pick_model(stats.assign(last=t), None) == "a"  # full tie: by name
+    assert pick_model(stats, "c") == "c"
+    with pytest.raises(ModelNotFound, match="'zzz'"):
+        pick_model(stats, "zzz")
+    assert pick_model(model_stats(df.iloc[:0]), None) is None
+    # the featurizer goes through the same rule (it used value_counts order before)
+    from mmpipeline.retrieval.features import _pick_model
+
+    emb = df.assign(modality="text")
+    assert _pick_model(emb, "text", None) == "a" and _pick_model(emb, "image", None) is None
+
+
+def test_query_keys_match_the_clean_stage(spark):
+    """query_id_for(normalize_query(q)) is the id clean writes (Spark), for awkward inputs too."""
+    from mmpipeline.clean.transforms import normalize_query_col, query_id_col
+    from mmpipeline.retrieval.keys import normalize_query
+
+    raw = ["Cordless  DRILL", "  men's Navy-Blue shirts ", "1/2 in. x 10 ft. pvc", "Café crème", "ß straße"]
+    df = spark.createDataFrame([(r,) for r in raw], "q string")
+    rows = df.select("q", normalize_query_col("q").alias("n")).select("q", "n", query_id_col("n").alias("id")).collect()
+    for r in rows:
+        assert normalize_query(r["q"]) == r["n"]
+        assert query_id_for(normalize_query(r["q"])) == r["id"]
+
+
+def test_bm25_saved_index_reloads_memory_mapped_to_the_same_results(tmp_path):
+    products, ids, *_ = _catalog()
+    idx = BM25Index(ids, product_text(products).tolist())
+    idx.save(tmp_path / "bm25")
+    back = BM25Index.load(tmp_path / "bm25", mmap=True)
+    for q in (["acme"], ["red shirt", "footwear shoes", "waterproof"]):
+        a, b = idx.search(q, 7), back.search(q, 7)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1])
+    np.testing.assert_allclose(back.score_pairs(["acme"] * 2, ["p3", "p4"]), idx.score_pairs(["acme"] * 2, ["p3", "p4"]))
+
+
+def _imports(folder: str) -> dict[str, set[str]]:
+    """module file -> the mmpipeline modules it imports (anywhere in the file, lazy imports too)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "mmpipeline" / folder
+    out = {}
+    for f in sorted(root.glob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        out[f.name] = {n for n in names if n.startswith("mmpipeline")}
+    return out
+
+
+def test_import_direction_rank_and_score_use_retrieval_never_the_reverse():
+    for name, mods in _imports("retrieval").items():
+        assert not {m for m in mods if m.startswith(("mmpipeline.rank", "mmpipeline.score"))}, name
+    for name, mods in _imports("score").items():
+        assert not {m for m in mods if m.startswith(("mmpipeline.clean", "mmpipeline.embed"))}, name
+    # the encoder and the query normaliser are reached through retrieval only
+    assert any(m.startswith("mmpipeline.embed") for m in _imports("retrieval")["encoder.py"])

@@ -1,0 +1,81 @@
+"""Which embedding model's vectors retrieval and ranking use, and reading them from the gold tables.
+
+:func:`pick_model` is the ONE rule (training, evaluation and scoring all go through it): the
+configured model (``rank.text_model_name`` / ``rank.image_model_name``) when set, else the model
+with the most vectors of that modality, ties broken by the latest ``embedded_at``, then by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmpipeline.context import StageError
+from mmpipeline.retrieval.dense import Vectors
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(StageError, ValueError):
+    """The configured embedding model has no vectors of that modality."""
+
+
+def model_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model_name: vector count ``n`` and latest ``embedded_at`` (``last``; NaT without the column)."""
+    if not len(df):
+        return pd.DataFrame({"model_name": pd.Series(dtype=object), "n": pd.Series(dtype="int64"),
+                             "last": pd.Series(dtype="datetime64[ns, UTC]")})
+    last = (pd.to_datetime(df["embedded_at"], utc=True) if "embedded_at" in df.columns
+            else pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns, UTC]"))
+    g = pd.DataFrame({"model_name": df["model_name"].astype(str), "last": last}).groupby("model_name")
+    return pd.DataFrame({"n": g.size(), "last": g["last"].max()}).reset_index()
+
+
+def pick_model(models: pd.DataFrame, preferred: str | None, what: str = "vectors") -> str | None:
+    """The model to use from ``models`` (model_name, n, last -- see :func:`model_stats`): ``preferred``
+    when given (:class:`ModelNotFound` if it has no vectors), else the most vectors, then the latest
+    ``last``, then the smallest name. None when there are no vectors at all."""
+    if not len(models):
+        return None
+    names = [str(n) for n in models["model_name"]]
+    if preferred:
+        if preferred not in names:
+            raise ModelNotFound(f"no {what} from model {preferred!r}; have {sorted(names)}")
+        return preferred
+    m = models.assign(model_name=names, _last=pd.to_datetime(models["last"], utc=True)
+                      .fillna(pd.Timestamp.min.tz_localize("UTC")))
+    best = m.sort_values(["n", "_last", "model_name"], ascending=[False, False, True], kind="stable").iloc[0]
+    return str(best["model_name"])
+
+
+def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | None = None,
+                 model_name: str | None = None) -> Vectors:
+    """Vectors of one modality and one model from a gold embeddings table (sorted by id)."""
+    import pyarrow.compute as pc
+
+    if not lake.exists(table):
+        return Vectors.empty()
+    filt: list[Any] = [("modality", "=", modality)]
+    if model_name is None:
+        meta = lake.read_arrow(table, columns=["model_name", "embedded_at"], filters=filt).to_pandas()
+        models = model_stats(meta)
+        model_name = pick_model(models, preferred, f"{table} {modality} vectors")
+        if model_name is None:
+            return Vectors.empty()
+        if len(models) > 1:
+            log.info("%s %s: models %s; using %s", table, modality, list(models["model_name"]), model_name)
+    t = lake.read_arrow(table, columns=[id_col, "vector"], filters=filt + [("model_name", "=", model_name)])
+    t = t.filter(pc.invert(pc.is_null(t.column("vector"))))
+    if not t.num_rows:
+        return Vectors(np.array([], dtype=object), np.zeros((0, 0), np.float32), model_name)
+    t = t.sort_by(id_col)
+    vec = t.column("vector").combine_chunks()
+    lengths = pc.list_value_length(vec).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) != 1:
+        raise StageError(f"{table}: {modality} vectors of model {model_name} have mixed dimensions {sorted(set(lengths.tolist()))}")
+    mat = pc.list_flatten(vec).to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, int(lengths[0]))
+    ids = np.asarray(t.column(id_col).to_pylist(), dtype=object)
+    return Vectors(ids, mat, model_name)

@@ -1,0 +1,296 @@
+"""(query, product) pair features: the fusion ranker's input, shared by training, evaluation and scoring.
+
+:class:`PairFeaturizer` holds the catalog (titles, numeric attributes), the product vectors per
+modality and the query vectors, plus a BM25 index over the product text
+(:func:`mmpipeline.retrieval.text.product_text`: the same text candidate generation indexes).
+``transform(queries, query_ids, product_ids)`` returns one row per pair with
+
+* vector columns (``VECTOR_FEATURES``): the query's text vector and the product's text and image
+  vectors (image vectors live in the text-embedding space, so ``q . p_image`` is meaningful); a
+  missing modality is a zero vector with its ``has_*`` indicator at 0;
+* scalar columns (``SCALAR_FEATURES``): cosine query-title and query-image, BM25 over the product
+  text (raw and relative to the query's best catalog score), query-token coverage of the title, log price / popularity,
+  rating, and missing-modality / missing-value indicators.
+
+That DataFrame is exactly what the registered model's ``predict`` takes. Training (rank), evaluation
+(rank) and scoring (score) all build it here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmpipeline.retrieval.bm25 import BM25Index
+from mmpipeline.retrieval.dense import normalize
+from mmpipeline.retrieval.embeddings import model_stats, pick_model
+from mmpipeline.retrieval.text import BM25_FIELDS, product_text, tokenize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmpipeline.config import Config
+    from mmpipeline.lake import Lake
+
+log = logging.getLogger(__name__)
+
+VECTOR_FEATURES = ["q_text", "p_text", "p_image"]
+SCALAR_FEATURES = [
+    "cos_text", "cos_image", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens",
+    "log_price", "log_popularity", "rating",
+    "has_query_vec", "has_text", "has_image", "has_price", "has_popularity", "has_rating",
+]
+# which scalar features feed which modality branch of the fusion model
+MODALITY_SCALARS = {
+    "text": ["cos_text", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens", "has_text",
+             "has_query_vec"],
+    "image": ["cos_image", "has_image"],
+    "numeric": ["log_price", "log_popularity", "rating", "has_price", "has_popularity", "has_rating"],
+}
+# indicator columns are not standardised
+INDICATORS = [c for c in SCALAR_FEATURES if c.startswith("has_")]
+FEATURE_COLUMNS = VECTOR_FEATURES + SCALAR_FEATURES
+
+
+def _pick_model(df: pd.DataFrame, modality: str, wanted: str | None) -> str | None:
+    return pick_model(model_stats(df[df["modality"] == modality]), wanted, f"{modality} vectors")
+
+
+def _to_matrix(vectors: Sequence[Any], dim: int | None = None) -> np.ndarray:
+    if len(vectors) == 0:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in vectors])
+
+
+@dataclass
+class PairFeaturizer:
+    """Featurises (query, product) pairs over a fixed catalog.
+
+    ``products``: DataFrame with ``product_id``, ``title`` and optionally ``brand``, ``category_path``,
+    ``description`` (BM25 text), ``price``, ``popularity``, ``rating``. ``product_vectors``: modality -> (ids, matrix). ``query_vectors``: (ids, matrix) of
+    query text vectors keyed by query id. ``query_encoder``: optional callable mapping texts to
+    vectors, used for queries without a stored vector.
+    """
+
+    products: pd.DataFrame
+    product_vectors: dict[str, tuple[Sequence[str], np.ndarray]]
+    query_vectors: tuple[Sequence[str], np.ndarray] | None = None
+    query_encoder: Callable[[list[str]], np.ndarray] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    bm25: BM25Index | None = None
+
+    def __post_init__(self) -> None:
+        p = self.products.drop_duplicates("product_id", keep="last").reset_index(drop=True)
+        self.products = p
+        self.ids = p["product_id"].astype(str).to_numpy(dtype=object)
+        self.pos = {pid: i for i, pid in enumerate(self.ids)}
+        n = len(self.ids)
+        titles = p["title"].fillna("").astype(str).tolist()
+        self.titles = titles
+        self.title_tokens = [set(tokenize(t)) for t in titles]
+        self.title_len = np.array([len(tokenize(t)) for t in titles], dtype=np.float32)
+
+        def num(col: str) -> tuple[np.ndarray, np.ndarray]:
+            if col not in p.columns:
+                return np.zeros(n, np.float32), np.zeros(n, np.float32)
+            v = pd.to_numeric(p[col], errors="coerce").to_numpy(dtype=np.float64)
+            ok = np.isfinite(v)
+            return np.where(ok, v, 0.0).astype(np.float32), ok.astype(np.float32)
+
+        price, self.has_price = num("price")
+        pop, self.has_pop = num("popularity")
+        self.rating, self.has_rating = num("rating")
+        self.log_price = np.log1p(np.maximum(price, 0.0)).astype(np.float32)
+        self.log_pop = np.log1p(np.maximum(pop, 0.0)).astype(np.float32)
+
+        # product vectors aligned with the catalog order (zeros + has_* = 0 where missing)
+        text = self.product_vectors.get("text")
+        if text is None or len(text[0]) == 0:
+            raise ValueError("PairFeaturizer needs product text vectors (gold.product_embeddings, modality text)")
+        self.dim = int(np.asarray(text[1]).shape[1])
+        self.p_text, self.has_text = self._align(text)
+        image = self.product_vectors.get("image")
+        if image is not None and len(image[0]) and np.asarray(image[1]).shape[1] != self.dim:
+            raise ValueError(f"image vectors have dim {np.asarray(image[1]).shape[1]} but text vectors {self.dim}: "
+                             "image vectors must live in the text-embedding space")
+        self.p_image, self.has_image = self._align(image)
+        self.q_pos: dict[str, int] = {}
+        self.q_mat = np.zeros((0, self.dim), np.float32)
+        if self.query_vectors is not None and len(self.query_vectors[0]):
+            qids, qm = self.query_vectors
+            self.q_mat = normalize(np.asarray(qm, np.float32))
+            self.q_pos = {str(q): i for i, q in enumerate(qids)}
+        if self.bm25 is None:
+            self.bm25 = BM25Index(self.ids, product_text(p).tolist())
+        self._bm25_cache: dict[str, np.ndarray] = {}
+        log.info("featurizer: %d products (%d with text vectors, %d with image vectors), %d query vectors, dim %d",
+                 n, int(self.has_text.sum()), int(self.has_image.sum()), len(self.q_pos), self.dim)
+
+    def _align(self, pv: tuple[Sequence[str], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.ids)
+        mat = np.zeros((n, self.dim), np.float32)
+        has = np.zeros(n, np.float32)
+        if pv is None or len(pv[0]) == 0:
+            return mat, has
+        ids, m = pv
+        m = normalize(np.asarray(m, np.float32))
+        rows = np.array([self.pos.get(str(i), -1) for i in ids])
+        ok = rows >= 0
+        mat[rows[ok]] = m[ok]
+        has[rows[ok]] = 1.0
+        return mat, has
+
+    # ------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_lake(cls, lake: "Lake", cfg: "Config", as_of: Any = None,
+                  query_encoder: Callable[[list[str]], np.ndarray] | None = None,
+                  versions: dict[str, int] | None = None) -> "PairFeaturizer":
+        """Catalog from ``silver.products``, vectors from ``gold.product_embeddings`` /
+        ``gold.query_embeddings`` (only rows with ``run_date <= as_of`` when given); ``versions``
+        pins table versions (time travel) for reproducible training."""
+        versions = versions or {}
+
+        def read(name: str, columns: list[str]) -> pd.DataFrame:
+            df = lake.read_pandas(name, version=versions.get(name), columns=columns)
+            if as_of is not None and "run_date" in df.columns:
+                df = df[pd.to_datetime(df["run_date"]).dt.date <= pd.Timestamp(as_of).date()]
+            return df
+
+        prod_cols = ["product_id", *BM25_FIELDS, "price", "popularity", "rating", "run_date"]
+        products = read("silver.products", prod_cols)
+        emb = read("gold.product_embeddings",
+                   ["product_id", "modality", "model_name", "vector", "run_date", "embedded_at"])
+        text_model = _pick_model(emb, "text", cfg.rank.text_model_name)
+        image_model = _pick_model(emb, "image", cfg.rank.image_model_name)
+        pv: dict[str, tuple[Sequence[str], np.ndarray]] = {}
+        for modality, model in (("text", text_model), ("image", image_model)):
+            if model is None:
+                continue
+            sub = emb[(emb["modality"] == modality) & (emb["model_name"] == model)]
+            pv[modality] = (sub["product_id"].astype(str).tolist(), _to_matrix(sub["vector"].tolist()))
+        qv = None
+        if lake.exists("gold.query_embeddings"):
+            qe = read("gold.query_embeddings", ["query_id", "modality", "model_name", "vector", "run_date"])
+            qe = qe[(qe["modality"] == "text") & (qe["model_name"] == text_model)]
+            qv = (qe["query_id"].astype(str).tolist(), _to_matrix(qe["vector"].tolist()))
+        meta = {"text_model": text_model, "image_model": image_model,
+                "versions": {n: versions.get(n, lake.version(n)) for n in
+                             ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}}
+        return cls(products, pv, qv, query_encoder, meta)
+
+    # ------------------------------------------------------------------------------ lookups
+    def product_rows(self, product_ids: Sequence[str]) -> np.ndarray:
+        """Catalog row per product id (-1 for unknown products)."""
+        return np.array([self.pos.get(str(p), -1) for p in product_ids], dtype=np.int64)
+
+    def query_matrix(self, queries: Sequence[str], query_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors [n, dim] normalised, has_vector [n]) for each query; the stored vector by id,
+        else the encoder's vector when one is configured, else zeros."""
+        n = len(queries)
+        out = np.zeros((n, self.dim), np.float32)
+        has = np.zeros(n, np.float32)
+        missing = []
+        for i, qid in enumerate(query_ids):
+            j = self.q_pos.get(str(qid)) if qid is not None else None
+            if j is not None:
+                out[i] = self.q_mat[j]
+                has[i] = 1.0
+            else:
+                missing.append(i)
+        if missing and self.query_encoder is not None:
+            texts = list(dict.fromkeys(queries[i] for i in missing))
+            enc = normalize(np.asarray(self.query_encoder(texts), np.float32))
+            by_text = dict(zip(texts, enc))
+            for i in missing:
+                out[i] = by_text[queries[i]]
+                has[i] = 1.0
+        return out, has
+
+    def bm25_scores(self, query: str) -> np.ndarray:
+        s = self._bm25_cache.get(query)
+        if s is None:
+            s = self.bm25.scores_all(query)
+            if len(self._bm25_cache) > 4096:
+                self._bm25_cache.clear()
+            self._bm25_cache[query] = s
+        return s
+
+    # ------------------------------------------------------------------------------ features
+    def scalar_features(self, queries: Sequence[str], query_ids: Sequence[str], product_ids: Sequence[str],
+                        qvec: np.ndarray | None = None, has_q: np.ndarray | None = None) -> pd.DataFrame:
+        """The scalar feature columns for each pair (no vectors)."""
+        queries = [q if isinstance(q, str) else "" for q in queries]
+        rows = self.product_rows(product_ids)
+        known = rows >= 0
+        r = np.where(known, rows, 0)
+        if qvec is None:
+            qvec, has_q = self.query_matrix(queries, query_ids)
+        kn = known.astype(np.float32)
+        cos_text = np.einsum("ij,ij->i", qvec, self.p_text[r]) * kn
+        cos_image = np.einsum("ij,ij->i", qvec, self.p_image[r]) * kn
+        bm25 = np.zeros(len(queries), np.float32)
+        bm25_rel = np.zeros(len(queries), np.float32)
+        coverage = np.zeros(len(queries), np.float32)
+        qtok = np.zeros(len(queries), np.float32)
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_query.setdefault(q, []).append(i)
+        for q, idx in by_query.items():
+            s = self.bm25_scores(q)
+            top = float(s.max()) if len(s) else 0.0
+            idx_a = np.asarray(idx)
+            sc = np.where(known[idx_a], s[r[idx_a]], 0.0)
+            bm25[idx_a] = sc
+            bm25_rel[idx_a] = sc / top if top > 0 else 0.0
+            toks = set(tokenize(q))
+            qtok[idx_a] = len(toks)
+            if toks:
+                coverage[idx_a] = [len(toks & self.title_tokens[r[i]]) / len(toks) if known[i] else 0.0 for i in idx]
+        return pd.DataFrame({
+            "cos_text": cos_text.astype(np.float32), "cos_image": cos_image.astype(np.float32),
+            "bm25": bm25, "bm25_rel": bm25_rel, "title_coverage": coverage, "query_tokens": qtok,
+            "title_tokens": self.title_len[r] * kn,
+            "log_price": self.log_price[r] * kn, "log_popularity": self.log_pop[r] * kn,
+            "rating": self.rating[r] * kn,
+            "has_query_vec": has_q.astype(np.float32), "has_text": self.has_text[r] * kn,
+            "has_image": self.has_image[r] * kn, "has_price": self.has_price[r] * kn,
+            "has_popularity": self.has_pop[r] * kn, "has_rating": self.has_rating[r] * kn,
+        })[SCALAR_FEATURES]
+
+    def arrays(self, queries: Sequence[str], query_ids: Sequence[str], product_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The model input as arrays: {"q_text", "p_text", "p_image": [n, dim], "scalars": [n, S]}."""
+        if not (len(queries) == len(query_ids) == len(product_ids)):
+            raise ValueError("queries, query_ids and product_ids must have the same length")
+        queries = [q if isinstance(q, str) else "" for q in queries]
+        qvec, has_q = self.query_matrix(list(queries), list(query_ids))
+        sc = self.scalar_features(queries, list(query_ids), list(product_ids), qvec, has_q)
+        rows = self.product_rows(product_ids)
+        known = (rows >= 0)[:, None]
+        r = np.where(rows >= 0, rows, 0)
+        return {"q_text": qvec, "p_text": np.where(known, self.p_text[r], 0.0).astype(np.float32),
+                "p_image": np.where(known, self.p_image[r], 0.0).astype(np.float32),
+                "scalars": sc.to_numpy(dtype=np.float32)}
+
+    def transform(self, queries: Sequence[str], query_ids: Sequence[str], product_ids: Sequence[str]) -> pd.DataFrame:
+        """The model input for these (query, product) pairs: ``FEATURE_COLUMNS``, one row per pair,
+        in the given order. ``queries`` are normalised query texts; unknown products get zero features."""
+        return arrays_to_frame(self.arrays(queries, query_ids, product_ids))
+
+
+def arrays_to_frame(a: dict[str, np.ndarray]) -> pd.DataFrame:
+    out = pd.DataFrame({c: list(a[c]) for c in VECTOR_FEATURES})
+    sc = pd.DataFrame(a["scalars"], columns=SCALAR_FEATURES)
+    return pd.concat([out, sc], axis=1)[FEATURE_COLUMNS]
+
+
+def frame_to_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Model-input DataFrame -> {"q_text", "p_text", "p_image": [n, dim], "scalars": [n, S]} float32."""
+    missing = [c for c in FEATURE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"model input lacks feature columns {missing}")
+    out = {c: np.stack([np.asarray(v, np.float32) for v in df[c].to_numpy()]) if len(df) else np.zeros((0, 0), np.float32)
+           for c in VECTOR_FEATURES}
+    out["scalars"] = df[SCALAR_FEATURES].to_numpy(dtype=np.float32)
+    return out
