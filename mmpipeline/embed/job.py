@@ -14,6 +14,10 @@ in ``quarantine.embed_failures`` (with the content hash, so the same bad content
 until it or the model changes); over-long text is truncated and counted; a product without a
 usable image gets a text vector only.
 
+Image vectors come from the encoder the config names; for the trained tower that is the version
+registered by ``mmpipeline run train-image-tower`` (this stage never trains: with no tower registered
+it stops with one line naming that stage, or embeds text only when ``embed.images_optional``).
+
 Engines: ``local`` (default; images decoded in DataLoader worker processes, batches encoded in
 this process) and ``spark`` (``mapInPandas``: the model is loaded once per Python worker, vectors
 are merged into the lake straight from Spark, only failures come back to the driver).

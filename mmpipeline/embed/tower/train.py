@@ -25,7 +25,6 @@ from the catalog's image/text pairs. ``run(ctx)``:
 Training code: inference modules (encoders, models, job) never import this one.
 """
 
-
 from __future__ import annotations
 
 import hashlib
