@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TOWER_ARTIFACT = "tower"  # artifact folder of the training run: config.json + state_dict.pt
 FINGERPRINT_TAG = "input_fingerprint"  # model-version tag: hash of the training data and config
+CONFIG_TAG = "config_fingerprint"  # model-version tag: hash of the training config only
 
 
 def tower_registered_name(cfg: "Config") -> str:
@@ -55,7 +56,7 @@ def set_alias(cfg: "Config", version: str) -> None:
     _client(cfg).set_registered_model_alias(tower_registered_name(cfg), cfg.embed.tower_alias, version)
 
 
-def register_tower(cfg: "Config", run_id: str, result: dict[str, Any], fingerprint: str) -> str:
+def register_tower(cfg: "Config", run_id: str, result: dict[str, Any], fingerprint: str, config_fp: str) -> str:
     """Register the run's ``tower`` artifact folder as a new model version; set the alias."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -70,7 +71,7 @@ def register_tower(cfg: "Config", run_id: str, result: dict[str, Any], fingerpri
     mv = client.create_model_version(name, source=source, run_id=run_id, tags={
         "untrained_recall_at_10": f"{result['untrained_recall_at_10']:.4f}",
         "trained_recall_at_10": f"{result['trained_recall_at_10']:.4f}",
-        FINGERPRINT_TAG: fingerprint})
+        FINGERPRINT_TAG: fingerprint, CONFIG_TAG: config_fp})
     set_alias(cfg, str(mv.version))
     log.info("tower: registered %s version %s, alias %s", name, mv.version, cfg.embed.tower_alias)
     return str(mv.version)

@@ -118,12 +118,19 @@ def test_tower_rerun_is_a_noop_and_new_data_trains_a_new_version(make_config, sh
     assert healed["trained"] is False and healed["version"] == "1"
     assert str(registry.tower_version(cfg).version) == "1" and len(_tower_runs(cfg)) == 1
 
-    # a changed training knob or changed data trains (and registers) a new version
+    # a changed training knob trains (and registers) a new version
     cfg2 = make_config({**SMALL, "embed.tower_seed": 1})
     assert tower.run(RunContext.create(cfg2, "2026-01-02"))["version"] == "2"
+    # a changed catalog keeps the tower (no nightly retraining and image re-embedding) ...
     write_silver(ctx.lake, shared_datasets, retitle={3: "a completely new title"})
-    assert tower.run(RunContext.create(cfg2, "2026-01-03"))["version"] == "3"
+    kept = tower.run(RunContext.create(cfg2, "2026-01-03"))
+    assert kept["version"] == "2" and kept["trained"] is False and "--full-refresh" in kept["skipped"]
+    # ... until a full refresh retrains it on the current catalog
+    assert tower.run(RunContext.create(cfg2, "2026-01-03", full_refresh=True))["version"] == "3"
     assert str(registry.tower_version(cfg).version) == "3" and len(_tower_runs(cfg)) == 3
+    # and a full-refresh re-run of the same date is a no-op again
+    assert tower.run(RunContext.create(cfg2, "2026-01-03", full_refresh=True))["version"] == "3"
+    assert len(_tower_runs(cfg)) == 3
 
 
 def test_tower_stage_is_a_noop_when_images_are_off(make_config):

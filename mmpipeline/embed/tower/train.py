@@ -8,9 +8,12 @@ from the catalog's image/text pairs. ``run(ctx)``:
 1. does nothing when the config does not embed images with the trained tower
    (``embed.embed_images`` false, or another ``embed.image_model.kind``);
 2. reads ``silver.products`` with a usable image (``image_status == 'ok'``) and fingerprints the
-   training inputs (product ids, text and image content hashes, the text model and every training
-   knob); when a registered version carries the same fingerprint the stage is a no-op (a re-run
-   gives the same version; the alias is pointed at it if it had moved);
+   training config (the text model and every training knob) and the training inputs (config plus
+   product ids, text and image content hashes). It is a no-op when a registered version carries
+   the same input fingerprint (a re-run gives the same version; the alias is pointed at it if it
+   had moved), and -- unless ``--full-refresh`` -- when the version at the alias was trained with
+   the same config on an earlier catalog (the nightly DAG trains once per config, as the embed
+   stage used to, instead of retraining, and re-embedding every image, whenever a product changes);
 3. splits a held-out set deterministically by product id hash;
 4. text targets: the product-text vectors of the configured text model -- reused from
    ``gold.product_embeddings`` when present with the same content hash, encoded otherwise;
@@ -199,6 +202,10 @@ def training_params(cfg: "Config", tspec: "EncoderSpec") -> dict[str, Any]:
             "text_model": tspec.name, "text_model_version": tspec.version, "max_text_length": tspec.max_length}
 
 
+def config_fingerprint(params: dict[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def input_fingerprint(products: "pd.DataFrame", params: dict[str, Any]) -> str:
     """sha256 over the training pairs (id, text hash, image content key; in id order) and the
     training knobs: equal fingerprints mean the same tower would be trained again."""
@@ -250,12 +257,13 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     tspec = models.text_spec(cfg)
     params = training_params(cfg, tspec)
     fingerprint = input_fingerprint(products, params)
+    config_fp = config_fingerprint(params)
     registered = registry.tower_registered_name(cfg)
+    current = registry.tower_version(cfg)
 
     # a transaction: the same inputs and config never train (and register) a second version
     done = registry.version_with_fingerprint(cfg, fingerprint)
     if done is not None:
-        current = registry.tower_version(cfg)
         if current is None or str(current.version) != str(done.version):
             registry.set_alias(cfg, str(done.version))
             log.info("tower: alias %s now points at version %s (trained on the same inputs)", ec.tower_alias,
@@ -265,6 +273,16 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         return {"registered_model": registered, "version": str(done.version), "alias": ec.tower_alias,
                 "run_id": done.run_id, "trained": False, "input_fingerprint": fingerprint,
                 "skipped": "a tower trained on the same inputs and config is registered"}
+    # the catalog changed but the config did not: keep the registered tower unless asked to retrain
+    # (a version registered before config fingerprints were recorded counts as the same config)
+    current_config = (current.tags or {}).get(registry.CONFIG_TAG, config_fp) if current is not None else None
+    if current_config == config_fp and not ctx.full_refresh:
+        log.info("tower: %s version %s (alias %s) was trained with this config on an earlier catalog: kept "
+                 "(run with --full-refresh to retrain it on the current catalog)", registered, current.version,
+                 ec.tower_alias)
+        return {"registered_model": registered, "version": str(current.version), "alias": ec.tower_alias,
+                "run_id": current.run_id, "trained": False, "input_fingerprint": fingerprint,
+                "skipped": "the registered tower has this config; --full-refresh retrains it on the current catalog"}
 
     # text targets: reuse stored vectors of the current text model when the content matches
     hashes = [edata.text_hash(t, tspec.max_length) for t in products["text"]]
@@ -305,7 +323,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     with mlflow.start_run(experiment_id=exp_id, run_name=f"image-tower {ctx.run_date}") as mrun:
         mlflow.log_params(run_params)
         mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date),
-                         registry.FINGERPRINT_TAG: fingerprint})
+                         registry.FINGERPRINT_TAG: fingerprint, registry.CONFIG_TAG: config_fp})
         model, res = train_tower(
             images, text_vecs, train_idx, eval_idx, arch=arch, image_size=ec.image_size, epochs=ec.tower_epochs,
             lr=ec.tower_lr, batch_size=ec.tower_batch_size, device=device, dtype=ec.dtype, seed=ec.tower_seed,
@@ -320,7 +338,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             save_tower(model, tcfg, Path(tmp) / TOWER_ARTIFACT)
             mlflow.log_artifacts(str(Path(tmp) / TOWER_ARTIFACT), TOWER_ARTIFACT)
-        version = registry.register_tower(cfg, mrun.info.run_id, res, fingerprint)
+        version = registry.register_tower(cfg, mrun.info.run_id, res, fingerprint, config_fp)
     print_table(f"image tower ({arch}, {ec.image_size}px): held-out text->image Recall@10",
                 ["model", "recall@10", "held-out"],
                 [["untrained", res["untrained_recall_at_10"], res["n_holdout"]],
