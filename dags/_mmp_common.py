@@ -10,8 +10,7 @@ How a stage runs
   ``SparkSubmitOperator`` with ``jobs/<stage>.py``. The Spark connection id is ``mmp_spark`` (local
   mode, ``local[2]``, by default); point that connection at ``spark://host:7077``, ``yarn`` or
   ``k8s://...`` to run on a cluster, or set ``MMP_SPARK_CONN_ID`` to use another connection.
-* torch-only stages (train, evaluate; train-image-tower by hand, or by embed when no tower is
-  registered yet) never start a SparkSession: they run the
+* torch-only stages (train-image-tower, train, evaluate) never start a SparkSession: they run the
   same CLI (``python -m mmpipeline.cli run <stage>``) in a subprocess of the Airflow worker. A
   spark-submit would add a JVM launch for nothing and, with a cluster connection in cluster deploy
   mode, would ship a GPU training job to a Spark executor host. In a subprocess the model's memory
@@ -65,6 +64,8 @@ SILVER_CATALOG = Asset(name="mmp_silver_catalog", uri="x-mmpipeline://lake/silve
                        extra={"tables": "silver.products, silver.queries, silver.judgments"})
 PRODUCT_EMBEDDINGS = Asset(name="mmp_product_embeddings", uri="x-mmpipeline://lake/gold/product_embeddings",
                            group=_GROUP, extra={"tables": "gold.product_embeddings, gold.query_embeddings"})
+IMAGE_TOWER = Asset(name="mmp_image_tower", uri="x-mmpipeline://mlflow/image-tower/champion", group=_GROUP,
+                    extra={"registered_model": "<mlflow.model_name>-image-tower"})
 TRAINING_DATA = Asset(name="mmp_training_data", uri="x-mmpipeline://lake/gold/training_data", group=_GROUP)
 CHAMPION_MODEL = Asset(name="mmp_champion_model", uri="x-mmpipeline://mlflow/ranker/champion", group=_GROUP)
 SEARCH_RANKING = Asset(name="mmp_search_ranking", uri="x-mmpipeline://lake/gold/search_ranking", group=_GROUP,
@@ -93,7 +94,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("ingest", True, 1 * _H, "Sources (CSV/JSON/Parquet) -> bronze.* Delta tables with ingest metadata."),
     Stage("clean", True, 2 * _H, "bronze.* -> silver.* (normalised, de-duplicated, image checks); rejects -> quarantine.*."),
     Stage("validate", True, 1 * _H, "Great Expectations suites on silver.*; a failed critical expectation fails the task."),
-    Stage("train-image-tower", False, 4 * _H, "Contrastive image tower into the text-embedding space (MLflow)."),
+    Stage("train-image-tower", False, 4 * _H, "Contrastive image tower into the text-embedding space, registered "
+          "in MLflow; a no-op when images are off or a tower for the same inputs is registered."),
     Stage("embed", True, 4 * _H, "Incremental text/image/query embeddings -> gold.*_embeddings."),
     Stage("build-training-data", True, 2 * _H, "Judgments + interactions + negatives -> training table."),
     Stage("train", False, 6 * _H, "Fusion ranker training, registered in MLflow with alias 'challenger'."),

@@ -28,7 +28,7 @@ STAGES: dict[str, str] = {
     "ingest": "mmpipeline.ingest:run",
     "clean": "mmpipeline.clean:run",
     "validate": "mmpipeline.validate:run",
-    "train-image-tower": "mmpipeline.embed.tower:run",
+    "train-image-tower": "mmpipeline.embed.tower.train:run",
     "embed": "mmpipeline.embed.job:run",
     "build-training-data": "mmpipeline.rank.data:run",
     "train": "mmpipeline.rank.train:run",

@@ -132,7 +132,8 @@ class EmbedConfig(_Model):
     tower_max_products: int | None = None  # subsample the training pairs
     tower_max_holdout: int | None = 1000  # held-out products used for Recall@10 (gallery size)
     tower_alias: str = "champion"  # registry alias of <mlflow.model_name>-image-tower the embed job loads
-    train_tower_if_missing: bool = True  # embed trains a tower first when none is registered
+    # no tower registered: embed fails naming the train-image-tower stage, or (true) embeds text only
+    images_optional: bool = False
     # embed job
     product_text_fields: list[str] = Field(default_factory=lambda: ["title", "description"])
     query_text_field: str = "query_norm"

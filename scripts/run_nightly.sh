@@ -60,7 +60,9 @@ if [ "${MMP_FULL:-0}" != 1 ]; then
       OVERRIDES+=("sources.products.params.sample_size=${MMP_SAMPLE_PRODUCTS:-3000}") ;;
   esac
 fi
-# Home Depot has titles only (no product images): no image tower to train, no image vectors.
+# Images: mm_catalog_daily's train_image_tower task trains and registers the image tower before embed
+# (fashion, sample; a no-op on a re-run with the same inputs) and embed only loads it. Home Depot has
+# titles only (no product images): images off, so train_image_tower does nothing and embed is text-only.
 [ "$DATASET" = homedepot ] && OVERRIDES+=("embed.embed_images=false")
 # shellcheck disable=SC2206
 [ -n "${MMP_OVERRIDES:-}" ] && OVERRIDES+=(${MMP_OVERRIDES})

@@ -87,7 +87,6 @@ def _scratch_cfg(cfg, root: Path, **embed: Any):
     if cfg is None:
         c.mlflow.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
         c.mlflow.artifact_root = str(root / "mlartifacts")
-    c.embed.train_tower_if_missing = False
     c.embed.progress = False
     for k, v in embed.items():
         setattr(c.embed, k, v)
@@ -171,7 +170,8 @@ def bench_images(cfg, paths: list[str], repeats: int) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from mmpipeline.embed.encoders import autocast, build_encoder, encode_image_paths
+    from mmpipeline.embed.encoders import build_encoder, encode_image_paths
+    from mmpipeline.embed.runtime import autocast
 
     spec, which = _image_spec(cfg)
     enc = build_encoder(spec)

@@ -1,8 +1,17 @@
-"""Embedding stage: encoders (text, image), the image tower, and the incremental embed job.
+"""Embedding: encoders (text, image), the image tower, and the incremental embed stage.
 
-* :mod:`mmpipeline.embed.encoders` -- one interface over sentence-transformers, transformers, CLIP,
-  torchvision backbones and the trained tower.
-* :mod:`mmpipeline.embed.tower`    -- ``mmpipeline run train-image-tower``.
-* :mod:`mmpipeline.embed.job`      -- ``mmpipeline run embed``.
-* :mod:`mmpipeline.embed.data`     -- inputs, content hashes, the incremental plan (pure).
+Modules, lowest layer first; each imports only modules above it in this list (a test,
+tests/unit/test_import_graph.py, checks the whole package for cycles):
+
+* :mod:`mmpipeline.embed.runtime`     -- devices, dtypes, autocast.
+* :mod:`mmpipeline.embed.imageio`     -- image decode/transform, the DataLoader.
+* :mod:`mmpipeline.embed.backbones`   -- torchvision backbones without their classifier.
+* :mod:`mmpipeline.embed.data`        -- inputs, content hashes, the incremental plan (pure).
+* :mod:`mmpipeline.embed.tower.model` -- the image tower's ``nn.Module`` and its saved folder.
+* :mod:`mmpipeline.embed.encoders`    -- specs, fingerprints, text and image encoders, the factory.
+* :mod:`mmpipeline.embed.registry`    -- the image tower in the MLflow registry.
+* :mod:`mmpipeline.embed.models`      -- which models the config asks for, as encoder specs.
+* :mod:`mmpipeline.embed.job`         -- ``mmpipeline run embed`` (never trains).
+* :mod:`mmpipeline.embed.tower.train` -- ``mmpipeline run train-image-tower`` (training; nothing on
+  the inference side imports it).
 """

@@ -12,14 +12,18 @@ Kinds (``EmbedModelConfig.kind``):
 * ``clip``                  -- ``transformers.CLIPModel`` from a local path/hub id (text and image).
 * ``torchvision``           -- a torchvision backbone (``name`` = architecture) with its classifier
   removed; ``weights`` = a torchvision weights enum name (``IMAGENET1K_V1``) or a state-dict file.
-* ``trained-tower``         -- the image tower trained by :mod:`mmpipeline.embed.tower`.
+* ``trained-tower``         -- the image tower (:mod:`mmpipeline.embed.tower.model`) trained by
+  ``mmpipeline run train-image-tower``.
 
-Device (auto/cpu/cuda) and dtype (fp32/fp16/bf16, through autocast) are passed in explicitly.
+Device (auto/cpu/cuda) and dtype (fp32/fp16/bf16, through autocast) are passed in explicitly
+(:mod:`mmpipeline.embed.runtime`); images are decoded by :mod:`mmpipeline.embed.imageio`.
+
+Imports (one direction): runtime, imageio, backbones, tower.model -> encoders. Nothing here
+imports the tower's training code or the MLflow registry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,10 +34,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mmpipeline.embed.backbones import build_torchvision_backbone
+from mmpipeline.embed.imageio import ImageTransform, image_loader
+from mmpipeline.embed.runtime import autocast, resolve_device
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BUNDLED_TEXT_MODELS = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -64,31 +70,6 @@ class EncoderSpec:
     @classmethod
     def from_json(cls, s: str) -> "EncoderSpec":
         return cls(**json.loads(s))
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("embed.device is 'cuda' but no CUDA device is available")
-    return device
-
-
-def torch_dtype(dtype: str):
-    import torch
-
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-
-
-def autocast(device: str, dtype: str):
-    """Mixed precision for fp16/bf16; a no-op context for fp32."""
-    import torch
-
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch_dtype(dtype))
 
 
 def resolve_text_source(name: str) -> str:
@@ -275,37 +256,6 @@ class ClipText(TextEncoder):
 
 
 # ------------------------------------------------------------------------------------- images
-class ImageTransform:
-    """PIL image -> normalised CHW float tensor: fit inside ``size`` x ``size`` keeping the aspect
-    ratio, pad with white (product photos sit on white), scale to [0, 1], normalise. Picklable, so it
-    runs in DataLoader worker processes. ``normalize=False`` returns uint8 (for caches)."""
-
-    def __init__(self, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize: bool = True):
-        self.size, self.mean, self.std, self.normalize = int(size), tuple(mean), tuple(std), normalize
-
-    def __call__(self, img):
-        import torch
-        from PIL import Image
-
-        img = img.convert("RGB")
-        w, h = img.size
-        s = self.size / max(w, h)
-        nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        img = img.resize((nw, nh), Image.BILINEAR)
-        canvas = Image.new("RGB", (self.size, self.size), (255, 255, 255))
-        canvas.paste(img, ((self.size - nw) // 2, (self.size - nh) // 2))
-        t = torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-        return self.finish(t) if self.normalize else t
-
-    def finish(self, t):
-        """uint8 CHW/BCHW -> normalised float."""
-        import torch
-
-        mean = torch.tensor(self.mean, device=t.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=t.device).view(-1, 1, 1)
-        return (t.float() / 255.0 - mean) / std
-
-
 class ImageEncoder:
     modality = "image"
 
@@ -329,50 +279,6 @@ class ImageEncoder:
             if self.spec.normalize:
                 emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy()
-
-
-def strip_classifier(model) -> tuple[Any, int]:
-    """Replace a torchvision model's classification head by Identity; returns (model, feature dim)."""
-    import torch.nn as nn
-
-    for attr in ("fc", "classifier", "heads", "head"):
-        head = getattr(model, attr, None)
-        if head is None:
-            continue
-        if isinstance(head, nn.Linear):
-            setattr(model, attr, nn.Identity())
-            return model, head.in_features
-        if isinstance(head, nn.Sequential):
-            linears = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
-            if linears:
-                i = linears[-1]
-                dim = head[i].in_features
-                head[i] = nn.Identity()
-                if i == 0:  # e.g. classifier = Sequential(Linear): all identity
-                    setattr(model, attr, nn.Identity())
-                return model, dim
-    raise ValueError(f"do not know how to remove the classifier of {type(model).__name__}")
-
-
-def build_torchvision_backbone(arch: str, weights: str | None = None, seed: int = 0):
-    """A torchvision model without its classifier. ``weights``: None (random init, seeded), a
-    torchvision weights name (e.g. ``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1``; needs the
-    file in the torch hub cache offline) or a local state-dict file."""
-    import torch
-    import torchvision
-
-    w = None
-    if weights and not Path(weights).exists():
-        w = weights
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torchvision.models.get_model(arch, weights=w)
-    if weights and Path(weights).exists():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing:
-            log.warning("torchvision %s: %d missing keys loading %s", arch, len(missing), weights)
-    return strip_classifier(model)
 
 
 class TorchvisionImage(ImageEncoder):
@@ -408,12 +314,12 @@ class ClipImage(ImageEncoder):
 
 
 class TowerImage(ImageEncoder):
-    """The trained image tower (see :mod:`mmpipeline.embed.tower`); ``source`` is a folder with
+    """The trained image tower (see :mod:`mmpipeline.embed.tower.model`); ``source`` is a folder with
     ``config.json`` and ``state_dict.pt``."""
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
-        from mmpipeline.embed.tower import load_tower
+        from mmpipeline.embed.tower.model import load_tower
 
         self.model, tcfg = load_tower(spec.source)
         self.model = self.model.to(self.device).eval()
@@ -454,58 +360,6 @@ def cached_encoder(spec_json: str):
     if spec_json not in _WORKER_CACHE:
         _WORKER_CACHE[spec_json] = build_encoder(EncoderSpec.from_json(spec_json))
     return _WORKER_CACHE[spec_json]
-
-
-# ------------------------------------------------------------------------------ image decoding
-class ImageFileDataset:
-    """(index, path) -> (index, tensor, error). Decoding failures never raise: the error text is
-    returned and the tensor is zeros, so one bad file cannot stop a batch."""
-
-    def __init__(self, paths: Sequence[str | None], transform: ImageTransform, max_pixels: int = 40_000_000):
-        self.paths = list(paths)
-        self.transform = transform
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        import torch
-        from PIL import Image
-
-        path = self.paths[i]
-        try:
-            if not path:
-                raise FileNotFoundError("no image path")
-            with Image.open(path) as img:
-                if img.width * img.height > self.max_pixels:
-                    raise ValueError(f"image of {img.width}x{img.height} pixels exceeds the limit")
-                img.load()
-                t = self.transform(img)
-            return i, t, ""
-        except Exception as e:  # noqa: BLE001 - recorded and skipped by the caller
-            s = self.transform.size
-            dtype = torch.float32 if self.transform.normalize else torch.uint8
-            return i, torch.zeros((3, s, s), dtype=dtype), f"{type(e).__name__}: {e}"[:500]
-
-
-def _collate(items):
-    import torch
-
-    idx = [it[0] for it in items]
-    return idx, torch.stack([it[1] for it in items]), [it[2] for it in items]
-
-
-def image_loader(paths: Sequence[str | None], transform: ImageTransform, batch_size: int, num_workers: int,
-                 device: str = "cpu", max_pixels: int = 40_000_000):
-    """A DataLoader decoding images in ``num_workers`` processes; pinned memory on CUDA."""
-    from torch.utils.data import DataLoader
-
-    ds = ImageFileDataset(paths, transform, max_pixels)
-    workers = num_workers if len(ds) > batch_size else 0  # worker start-up outweighs a single batch
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                      pin_memory=device == "cuda", persistent_workers=False,
-                      prefetch_factor=4 if workers else None)
 
 
 def encode_image_paths(encoder: ImageEncoder, paths: Sequence[str | None], num_workers: int = 0,

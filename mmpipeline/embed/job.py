@@ -14,6 +14,10 @@ in ``quarantine.embed_failures`` (with the content hash, so the same bad content
 until it or the model changes); over-long text is truncated and counted; a product without a
 usable image gets a text vector only.
 
+Image vectors come from the encoder the config names; for the trained tower that is the version
+registered by ``mmpipeline run train-image-tower`` (this stage never trains: with no tower registered
+it stops with one line naming that stage, or embeds text only when ``embed.images_optional``).
+
 Engines: ``local`` (default; images decoded in DataLoader worker processes, batches encoded in
 this process) and ``spark`` (``mapInPandas``: the model is loaded once per Python worker, vectors
 are merged into the lake straight from Spark, only failures come back to the driver).
@@ -185,7 +189,8 @@ def _partition_encoder(spec_json: str, modality: str, max_pixels: int, threads: 
     def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
-        from mmpipeline.embed.encoders import ImageFileDataset, cached_encoder
+        from mmpipeline.embed.encoders import cached_encoder
+        from mmpipeline.embed.imageio import ImageFileDataset
 
         torch.set_num_threads(threads)
         enc = cached_encoder(spec_json)
@@ -313,11 +318,12 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     log.info("embed: %d products (%d with a usable image), %d queries", len(products),
              int(products["has_image"].sum()) if len(products) else 0, len(queries))
     tspec = models.text_spec(ctx.cfg)
+    # resolved before anything is written: a missing image tower fails here (or, with
+    # embed.images_optional, gives a text-only run); this stage never trains one
+    ispec = models.image_spec(ctx.cfg)
     encoders: dict[str, Any] = {}
     tasks = text_tasks(products, queries, tspec)
     results = [run_task(ctx, t, encoders) for t in tasks]
-    # the image spec after the text vectors: training a missing tower reuses them as its targets
-    ispec = models.image_spec(ctx.cfg, ctx)
     if ispec is not None:
         tasks.append(image_task(products, ispec))
         results.append(run_task(ctx, tasks[-1], encoders))
@@ -336,6 +342,8 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                "items_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
                "text_model": f"{tspec.name}@{tspec.version}",
                "image_model": f"{ispec.name}@{ispec.version}" if ispec else None,
+               "images": ("embedded" if ispec else "off (embed.embed_images is false)" if not ctx.cfg.embed.embed_images
+                          else "skipped: no image tower registered (embed.images_optional)"),
                "tasks": {r.label: r.as_dict() for r in results}}
     log.info("embed: summary: encoded %d, reused %d, skipped %d, deleted %d in %.1fs (%.1f items/s)", total,
              summary["reused"], summary["skipped"], summary["deleted"], seconds, summary["items_per_s"])

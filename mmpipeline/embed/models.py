@@ -1,16 +1,22 @@
-"""Which models the embed stage uses: specs from the config (names and versions resolved without
-loading weights, so an up-to-date run costs no model load), and the image tower in the MLflow
-registry (``<mlflow.model_name>-image-tower`` at alias ``embed.tower_alias``)."""
+"""Which models the embed stage uses: the config's text and image models as
+:class:`~mmpipeline.embed.encoders.EncoderSpec` (names and versions resolved without loading
+weights, so an up-to-date run costs no model load).
+
+For ``image_model.kind: trained-tower`` the spec is the registered tower at the configured alias
+(:mod:`mmpipeline.embed.registry`). This module never trains: with no tower registered it fails
+with one line naming the ``train-image-tower`` stage, or -- when ``embed.images_optional`` -- says
+so and returns no image spec (text only).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmpipeline.embed import registry
 from mmpipeline.embed.encoders import EncoderSpec, recorded_name, resolve_text_source, source_version
-from mmpipeline.tracking import client as _client
-from mmpipeline.tracking import setup_mlflow  # noqa: F401 (used by mmpipeline.embed.tower)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmpipeline.config import Config, EmbedModelConfig
@@ -35,79 +41,35 @@ def text_spec(cfg: "Config") -> EncoderSpec:
     return _spec(cfg, m, "text", source, source_version(source, m.version), recorded_name(m.name))
 
 
-def tower_registered_name(cfg: "Config") -> str:
-    return f"{cfg.mlflow.model_name}-image-tower"
+def wants_trained_tower(cfg: "Config") -> bool:
+    """True when the embed stage embeds images with the tower trained by ``train-image-tower``."""
+    return bool(cfg.embed.embed_images and cfg.embed.image_model.kind == "trained-tower")
 
 
-def register_tower(cfg: "Config", run_id: str, result: dict[str, Any]) -> str:
-    """Register the run's ``tower`` artifact folder as a new model version; set the alias."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def image_spec(cfg: "Config") -> EncoderSpec | None:
+    """The image encoder spec; for ``trained-tower`` the registered alias. None when images are
+    disabled, or when no tower is registered and ``embed.images_optional`` (logged as a warning)."""
+    from mmpipeline.context import StageError
 
-    from mmpipeline.embed.tower import TOWER_ARTIFACT
-
-    client = _client(cfg)
-    name = tower_registered_name(cfg)
-    try:
-        client.create_registered_model(name, description="image tower trained into the text-embedding space")
-    except MlflowException:
-        pass  # exists
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{TOWER_ARTIFACT}"
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags={
-        "untrained_recall_at_10": f"{result['untrained_recall_at_10']:.4f}",
-        "trained_recall_at_10": f"{result['trained_recall_at_10']:.4f}"})
-    client.set_registered_model_alias(name, cfg.embed.tower_alias, mv.version)
-    log.info("tower: registered %s version %s, alias %s", name, mv.version, cfg.embed.tower_alias)
-    return str(mv.version)
-
-
-def tower_version(cfg: "Config"):
-    """The registry version behind the tower alias, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _client(cfg).get_model_version_by_alias(tower_registered_name(cfg), cfg.embed.tower_alias)
-    except MlflowException:
-        return None
-
-
-def download_tower(cfg: "Config", mv) -> str:
-    """Local folder with the tower's config.json and state_dict.pt (cached under the lake root)."""
-    import mlflow
-
-    from mmpipeline.embed.tower import TOWER_ARTIFACT
-
-    dest = Path(cfg.lake.root) / "_models" / tower_registered_name(cfg) / f"v{mv.version}"
-    if not (dest / TOWER_ARTIFACT / "state_dict.pt").is_file():
-        dest.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=TOWER_ARTIFACT, dst_path=str(dest))
-    return str(dest / TOWER_ARTIFACT)
-
-
-def image_spec(cfg: "Config", ctx=None) -> EncoderSpec | None:
-    """The image encoder spec; for ``trained-tower`` the registered alias (trained first when it is
-    missing and ``embed.train_tower_if_missing``); None when images are disabled."""
     m = cfg.embed.image_model
     if not cfg.embed.embed_images:
         return None
     if m.kind == "trained-tower":
-        mv = tower_version(cfg)
+        mv = registry.tower_version(cfg)
+        name = f"{registry.tower_registered_name(cfg)}@{cfg.embed.tower_alias}"
         if mv is None:
-            if not (cfg.embed.train_tower_if_missing and ctx is not None):
-                from mmpipeline.context import StageError
-
-                raise StageError(f"no image tower registered as {tower_registered_name(cfg)}@{cfg.embed.tower_alias}: "
-                                 "run `mmpipeline run train-image-tower` first")
-            from mmpipeline.embed import tower
-
-            log.info("embed: no image tower registered yet; training one now")
-            tower.run(ctx)
-            mv = tower_version(cfg)
-        import json
-
-        folder = download_tower(cfg, mv)
+            if cfg.embed.images_optional:
+                log.warning("embed: no image tower registered as %s and embed.images_optional is true: "
+                            "embedding text only (run `mmpipeline run train-image-tower` to add image vectors)",
+                            name)
+                return None
+            raise StageError(f"no image tower registered as {name}: run `mmpipeline run train-image-tower` with "
+                             "the same config first (the catalog DAG's train_image_tower task), or set "
+                             "embed.images_optional=true to embed text only")
+        folder = registry.download_tower(cfg, mv)
         size = json.loads((Path(folder) / "config.json").read_text())["image_size"]
-        spec = _spec(cfg, m, "image", folder, f"v{mv.version}", tower_registered_name(cfg), extra={"run_id": mv.run_id})
+        spec = _spec(cfg, m, "image", folder, f"v{mv.version}", registry.tower_registered_name(cfg),
+                     extra={"run_id": mv.run_id})
         spec.image_size = int(size)
         return spec
     if m.kind == "torchvision":

@@ -13,7 +13,7 @@ import pytest
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 EXPECTED = {
-    "mm_catalog_daily": ["resolve_run", "ingest", "clean", "validate", "embed"],
+    "mm_catalog_daily": ["resolve_run", "ingest", "clean", "validate", "train_image_tower", "embed"],
     "mm_ranker_weekly": ["resolve_run", "build_training_data", "train", "evaluate_and_promote"],
     "mm_scoring_nightly": ["resolve_run", "score", "publish"],
 }
@@ -97,12 +97,15 @@ def test_schedules(dagbag):
 
 
 def test_assets_link_the_dags(dagbag):
-    from _mmp_common import CHAMPION_MODEL, PRODUCT_EMBEDDINGS, SEARCH_RANKING
+    from _mmp_common import CHAMPION_MODEL, IMAGE_TOWER, PRODUCT_EMBEDDINGS, SEARCH_RANKING
 
     def outlets(dag_id: str, task_id: str) -> set[str]:
         return {a.uri for a in dagbag.dags[dag_id].get_task(task_id).outlets}
 
     assert PRODUCT_EMBEDDINGS.uri in outlets("mm_catalog_daily", "embed")
+    # the image tower is trained by its own task before embed (embed never trains), linked by an asset
+    assert IMAGE_TOWER.uri in outlets("mm_catalog_daily", "train_image_tower")
+    assert IMAGE_TOWER.uri in {a.uri for a in dagbag.dags["mm_catalog_daily"].get_task("embed").inlets}
     assert CHAMPION_MODEL.uri in outlets("mm_ranker_weekly", "evaluate_and_promote")
     assert SEARCH_RANKING.uri in outlets("mm_scoring_nightly", "publish")
 
@@ -122,6 +125,7 @@ def test_spark_stages_use_spark_submit_with_the_project_connection(dagbag):
         assert Path(task.application).is_file(), task.application  # jobs/<stage>.py exists
     for task_id in ("train", "evaluate_and_promote"):  # torch stages: the CLI in a subprocess
         assert not isinstance(dagbag.dags["mm_ranker_weekly"].get_task(task_id), SparkSubmitOperator)
+    assert not isinstance(dagbag.dags["mm_catalog_daily"].get_task("train_image_tower"), SparkSubmitOperator)
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))

@@ -64,7 +64,9 @@ def _counts(lake, name):
 
 
 def test_tower_then_incremental_embed(make_config, shared_datasets, tmp_path):
-    from mmpipeline.embed import job, models, tower
+    from mmpipeline.embed import job
+    from mmpipeline.embed import registry as models
+    from mmpipeline.embed.tower import train as tower
 
     cfg = make_config({"embed.tower_epochs": 1, "embed.image_size": 32, "embed.tower_batch_size": 32,
                        "embed.tower_holdout_share": 0.2, "embed.num_workers": 0, "embed.progress": False,

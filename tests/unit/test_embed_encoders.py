@@ -9,12 +9,11 @@ torch = pytest.importorskip("torch")
 
 from mmpipeline.embed.encoders import (  # noqa: E402
     EncoderSpec,
-    ImageFileDataset,
-    ImageTransform,
     build_encoder,
     encode_image_paths,
     fingerprint_path,
 )
+from mmpipeline.embed.imageio import ImageFileDataset, ImageTransform  # noqa: E402
 
 WORDS = ["navy", "blue", "shirt", "men", "women", "red", "dress", "shoes", "black", "watch", "cotton", "slim"]
 TEXTS = ["navy blue shirt", "red dress", "", "black shoes men " * 20, "women watch", "slim cotton shirt"]
@@ -160,7 +159,7 @@ def test_transform_pads_to_square(fashion_images):
 
 
 def test_trained_tower_roundtrip(tmp_path, fashion_images):
-    from mmpipeline.embed.tower import ImageTower, load_tower, save_tower
+    from mmpipeline.embed.tower.model import ImageTower, load_tower, save_tower
 
     torch.manual_seed(0)
     m = ImageTower("resnet18", out_dim=8, hidden=16).eval()

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from mmpipeline.embed.data import build_text, plan_incremental, text_hash
-from mmpipeline.embed.tower import holdout_mask, recall_at_k
+from mmpipeline.embed.tower.train import holdout_mask, recall_at_k
 
 
 def _cur(rows):

@@ -1,24 +1,36 @@
-"""Image tower: a torchvision CNN + projection trained so product photos land in the (frozen)
+"""The image tower's training stage (``mmpipeline run train-image-tower``): a torchvision CNN +
+projection (:mod:`mmpipeline.embed.tower.model`) trained so product photos land in the (frozen)
 text-embedding space of their own product text, with a symmetric InfoNCE (CLIP) loss.
 
 No pretrained image weights can be downloaded here, so the pipeline trains its own image encoder
-from the catalog's image/text pairs. ``run(ctx)`` (``mmpipeline run train-image-tower``):
+from the catalog's image/text pairs. ``run(ctx)``:
 
-1. reads ``silver.products`` with a usable image (``image_status == 'ok'``), splits a held-out set
-   deterministically by product id hash;
-2. text targets: the product-text vectors of the configured text model -- reused from
+1. does nothing when the config does not embed images with the trained tower
+   (``embed.embed_images`` false, or another ``embed.image_model.kind``);
+2. reads ``silver.products`` with a usable image (``image_status == 'ok'``) and fingerprints the
+   training config (the text model and every training knob) and the training inputs (config plus
+   product ids, text and image content hashes). It is a no-op when a registered version carries
+   the same input fingerprint (a re-run gives the same version; the alias is pointed at it if it
+   had moved), and -- unless ``--full-refresh`` -- when the version at the alias was trained with
+   the same config on an earlier catalog (the nightly DAG trains once per config, as the embed
+   stage used to, instead of retraining, and re-embedding every image, whenever a product changes);
+3. splits a held-out set deterministically by product id hash;
+4. text targets: the product-text vectors of the configured text model -- reused from
    ``gold.product_embeddings`` when present with the same content hash, encoded otherwise;
-3. decodes every image once (DataLoader workers) into a uint8 tensor cache at ``image_size``;
-4. trains for ``tower_epochs`` epochs, logging per-epoch loss and held-out text->image Recall@10 to
+5. decodes every image once (DataLoader workers) into a uint8 tensor cache at ``image_size``;
+6. trains for ``tower_epochs`` epochs, logging per-epoch loss and held-out text->image Recall@10 to
    one MLflow run, together with the Recall@10 of the same architecture untrained (its initial
    weights, same seed);
-5. logs ``tower/config.json`` + ``tower/state_dict.pt`` as run artifacts and registers them as a
+7. logs ``tower/config.json`` + ``tower/state_dict.pt`` as run artifacts and registers them as a
    new version of ``<mlflow.model_name>-image-tower`` with alias ``champion`` (configurable). The
-   embed job loads the alias (``image_model.kind: trained-tower``).
+   embed stage loads the alias (``image_model.kind: trained-tower``) and never trains.
+
+Training code: inference modules (encoders, models, job) never import this one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,57 +41,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmpipeline.embed import data as edata
+from mmpipeline.embed import models, registry
+from mmpipeline.embed.imageio import ImageTransform, image_loader
+from mmpipeline.embed.registry import TOWER_ARTIFACT
+from mmpipeline.embed.runtime import autocast, resolve_device
+from mmpipeline.embed.tower.model import ImageTower, save_tower
+from mmpipeline.tracking import setup_mlflow
+
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from mmpipeline.config import Config
     from mmpipeline.context import RunContext
+    from mmpipeline.embed.encoders import EncoderSpec
 
 log = logging.getLogger(__name__)
-
-TOWER_ARTIFACT = "tower"
-
-
-def _nn():
-    import torch.nn as nn
-
-    return nn
-
-
-class ImageTower(_nn().Module):
-    """torchvision backbone (classifier removed) -> MLP projection -> L2-normalised vector."""
-
-    def __init__(self, arch: str = "resnet18", out_dim: int = 384, hidden: int = 512, weights: str | None = None,
-                 seed: int = 0):
-        import torch.nn as nn
-
-        from mmpipeline.embed.encoders import build_torchvision_backbone
-
-        super().__init__()
-        self.backbone, feat = build_torchvision_backbone(arch, weights, seed=seed)
-        self.proj = nn.Sequential(nn.Linear(feat, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, x):
-        import torch.nn.functional as F
-
-        return F.normalize(self.proj(self.backbone(x)), dim=-1)
-
-
-def save_tower(model: ImageTower, tcfg: dict[str, Any], folder: str | Path) -> Path:
-    import torch
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "state_dict.pt")
-    (folder / "config.json").write_text(json.dumps(tcfg, indent=2, sort_keys=True))
-    return folder
-
-
-def load_tower(folder: str | Path) -> tuple[ImageTower, dict[str, Any]]:
-    import torch
-
-    folder = Path(folder)
-    tcfg = json.loads((folder / "config.json").read_text())
-    model = ImageTower(tcfg["arch"], tcfg["out_dim"], tcfg["hidden"])
-    model.load_state_dict(torch.load(folder / "state_dict.pt", map_location="cpu", weights_only=True))
-    return model.eval(), tcfg
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -97,8 +74,6 @@ def recall_at_k(query_vecs: np.ndarray, item_vecs: np.ndarray, k: int = 10) -> f
 
 def holdout_mask(ids: list[str], share: float) -> np.ndarray:
     """Deterministic split by a hash of the id (stable when the catalog grows)."""
-    import hashlib
-
     return np.array([int(hashlib.md5(str(i).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share for i in ids])
 
 
@@ -117,8 +92,6 @@ def decode_images(paths: list[str], size: int, num_workers: int, progress: bool 
                   max_pixels: int = 40_000_000) -> tuple[Any, list[str]]:
     """All images as one uint8 tensor (N, 3, size, size) + errors (decode once, train many epochs)."""
     import torch
-
-    from mmpipeline.embed.encoders import ImageTransform, image_loader
     from tqdm.auto import tqdm
 
     tf = ImageTransform(size, normalize=False)
@@ -154,8 +127,6 @@ def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_id
     receives per-epoch loss and held-out Recall@10; returns the model and a result dict with the
     untrained and trained held-out Recall@10."""
     import torch
-
-    from mmpipeline.embed.encoders import ImageTransform, autocast
     from tqdm.auto import tqdm
 
     log_metric = log_metric or (lambda *a, **k: None)
@@ -219,22 +190,39 @@ def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_id
 
 
 # ------------------------------------------------------------------------------------ stage
-def run(ctx: "RunContext") -> dict[str, Any]:
-    """``mmpipeline run train-image-tower``: train, track in MLflow, register with the alias."""
-    import mlflow
-
-    from mmpipeline.context import StageError
-    from mmpipeline.embed import data as edata
-    from mmpipeline.embed import models
-    from mmpipeline.embed.encoders import build_encoder, resolve_device
-    from mmpipeline.ops import print_table
-
-    cfg = ctx.cfg
+def training_params(cfg: "Config", tspec: "EncoderSpec") -> dict[str, Any]:
+    """Every knob that changes the trained tower (the device is left out: it changes speed, not
+    what is trained)."""
     ec = cfg.embed
-    lake = ctx.lake
-    if not lake.exists("silver.products"):
-        raise StageError("silver.products does not exist yet: run ingest and clean first")
-    products = edata.load_products(lake, cfg)
+    return {"arch": ec.image_model.name, "init_weights": ec.image_model.weights or "random",
+            "image_size": ec.image_size, "epochs": ec.tower_epochs, "lr": ec.tower_lr,
+            "batch_size": ec.tower_batch_size, "hidden": ec.tower_hidden, "seed": ec.tower_seed,
+            "dtype": ec.dtype, "max_products": ec.tower_max_products, "holdout_share": ec.tower_holdout_share,
+            "max_holdout": ec.tower_max_holdout, "max_pixels": cfg.clean.image.max_pixels,
+            "text_model": tspec.name, "text_model_version": tspec.version, "max_text_length": tspec.max_length}
+
+
+def config_fingerprint(params: dict[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def input_fingerprint(products: "pd.DataFrame", params: dict[str, Any]) -> str:
+    """sha256 over the training pairs (id, text hash, image content key; in id order) and the
+    training knobs: equal fingerprints mean the same tower would be trained again."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    L = int(params["max_text_length"])
+    for pid, text, key in sorted(zip(products["product_id"], products["text"], products["image_key"])):
+        h.update(f"\n{pid}\x00{edata.text_hash(text, L)}\x00{key}".encode())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def training_products(ctx: "RunContext") -> "pd.DataFrame":
+    """The (product, image, text) pairs the tower trains on: products with a usable image and
+    text, subsampled deterministically to ``embed.tower_max_products``."""
+    from mmpipeline.context import StageError
+
+    ec = ctx.cfg.embed
+    products = edata.load_products(ctx.lake, ctx.cfg)
     products = products[products["has_image"]].reset_index(drop=True)
     if ec.tower_max_products and len(products) > ec.tower_max_products:
         products = products.sample(n=ec.tower_max_products, random_state=ec.tower_seed).sort_values("product_id")
@@ -242,10 +230,61 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     products = products[products["text"].str.len() > 0].reset_index(drop=True)
     if len(products) < 8:
         raise StageError(f"only {len(products)} products with a usable image and text: too few to train an image tower")
+    return products
+
+
+def run(ctx: "RunContext") -> dict[str, Any]:
+    """``mmpipeline run train-image-tower``: train, track in MLflow, register with the alias; a
+    no-op when the registry already holds a tower trained on the same inputs."""
+    import mlflow
+
+    from mmpipeline.context import StageError
+    from mmpipeline.embed.encoders import build_encoder
+    from mmpipeline.ops import print_table
+
+    cfg = ctx.cfg
+    ec = cfg.embed
+    lake = ctx.lake
+    if not models.wants_trained_tower(cfg):
+        why = ("embed.embed_images is false" if not ec.embed_images
+               else f"embed.image_model.kind is {ec.image_model.kind!r}, not 'trained-tower'")
+        log.info("tower: nothing to train: %s", why)
+        return {"trained": False, "skipped": f"no image tower needed: {why}"}
+    if not lake.exists("silver.products"):
+        raise StageError("silver.products does not exist yet: run ingest and clean first")
+    products = training_products(ctx)
     log.info("tower: %d products with image and text", len(products))
+    tspec = models.text_spec(cfg)
+    params = training_params(cfg, tspec)
+    fingerprint = input_fingerprint(products, params)
+    config_fp = config_fingerprint(params)
+    registered = registry.tower_registered_name(cfg)
+    current = registry.tower_version(cfg)
+
+    # a transaction: the same inputs and config never train (and register) a second version
+    done = registry.version_with_fingerprint(cfg, fingerprint)
+    if done is not None:
+        if current is None or str(current.version) != str(done.version):
+            registry.set_alias(cfg, str(done.version))
+            log.info("tower: alias %s now points at version %s (trained on the same inputs)", ec.tower_alias,
+                     done.version)
+        log.info("tower: %s version %s was trained on the same inputs and config (%s): nothing to do",
+                 registered, done.version, fingerprint)
+        return {"registered_model": registered, "version": str(done.version), "alias": ec.tower_alias,
+                "run_id": done.run_id, "trained": False, "input_fingerprint": fingerprint,
+                "skipped": "a tower trained on the same inputs and config is registered"}
+    # the catalog changed but the config did not: keep the registered tower unless asked to retrain
+    # (a version registered before config fingerprints were recorded counts as the same config)
+    current_config = (current.tags or {}).get(registry.CONFIG_TAG, config_fp) if current is not None else None
+    if current_config == config_fp and not ctx.full_refresh:
+        log.info("tower: %s version %s (alias %s) was trained with this config on an earlier catalog: kept "
+                 "(run with --full-refresh to retrain it on the current catalog)", registered, current.version,
+                 ec.tower_alias)
+        return {"registered_model": registered, "version": str(current.version), "alias": ec.tower_alias,
+                "run_id": current.run_id, "trained": False, "input_fingerprint": fingerprint,
+                "skipped": "the registered tower has this config; --full-refresh retrains it on the current catalog"}
 
     # text targets: reuse stored vectors of the current text model when the content matches
-    tspec = models.text_spec(cfg)
     hashes = [edata.text_hash(t, tspec.max_length) for t in products["text"]]
     text_vecs = edata.stored_vectors(lake, "gold.product_embeddings", "product_id", products["product_id"].tolist(),
                                      hashes, "text", tspec.name, tspec.version)
@@ -273,17 +312,18 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         raise StageError("too few decodable training images for the image tower")
 
     device = resolve_device(ec.device)
-    arch = ec.image_model.name if ec.image_model.kind == "trained-tower" else "resnet18"
-    registered = models.tower_registered_name(cfg)
-    exp_id = models.setup_mlflow(cfg)
-    params = {"arch": arch, "image_size": ec.image_size, "epochs": ec.tower_epochs, "lr": ec.tower_lr,
-              "batch_size": ec.tower_batch_size, "hidden": ec.tower_hidden, "seed": ec.tower_seed,
-              "text_model": tspec.name, "text_model_version": tspec.version, "n_train": len(train_idx),
-              "n_holdout": len(eval_idx), "device": device, "dtype": ec.dtype,
-              "init_weights": ec.image_model.weights or "random", "loss": "symmetric InfoNCE (CLIP), text tower frozen"}
+    arch = ec.image_model.name
+    exp_id = setup_mlflow(cfg)
+    run_params = {"arch": arch, "image_size": ec.image_size, "epochs": ec.tower_epochs, "lr": ec.tower_lr,
+                  "batch_size": ec.tower_batch_size, "hidden": ec.tower_hidden, "seed": ec.tower_seed,
+                  "text_model": tspec.name, "text_model_version": tspec.version, "n_train": len(train_idx),
+                  "n_holdout": len(eval_idx), "device": device, "dtype": ec.dtype,
+                  "init_weights": ec.image_model.weights or "random",
+                  "loss": "symmetric InfoNCE (CLIP), text tower frozen"}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"image-tower {ctx.run_date}") as mrun:
-        mlflow.log_params(params)
-        mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date)})
+        mlflow.log_params(run_params)
+        mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date),
+                         registry.FINGERPRINT_TAG: fingerprint, registry.CONFIG_TAG: config_fp})
         model, res = train_tower(
             images, text_vecs, train_idx, eval_idx, arch=arch, image_size=ec.image_size, epochs=ec.tower_epochs,
             lr=ec.tower_lr, batch_size=ec.tower_batch_size, device=device, dtype=ec.dtype, seed=ec.tower_seed,
@@ -298,13 +338,14 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             save_tower(model, tcfg, Path(tmp) / TOWER_ARTIFACT)
             mlflow.log_artifacts(str(Path(tmp) / TOWER_ARTIFACT), TOWER_ARTIFACT)
-        version = models.register_tower(cfg, mrun.info.run_id, res)
+        version = registry.register_tower(cfg, mrun.info.run_id, res, fingerprint, config_fp)
     print_table(f"image tower ({arch}, {ec.image_size}px): held-out text->image Recall@10",
                 ["model", "recall@10", "held-out"],
                 [["untrained", res["untrained_recall_at_10"], res["n_holdout"]],
                  ["trained", res["trained_recall_at_10"], res["n_holdout"]]])
     return {"registered_model": registered, "version": version, "alias": ec.tower_alias,
-            "run_id": mrun.info.run_id, "untrained_recall_at_10": round(res["untrained_recall_at_10"], 4),
+            "run_id": mrun.info.run_id, "trained": True, "input_fingerprint": fingerprint,
+            "untrained_recall_at_10": round(res["untrained_recall_at_10"], 4),
             "trained_recall_at_10": round(res["trained_recall_at_10"], 4), "n_train": res["n_train"],
             "n_holdout": res["n_holdout"], "train_seconds": res["train_seconds"],
             "images_failed": int((~ok).sum()), "text_vectors_reused": n_reused}

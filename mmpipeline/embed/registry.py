@@ -1,0 +1,88 @@
+"""The image tower in the MLflow model registry: ``<mlflow.model_name>-image-tower``, the version
+behind the alias ``embed.tower_alias``, and the local copy of its artifact folder.
+
+Used by the embed stage (look up and download; never trains) and by the tower's training stage
+(register; find a version already trained on the same inputs). Imports nothing from the rest of
+:mod:`mmpipeline.embed`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmpipeline.tracking import client as _client
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mmpipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+TOWER_ARTIFACT = "tower"  # artifact folder of the training run: config.json + state_dict.pt
+FINGERPRINT_TAG = "input_fingerprint"  # model-version tag: hash of the training data and config
+CONFIG_TAG = "config_fingerprint"  # model-version tag: hash of the training config only
+
+
+def tower_registered_name(cfg: "Config") -> str:
+    return f"{cfg.mlflow.model_name}-image-tower"
+
+
+def tower_version(cfg: "Config"):
+    """The registry version behind the tower alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(cfg).get_model_version_by_alias(tower_registered_name(cfg), cfg.embed.tower_alias)
+    except MlflowException:
+        return None
+
+
+def version_with_fingerprint(cfg: "Config", fingerprint: str):
+    """The newest registered tower version trained on exactly these inputs (tag
+    :data:`FINGERPRINT_TAG`), or None."""
+    from mlflow.exceptions import MlflowException
+
+    name = tower_registered_name(cfg)
+    try:
+        versions = _client(cfg).search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    hits = [mv for mv in versions if (mv.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    return max(hits, key=lambda mv: int(mv.version)) if hits else None
+
+
+def set_alias(cfg: "Config", version: str) -> None:
+    _client(cfg).set_registered_model_alias(tower_registered_name(cfg), cfg.embed.tower_alias, version)
+
+
+def register_tower(cfg: "Config", run_id: str, result: dict[str, Any], fingerprint: str, config_fp: str) -> str:
+    """Register the run's ``tower`` artifact folder as a new model version; set the alias."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(cfg)
+    name = tower_registered_name(cfg)
+    try:
+        client.create_registered_model(name, description="image tower trained into the text-embedding space")
+    except MlflowException:
+        pass  # exists
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{TOWER_ARTIFACT}"
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags={
+        "untrained_recall_at_10": f"{result['untrained_recall_at_10']:.4f}",
+        "trained_recall_at_10": f"{result['trained_recall_at_10']:.4f}",
+        FINGERPRINT_TAG: fingerprint, CONFIG_TAG: config_fp})
+    set_alias(cfg, str(mv.version))
+    log.info("tower: registered %s version %s, alias %s", name, mv.version, cfg.embed.tower_alias)
+    return str(mv.version)
+
+
+def download_tower(cfg: "Config", mv) -> str:
+    """Local folder with the tower's config.json and state_dict.pt (cached under the lake root)."""
+    import mlflow
+
+    dest = Path(cfg.lake.root) / "_models" / tower_registered_name(cfg) / f"v{mv.version}"
+    if not (dest / TOWER_ARTIFACT / "state_dict.pt").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=TOWER_ARTIFACT, dst_path=str(dest))
+    return str(dest / TOWER_ARTIFACT)
