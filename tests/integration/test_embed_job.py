@@ -133,7 +133,7 @@ def test_tower_then_incremental_embed(make_config, shared_datasets, tmp_path):
 def test_trained_tower_beats_the_untrained_one(make_config, shared_datasets, tmp_path):
     """The README's claim on a small slice: held-out text->image Recall@10 of the trained tower is well
     above the same network untrained (a gallery of ~44 held-out products, so chance is ~0.23)."""
-    from mmpipeline.embed import tower
+    from mmpipeline.embed.tower import train as tower
 
     cfg = make_config({"embed.tower_epochs": 3, "embed.image_size": 32, "embed.tower_batch_size": 32,
                        "embed.tower_holdout_share": 0.3, "embed.num_workers": 0, "embed.progress": False,
