@@ -1,9 +1,12 @@
-"""mm_catalog_daily: ingest -> clean -> validate -> embed, every night at 01:00 UTC.
+"""mm_catalog_daily: ingest -> clean -> validate -> transcribe -> embed, every night at 01:00 UTC.
 
 Brings the catalog, queries and judgments into the lake (bronze -> silver), checks them with Great
 Expectations (a failed critical expectation stops the run before anything downstream changes) and
-embeds only new or changed products and queries. Emits the ``mmp_silver_catalog`` and
-``mmp_product_embeddings`` assets; the latter also triggers ``mm_scoring_nightly``.
+embeds only new or changed products and queries. Before embed, ``transcribe`` recognises new or
+changed voice clips (Whisper, catalog-aware; a no-op without a ``voice_queries`` source), so the
+scoring run that the embeddings trigger ranks today's voice queries too. Emits the
+``mmp_silver_catalog``, ``mmp_voice_transcripts`` and ``mmp_product_embeddings`` assets; the last
+also triggers ``mm_scoring_nightly``.
 
 Manual trigger (UI "Trigger" form or REST ``conf``): ``config``, ``run_date``, ``full_refresh``,
 ``model_alias``, ``overrides``. See ``dags/_mmp_common.py`` for how stages run.
@@ -16,13 +19,13 @@ import datetime as dt
 from airflow.sdk import DAG, CronTriggerTimetable, chain
 
 from _mmp_common import (
-    PRODUCT_EMBEDDINGS, SILVER_CATALOG, START_DATE, default_args, log_dag_failure, resolve_task, run_params,
-    stage_task,
+    PRODUCT_EMBEDDINGS, SILVER_CATALOG, START_DATE, VOICE_TRANSCRIPTS, default_args, log_dag_failure, resolve_task,
+    run_params, stage_task,
 )
 
 with DAG(
     dag_id="mm_catalog_daily",
-    description="Catalog: ingest -> clean -> validate -> embed (incremental)",
+    description="Catalog: ingest -> clean -> validate -> transcribe -> embed (incremental)",
     doc_md=__doc__,
     schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"),
     start_date=START_DATE,
@@ -40,5 +43,6 @@ with DAG(
         stage_task("ingest", resolved),
         stage_task("clean", resolved),
         stage_task("validate", resolved, outlets=[SILVER_CATALOG]),
+        stage_task("transcribe", resolved, outlets=[VOICE_TRANSCRIPTS]),
         stage_task("embed", resolved, outlets=[PRODUCT_EMBEDDINGS]),
     )

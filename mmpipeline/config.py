@@ -353,6 +353,9 @@ def load_config(
         src.path = _resolve(base, src.path)
         src.image_root = _resolve(base, src.image_root)
         src.audio_root = _resolve(base, src.audio_root)
+        keep = src.params.get("sample_keep")
+        if isinstance(keep, dict) and isinstance(keep.get("path"), str):
+            keep["path"] = _resolve(base, keep["path"])
     if cfg.voice.model and (cfg.voice.model.startswith(".") or cfg.voice.model.startswith("/")):
         cfg.voice.model = _resolve(base, cfg.voice.model)
     if cfg.score.query_list:

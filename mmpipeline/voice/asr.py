@@ -154,18 +154,12 @@ class Recognizer:
         return out
 
 
-def bare_loop(model_path: str, paths: Sequence[str], device: str = "cpu", compute_type: str = "int8",
-              cpu_threads: int = 0) -> list[str]:
-    """The reference: faster-whisper's plain ``WhisperModel.transcribe`` file by file (its own decoder,
-    greedy, no prompt), for the benchmark's real-time-factor comparison."""
-    from faster_whisper import WhisperModel
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    m = WhisperModel(model_path, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
-                     local_files_only=True)
+def bare_loop(model, paths: Sequence[str]) -> list[str]:
+    """The reference: faster-whisper's plain ``WhisperModel.transcribe`` file by file (its own PyAV
+    decoder and resampler, greedy, no prompt), for the benchmark's real-time-factor comparison."""
     texts = []
     for p in paths:
-        segs, _ = m.transcribe(p, language="en", beam_size=1, without_timestamps=True,
-                               condition_on_previous_text=False)
+        segs, _ = model.transcribe(p, language="en", beam_size=1, without_timestamps=True,
+                                   condition_on_previous_text=False)
         texts.append(" ".join(s.text.strip() for s in segs).strip())
     return texts
