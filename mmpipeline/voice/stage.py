@@ -91,8 +91,15 @@ def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
 
     waves, durs, feats = [], [], []
     for p in paths:
-        clip = decode_file(p)
-        w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db)
+        try:
+            clip = decode_file(p)
+            w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db)
+        except Exception as e:  # noqa: BLE001 - the file changed since the clean stage checked it
+            log.warning("voice: cannot decode %s any more (%s: %s); skipped", p, type(e).__name__, e)
+            waves.append(None)
+            durs.append(0.0)
+            feats.append(None)
+            continue
         waves.append(w)
         durs.append(clip.duration)
         feats.append(mfcc_summary(w) if with_features else None)
@@ -165,7 +172,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     waves, durs, feats = prepare(list(todo["audio_path"]), v)
     t_prep = time.perf_counter() - t0
     pos = {q: i for i, q in enumerate(todo["query_id"])}
-    asr_rows = todo[need_asr[todo.index]]
+    ok = pd.Series([waves[pos[q]] is not None for q in todo["query_id"]], index=todo.index)
+    asr_rows = todo[need_asr[todo.index] & ok]
     t0 = time.perf_counter()
     raw = rec.transcribe([waves[pos[q]] for q in asr_rows["query_id"]], prompt=dec.prompt, hotwords=dec.hotwords)
     t_asr = time.perf_counter() - t0
@@ -191,20 +199,21 @@ def run(ctx: RunContext) -> dict[str, Any]:
     allt = pd.concat([allt.reset_index(drop=True), post.drop(columns=["raw_text", "avg_logprob", "no_speech_prob"])],
                      axis=1)
     allt["asr_model"] = rec.path
-    if old is not None and len(old):  # unchanged rows keep their run date (when content last changed)
+    if old is not None and len(old):  # rows whose result is unchanged keep their run date and time
         prev = old.set_index("query_id")
-        same = allt["query_id"].isin(prev.index)
-        for i in allt.index[same]:
+        for i in allt.index[allt["query_id"].isin(prev.index)]:
             p = prev.loc[allt.at[i, "query_id"]]
-            if p["asr_version"] == allt.at[i, "asr_version"] and p["query_text"] == allt.at[i, "query_text"] \
-                    and p["correction"] == allt.at[i, "correction"]:
+            same_asr = p["asr_version"] == allt.at[i, "asr_version"] and p["audio_hash"] == allt.at[i, "audio_hash"]
+            if same_asr and p["query_text"] == allt.at[i, "query_text"] and p["correction"] == allt.at[i, "correction"]:
                 allt.at[i, "run_date"] = p["run_date"]
                 allt.at[i, "transcribed_at"] = p["transcribed_at"]
+            elif same_asr:  # only the correction changed (new vocabulary): recognised then, corrected today
+                allt.at[i, "run_date"] = ctx.run_date
     m = lake.merge(TRANSCRIPTS, allt, keys=["query_id"], delete_missing=True,
                    metadata={"stage": "transcribe", "run_date": str(ctx.run_date), "asr_version": asr_version})
 
     # features
-    frows = todo[need_feat[todo.index]]
+    frows = todo[need_feat[todo.index] & ok]
     fnew = pd.DataFrame({"query_id": frows["query_id"].to_numpy(), "audio_hash": frows["audio_hash"].to_numpy(),
                          "feature_version": FEATURE_VERSION,
                          "dim": [len(feats[pos[q]]) for q in frows["query_id"]],
