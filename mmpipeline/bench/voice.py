@@ -23,7 +23,8 @@ from the prompt's frequent queries) and ``full_log``. ``held_out`` is the honest
 never seen before; ``full_log`` is what a repeated query gets in production.
 
 Params: ``limit`` (clips, default all), ``variants`` (list; default all four), ``prompt_mode``
-(initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, champion).
+(initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, champion),
+``dump`` (CSV path: per-clip texts for error analysis).
 Vocabulary and judgments come from the config's ``queries``/``products``/``judgments`` sources
 (read whole, no demo sampling), so the benchmark does not depend on a pipeline run.
 """
@@ -260,6 +261,14 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             if corr:
                 wers[name]["corrections"] = post["correction"].value_counts().to_dict()
     result["wer"] = wers
+    if params.get("dump"):  # per-clip texts and confidences, for error analysis
+        d = m[["voice_query_id", "transcript", "kind", "noise", "sample_rate"]].copy()
+        for name, raw in asr.items():
+            d[f"asr:{name}"] = [r.text for r in raw]
+            d[f"logprob:{name}"] = [r.avg_logprob for r in raw]
+        for name, ts in texts.items():
+            d[name] = ts
+        d.to_csv(params["dump"], index=False)
 
     # --- search quality: voice vs typed -------------------------------------------------------------
     judg = cat["judgments"].copy()

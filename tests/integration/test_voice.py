@@ -1,5 +1,6 @@
 """Voice end to end on real Spark, Delta and Whisper tiny.en (faster-whisper, CPU int8): every bad
-clip is quarantined with its own reason while the run goes on; real recognition of two clips; a
+clip is quarantined with its own reason while the run goes on (and validate passes on the rest); real
+recognition of two clips; a
 re-run of the transcribe stage recognises nothing new and leaves the gold tables unchanged."""
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def test_voice_clean_quarantines_bad_clips_and_transcribe_is_incremental(spark, 
     assert silver["audio_hash"].str.len().eq(64).all() and (silver["sample_rate"] > 0).all()
     acc = lake.read_pandas("ops.row_accounting").set_index("table_name").loc["silver.voice_queries"]
     assert (acc["rows_in"], acc["rows_kept"], acc["rows_quarantined"]) == (len(good) + 7, len(good), 7)
+    # the Great Expectations suite of silver.voice_queries passes (no transcript needed for voice rows)
+    from mmpipeline.validate import run as validate_run
+
+    validate_run(ctx)
+    val = lake.read_pandas("ops.validation")
+    val = val[(val["table_name"] == "silver.voice_queries") & (val["severity"] == "critical")]
+    assert {"audio_hash_not_null", "duration_range"} <= set(val["check_name"]) and val["success"].all()
 
     s1 = transcribe_run(RunContext.create(cfg, D))
     assert s1["transcribed"] == len(good)
