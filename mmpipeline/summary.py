@@ -319,5 +319,8 @@ def print_summary(cfg: Config, run_date: dt.date | str | None = None) -> dict[st
     champ = _print_champion(cfg)
     console.rule("published search index")
     results = _print_results(cfg)
+    out = {"tables": tables, "champion": champ, "results": results}
     voice = _print_voice(cfg)
-    return {"tables": tables, "champion": champ, "results": results, "voice": voice}
+    if voice is not None:
+        out["voice"] = voice
+    return out
