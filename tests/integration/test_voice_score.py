@@ -19,7 +19,7 @@ def test_voice_queries_published_with_modality(make_config, tmp_path):
 
     from mmpipeline.score import job, publish
 
-    cfg = make_config({"score.head_queries": 5, "score.candidates_k": 15, "score.output_k": 10,
+    cfg = make_config({"score.head_queries": 20, "score.candidates_k": 15, "score.output_k": 10,
                        "score.min_results_per_query": 5, "score.batch_size": 100,
                        "rank.text_model_name": "tiny-text", "rank.image_model_name": "tiny-image",
                        "mlflow.model_name": "test-ranker"})
@@ -51,9 +51,9 @@ def test_voice_queries_published_with_modality(make_config, tmp_path):
     voice = r[r["modality"] == "voice"]
     assert set(voice["query_id"]) == {"vA", "vB"}  # no-speech clip and vanished clip not searched
     assert set(r.loc[r["modality"] == "text", "query_id"]).isdisjoint({"vA", "vB", "vC", "vGone"})
-    assert s["queries"] == 5 + 2
+    assert s["queries"] == 20 + 2  # every typed query (20) + the two usable voice queries
     assert voice.loc[voice["query_id"] == "vA", "query"].iloc[0] == "red shirt"
-    # the voice query "blue bag" (a head query) gets the same ranking as the typed query "blue bag"
+    # the voice query "blue bag" gets the same ranking as the typed query "blue bag"
     typed = r[r["query_id"] == by_text["blue bag"]].sort_values("rank")
     said = voice[voice["query_id"] == "vB"].sort_values("rank")
     assert len(typed) == 10 and list(said["product_id"]) == list(typed["product_id"])
