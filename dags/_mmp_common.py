@@ -68,6 +68,8 @@ IMAGE_TOWER = Asset(name="mmp_image_tower", uri="x-mmpipeline://mlflow/image-tow
                     extra={"registered_model": "<mlflow.model_name>-image-tower"})
 TRAINING_DATA = Asset(name="mmp_training_data", uri="x-mmpipeline://lake/gold/training_data", group=_GROUP)
 CHAMPION_MODEL = Asset(name="mmp_champion_model", uri="x-mmpipeline://mlflow/ranker/champion", group=_GROUP)
+VOICE_TRANSCRIPTS = Asset(name="mmp_voice_transcripts", uri="x-mmpipeline://lake/gold/voice_transcripts",
+                          group=_GROUP, extra={"tables": "gold.voice_transcripts, gold.voice_features"})
 SEARCH_RANKING = Asset(name="mmp_search_ranking", uri="x-mmpipeline://lake/gold/search_ranking", group=_GROUP,
                        extra={"tables": "gold.search_ranking, gold.product_vectors"})
 
@@ -97,6 +99,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train-image-tower", False, 4 * _H, "Contrastive image tower into the text-embedding space, registered "
           "in MLflow; a no-op when images are off or a tower for the same inputs is registered."),
     Stage("embed", True, 4 * _H, "Incremental text/image/query embeddings -> gold.*_embeddings."),
+    Stage("transcribe", False, 2 * _H, "Voice queries: decode, resample, features, Whisper (catalog prompt) "
+                                       "-> gold.voice_transcripts / gold.voice_features (incremental)."),
     Stage("build-training-data", True, 2 * _H, "Judgments + interactions + negatives -> training table."),
     Stage("train", False, 6 * _H, "Fusion ranker training, registered in MLflow with alias 'challenger'."),
     Stage("evaluate", False, 2 * _H, "Evaluate the challenger against baselines and the champion; promote it if it wins."),

@@ -4,6 +4,7 @@
     mmpipeline bench NAME --config FILE [--param key=value ...]          (JSON on stdout)
     mmpipeline sample-data OUT_DIR [--products N]
     mmpipeline search "QUERY" --config FILE
+    mmpipeline search --audio FILE --config FILE                        (spoken query)
     mmpipeline index-status --config FILE
     mmpipeline rollback --config FILE (--to-run-date D | --to-version V)
     mmpipeline summary --config FILE
@@ -33,6 +34,7 @@ STAGES: dict[str, str] = {
     "build-training-data": "mmpipeline.rank.data:run",
     "train": "mmpipeline.rank.train:run",
     "evaluate": "mmpipeline.rank.evaluate:run",  # evaluates the challenger and gates promotion
+    "transcribe": "mmpipeline.voice.stage:run",  # voice queries -> transcripts + audio features
     "score": "mmpipeline.score.job:run",
     "publish": "mmpipeline.score.publish:run",  # validates the ranking, then marks it current
 }
@@ -43,6 +45,7 @@ BENCHES: dict[str, str] = {
     "embed": "mmpipeline.bench.embed:main",
     "quality": "mmpipeline.bench.quality:main",
     "score": "mmpipeline.bench.score:main",
+    "voice": "mmpipeline.bench.voice:main",
 }
 
 log = logging.getLogger("mmpipeline")
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
 
     q = sub.add_parser("search", help="show the published top results for a query")
-    q.add_argument("query")
+    q.add_argument("query", nargs="?")
+    q.add_argument("--audio", help="a spoken query (WAV/FLAC): transcribed, then searched")
     with_config(q)
     q.add_argument("--k", type=int, default=10)
 
@@ -169,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             from mmpipeline.config import load_config
 
             cfg = load_config(args.config, args.overrides)
-            if args.cmd == "search":
+            if args.cmd == "search" and args.audio:
+                _load("mmpipeline.voice.search:search_audio")(cfg, args.audio, k=args.k)
+            elif args.cmd == "search":
+                if not args.query:
+                    raise SystemExit("search: give a QUERY or --audio FILE")
                 _load("mmpipeline.score.publish:search")(cfg, args.query, k=args.k)
             elif args.cmd == "index-status":
                 _load("mmpipeline.score.publish:index_status")(cfg)

@@ -135,7 +135,11 @@ register(TableSpec("silver.queries", [
 register(TableSpec("silver.voice_queries", [
     ("query_id", "string"), ("query", "string"), ("query_norm", "string"), ("audio_ref", "string"),
     ("frequency", "long"), ("text_hash", "string"), ("run_date", "date"),
-], keys=["query_id"], description="voice queries: audio file plus transcript when known"))
+    # the clip, as checked by the clean stage (mmpipeline.voice.clean)
+    ("audio_path", "string"), ("audio_hash", "string"), ("audio_format", "string"), ("sample_rate", "int"),
+    ("channels", "int"), ("duration_s", "double"),
+], keys=["query_id"], description="voice queries whose clip passed the checks: audio file, content hash, "
+                                   "format, and the reference transcript when the source has one"))
 
 register(TableSpec("silver.judgments", [
     ("query_id", "string"), ("query_norm", "string"), ("product_id", "string"), ("grade", "double"),
@@ -227,11 +231,29 @@ register(TableSpec("ops.rank_decisions", [
     description="champion gating decisions with their reasons"))
 
 
+# ---- voice tables (owned by mmpipeline.voice) ----
+register(TableSpec("gold.voice_transcripts", [
+    ("query_id", "string"), ("audio_hash", "string"),
+    ("asr_model", "string"), ("asr_version", "string"),  # model fingerprint / + decoding settings and prompt
+    ("raw_text", "string"), ("text_norm", "string"), ("avg_logprob", "double"), ("no_speech_prob", "double"),
+    ("correction", "string"),  # none | query | words (see mmpipeline.voice.vocab)
+    ("query_text", "string"),  # the text the score stage searches with (corrected, normalised)
+    ("usable", "boolean"),  # false: empty or no-speech transcript, not searched
+    ("duration_s", "double"), ("run_date", "date"), ("transcribed_at", "timestamp"),
+], keys=["query_id"], description="one recognised transcript per voice query; re-transcribed only when the "
+                                  "audio hash or the recogniser version changes"))
+
+register(TableSpec("gold.voice_features", [
+    ("query_id", "string"), ("audio_hash", "string"), ("feature_version", "string"), ("dim", "int"),
+    ("vector", "array<float>"), ("duration_s", "double"), ("run_date", "date"), ("computed_at", "timestamp"),
+], keys=["query_id"], description="per-clip MFCC summary (mean and std per coefficient), 16 kHz, normalised"))
+
 # ---- score stage tables (owned by mmpipeline.score) ----
 _RANKING_COLUMNS = [
     ("run_date", "date"), ("query_id", "string"), ("query", "string"), ("rank", "int"),
     ("product_id", "string"), ("score", "double"), ("model_name", "string"), ("model_version", "string"),
     ("candidate_source", "string"),  # retrieval sources that proposed the product, e.g. "bm25+text"
+    ("modality", "string"),  # text | voice (voice: query_id is the voice query, query its transcript)
 ]
 register(TableSpec("gold.search_ranking", _RANKING_COLUMNS, keys=["run_date", "query_id", "rank"],
                    partition_by=["run_date"],

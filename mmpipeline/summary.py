@@ -266,6 +266,47 @@ def _print_results(cfg: Config) -> list[dict[str, Any]]:
     return res
 
 
+def voice_summary(cfg: Config, n_examples: int = 3) -> dict[str, Any] | None:
+    """Voice queries: transcripts, corrections, how many are published, a few examples."""
+    lake = _lake(cfg)
+    if not lake.exists("gold.voice_transcripts"):
+        return None
+    t = lake.read_pandas("gold.voice_transcripts", columns=["query_id", "raw_text", "query_text", "correction",
+                                                             "usable", "avg_logprob"])
+    out: dict[str, Any] = {"transcripts": len(t), "usable": int(t["usable"].fillna(False).sum()),
+                           "corrections": t["correction"].value_counts().to_dict()}
+    if lake.exists("gold.search_index"):
+        idx = lake.read_arrow("gold.search_index", columns=["query_id", "modality"]).to_pandas()
+        out["published_voice_queries"] = int(idx.loc[idx["modality"] == "voice", "query_id"].nunique())
+    ref = {}
+    if lake.exists("silver.voice_queries"):
+        sv = lake.read_pandas("silver.voice_queries", columns=["query_id", "query"])
+        ref = dict(zip(sv["query_id"], sv["query"]))
+    ex = t.sort_values("query_id").head(n_examples)
+    out["examples"] = [{"query_id": r.query_id, "said": ref.get(r.query_id), "heard": r.raw_text,
+                        "searched": r.query_text, "correction": r.correction} for r in ex.itertuples()]
+    return out
+
+
+def _print_voice(cfg: Config) -> dict[str, Any] | None:
+    from mmpipeline.ops import print_table
+
+    try:
+        v = voice_summary(cfg)
+    except Exception as e:
+        _console().print(f"[yellow]voice tables unreadable: {type(e).__name__}: {e}[/yellow]")
+        return None
+    if v is None:
+        return None
+    _console().rule("voice queries")
+    print_table("voice queries", ["item", "value"], [
+        ["transcripts", v["transcripts"]], ["usable as search queries", v["usable"]],
+        ["corrections", v["corrections"]], ["published voice queries", v.get("published_voice_queries", "n/a")]])
+    print_table("voice examples", ["id", "said", "heard", "searched as", "correction"],
+                [[e["query_id"], e["said"], e["heard"], e["searched"], e["correction"]] for e in v["examples"]])
+    return v
+
+
 def print_summary(cfg: Config, run_date: dt.date | str | None = None) -> dict[str, Any]:
     """Print tables with row counts, the champion's metrics and top results for a few queries."""
     if isinstance(run_date, str):
@@ -278,4 +319,8 @@ def print_summary(cfg: Config, run_date: dt.date | str | None = None) -> dict[st
     champ = _print_champion(cfg)
     console.rule("published search index")
     results = _print_results(cfg)
-    return {"tables": tables, "champion": champ, "results": results}
+    out = {"tables": tables, "champion": champ, "results": results}
+    voice = _print_voice(cfg)
+    if voice is not None:
+        out["voice"] = voice
+    return out

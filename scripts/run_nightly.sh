@@ -21,6 +21,7 @@
 #                            var/airflow/runs/<date>/)
 #   MMP_TASK_RETRIES=N       task retries (default 0 here, to fail fast; the DAGs' own default is 2)
 #   MMP_SPARK_MASTER=URL     Spark master of the mmp_spark connection (default local[2])
+#   MMP_VOICE_CLIPS=N        voice clips transcribed in the demo run (default 200 of the 500; MMP_FULL=1: all)
 set -euo pipefail
 
 DATASET="${1:-${DATASET:-homedepot}}"
@@ -55,7 +56,9 @@ if [ "${MMP_FULL:-0}" != 1 ]; then
     homedepot)  # sample by query so products, queries and judgments stay consistent
       for s in products queries judgments; do
         OVERRIDES+=("sources.$s.params.sample_size=${MMP_SAMPLE_QUERIES:-1200}" "sources.$s.params.sample_by=search_term")
-      done ;;
+      done
+      # voice: the config keeps the spoken queries in the sample (sample_keep); transcribe a subset of clips
+      OVERRIDES+=("voice.max_clips=${MMP_VOICE_CLIPS:-200}") ;;
     fashion)
       OVERRIDES+=("sources.products.params.sample_size=${MMP_SAMPLE_PRODUCTS:-3000}") ;;
   esac

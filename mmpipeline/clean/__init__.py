@@ -169,14 +169,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
         merge = _write_snapshot(ctx, lake, "silver.queries", allq, ["query_id"])
         summary.setdefault("queries", {}).update({"silver_rows": n_q, "merge": merge})
         log.info("clean queries: %d distinct queries in silver.queries", n_q)
-    if "voice_queries" in cfg.sources:
-        tagged = T.tag_queries(_bronze(ctx, lake, "voice_queries")).cache()
-        cached.append(tagged)
-        counts = T.outcome_counts(tagged)
-        silver = T.queries_silver(tagged).withColumn("run_date", F.lit(d).cast("date"))
-        merge = _write_snapshot(ctx, lake, "silver.voice_queries", silver, ["query_id"])
-        _write_partition(ctx, lake, "quarantine.voice_queries", T.quarantine_rows(tagged, "audio_ref", d))
-        account("voice_queries", "silver.voice_queries", counts, {"merge": merge})
+    if "voice_queries" in cfg.sources:  # clip checks on the executors: mmpipeline.voice.clean
+        from mmpipeline.voice.clean import run_voice_clean
+
+        run_voice_clean(ctx, lake, cfg.sources["voice_queries"], _bronze(ctx, lake, "voice_queries"),
+                        _write_snapshot, _write_partition, account, cached)
 
     for df in cached:
         df.unpersist()

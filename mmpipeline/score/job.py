@@ -32,7 +32,7 @@ from mmpipeline.retrieval.candidates import CandidateGenerator, candidate_recall
 from mmpipeline.retrieval.dense import Vectors
 from mmpipeline.retrieval.embeddings import load_vectors
 from mmpipeline.retrieval.text import product_text
-from mmpipeline.score.queries import build_query_set, read_query_list
+from mmpipeline.score.queries import add_voice_queries, build_query_set, read_query_list
 from mmpipeline.score.scoring import (load_ranker, make_featurizer, make_query_encoder, rank_top, resolve_version,
                                       score_pairs, score_spark)
 from mmpipeline.score.vectors import fuse_product_vectors
@@ -137,6 +137,8 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     inputs = load_inputs(lake, cfg)
     explicit = read_query_list(sc.query_list) if sc.query_list else None
     qset = build_query_set(sc.head_queries, inputs.queries, inputs.judgments, inputs.interactions, explicit)
+    qset = add_voice_queries(qset, _read(lake, "gold.voice_transcripts", ["query_id", "query_text", "usable"]),
+                             _voice_ids(lake))
     if not len(qset):
         raise StageError("empty query set: no queries in silver.queries / judgments / interactions and no score.query_list")
     qvec = encode_missing_queries(cfg, qset, inputs.query_text)
@@ -164,7 +166,8 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         ranked = score_spark(spark, cands, cfg, alias, version, sc.output_k)
         ranked = ranked.withColumns({"run_date": _lit_date(run_date), "model_name": _lit(name),
                                      "model_version": _lit(version)})
-        ranked = ranked.cache()
+        voice_ids = sorted(qset.loc[qset["modality"] == "voice", "query_id"])
+        ranked = ranked.withColumn("modality", _modality_col(voice_ids)).cache()
         n = ranked.count()  # materialise here so the timing covers scoring
         log.info("scored on spark: %d ranked rows", n)
     else:
@@ -174,6 +177,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         ranked = rank_top(scored, sc.output_k)
         ranked.insert(0, "run_date", run_date)
         ranked["model_name"], ranked["model_version"] = name, version
+        ranked["modality"] = ranked["query_id"].map(dict(zip(qset["query_id"], qset["modality"]))).fillna("text")
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -182,6 +186,20 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     vectors.insert(0, "run_date", run_date)
     timings["product_vectors"] = time.perf_counter() - t0
     return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings)
+
+
+def _voice_ids(lake) -> set[str] | None:
+    """Ids of the current voice queries (silver.voice_queries); None when there is no such table."""
+    v = _read(lake, "silver.voice_queries", ["query_id"])
+    return None if v is None else set(v["query_id"])
+
+
+def _modality_col(voice_ids: list[str]):
+    from pyspark.sql import functions as F
+
+    if not voice_ids:
+        return F.lit("text")
+    return F.when(F.col("query_id").isin(voice_ids), F.lit("voice")).otherwise(F.lit("text"))
 
 
 def _lit(v):

@@ -87,3 +87,24 @@ def build_query_set(head_n: int, queries: pd.DataFrame | None = None, judgments:
     log.info("query set: %d queries (%d head of %d known, %d from the list)", len(out),
              int(out["source"].str.contains("head").sum()), len(cand), int((out["source"] == "list").sum()))
     return out
+
+
+def add_voice_queries(query_set: pd.DataFrame, transcripts: pd.DataFrame | None,
+                      voice_ids: set[str] | None = None) -> pd.DataFrame:
+    """The query set plus the recognised voice queries, with a ``modality`` column (text | voice).
+
+    ``transcripts``: gold.voice_transcripts (query_id, query_text, usable); only usable transcripts of
+    voice queries still in ``voice_ids`` (silver.voice_queries) are added. A voice query keeps its own
+    id (the clip's), so it is ranked and published as its own query even when the same words were typed.
+    """
+    out = query_set.assign(modality="text")
+    if transcripts is None or not len(transcripts):
+        return out
+    t = transcripts[transcripts["usable"].fillna(False).astype(bool) & transcripts["query_text"].notna()]
+    if voice_ids is not None:
+        t = t[t["query_id"].isin(voice_ids)]
+    t = t[~t["query_id"].isin(set(out["query_id"]))]
+    v = pd.DataFrame({"query_id": t["query_id"].astype(str), "query": t["query_text"].astype(str),
+                      "frequency": 0, "source": "voice", "modality": "voice"})
+    log.info("query set: + %d recognised voice queries", len(v))
+    return pd.concat([out, v], ignore_index=True).astype({"frequency": "int64"})

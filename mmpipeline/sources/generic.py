@@ -14,6 +14,9 @@ column or expression; default the entity's id: ``product_id`` for products, ``qu
 among the N smallest by hash. The selection is deterministic and, with the same ``sample_by`` on
 several sources, consistent across them (e.g. sample Home Depot by ``search_term`` so products,
 queries and judgments keep the same queries). ``max_products`` / ``max_queries`` are aliases.
+``sample_keep: {path: FILE, column: COL}`` also keeps every row whose ``sample_by`` value (compared
+case- and space-insensitively) is a value of COL in the CSV FILE -- e.g. the queries spoken in the
+voice clips, so the demo subsample still judges them.
 """
 
 from __future__ import annotations
@@ -150,9 +153,16 @@ def map_columns(df: "DataFrame", entity: str, columns: dict[str, str], attribute
     return df.select(*out, *meta)
 
 
-def sample_rows(df: "DataFrame", by: "Column", size: int) -> "DataFrame":
+def _fold(c: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.lower(F.trim(F.regexp_replace(c.cast("string"), r"\s+", " ")))
+
+
+def sample_rows(df: "DataFrame", by: "Column", size: int, keep_values: list[str] | None = None) -> "DataFrame":
     """Pure transform: keep rows whose ``by`` value is among the ``size`` smallest distinct values by
-    hash (deterministic, consistent across sources); corrupt rows are always kept."""
+    hash (deterministic, consistent across sources), plus rows whose ``by`` value is one of
+    ``keep_values`` (case/space-insensitive); corrupt rows are always kept."""
     from pyspark.sql import functions as F
 
     h = F.xxhash64(by.cast("string"))
@@ -161,6 +171,9 @@ def sample_rows(df: "DataFrame", by: "Column", size: int) -> "DataFrame":
     if kth is None:
         return df
     keep = (h <= F.lit(kth)) & by.isNotNull()
+    if keep_values:
+        folded = sorted({" ".join(str(v).split()).lower() for v in keep_values if str(v).strip()})
+        keep = keep | _fold(by).isin(folded)
     if CORRUPT_COL in df.columns:
         keep = keep | F.col(CORRUPT_COL).isNotNull()
     return df.where(keep)
@@ -177,6 +190,25 @@ def sample_spec(entity: str, src: "SourceConfig") -> tuple[str, int] | None:
     return by, int(size)
 
 
+def _sample_keep_values(entity: str, src: "SourceConfig") -> list[str]:
+    spec = src.params.get("sample_keep")
+    if not spec:
+        return []
+    import csv
+
+    if not isinstance(spec, dict) or not spec.get("path") or not spec.get("column"):
+        raise _error(f"sources.{entity}.params.sample_keep must be {{path: FILE, column: COL}}, got {spec!r}")
+    path = Path(str(spec["path"]))
+    if not path.is_file():
+        raise _error(f"sources.{entity}.params.sample_keep.path: no file at {path}")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = list(csv.DictReader(f))
+    if rows and spec["column"] not in rows[0]:
+        raise _error(f"sources.{entity}.params.sample_keep.column {spec['column']!r} not in {path} "
+                     f"(columns: {list(rows[0])})")
+    return [r[spec["column"]] for r in rows if r.get(spec["column"])]
+
+
 def read(spark: "SparkSession", entity: str, src: "SourceConfig", upstream: dict[str, Any] | None = None) -> "DataFrame":
     """Read a file source and map it onto the entity's canonical columns (see module doc)."""
     from pyspark.sql import functions as F
@@ -187,6 +219,8 @@ def read(spark: "SparkSession", entity: str, src: "SourceConfig", upstream: dict
     if spec:
         by, size = spec
         src_cols = [c for c in raw.columns if c not in (CORRUPT_COL, "_source_file", "_row_id")]
-        raw = sample_rows(raw, resolve(by, src_cols), size)
-        log.info("sources.%s: demo sample of %d distinct %s values", entity, size, by)
+        keep = _sample_keep_values(entity, src)
+        raw = sample_rows(raw, resolve(by, src_cols), size, keep)
+        log.info("sources.%s: demo sample of %d distinct %s values%s", entity, size, by,
+                 f" (+ up to {len(keep)} kept from sample_keep)" if keep else "")
     return map_columns(raw, entity, src.columns, src.attributes)

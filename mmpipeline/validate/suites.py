@@ -123,7 +123,14 @@ def silver_checks(spec: TableSpec, cfg: Config, previous_rows: int | None = None
                   name="image_status_domain"),
             decodable_image_check(cfg),
         ]
-    elif entity in ("queries", "voice_queries"):
+    elif entity == "voice_queries":  # the spoken words are optional (known only for reference clips)
+        v = cfg.voice
+        checks += [
+            Check(gxe.ExpectColumnValuesToNotBeNull(column="audio_hash"), "critical", name="audio_hash_not_null"),
+            Check(gxe.ExpectColumnValuesToBeBetween(column="duration_s", min_value=v.min_duration_s,
+                                                    max_value=v.max_duration_s), "critical", name="duration_range"),
+        ]
+    elif entity == "queries":
         checks += [
             Check(gxe.ExpectColumnValuesToNotBeNull(column="query_norm"), "critical", name="query_norm_not_null"),
             Check(gxe.ExpectColumnValuesToBeBetween(column="frequency", min_value=0), "warning",

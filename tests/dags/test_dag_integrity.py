@@ -13,7 +13,7 @@ import pytest
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 EXPECTED = {
-    "mm_catalog_daily": ["resolve_run", "ingest", "clean", "validate", "train_image_tower", "embed"],
+    "mm_catalog_daily": ["resolve_run", "ingest", "clean", "validate", "train_image_tower", "transcribe", "embed"],
     "mm_ranker_weekly": ["resolve_run", "build_training_data", "train", "evaluate_and_promote"],
     "mm_scoring_nightly": ["resolve_run", "score", "publish"],
 }
@@ -126,6 +126,7 @@ def test_spark_stages_use_spark_submit_with_the_project_connection(dagbag):
     for task_id in ("train", "evaluate_and_promote"):  # torch stages: the CLI in a subprocess
         assert not isinstance(dagbag.dags["mm_ranker_weekly"].get_task(task_id), SparkSubmitOperator)
     assert not isinstance(dagbag.dags["mm_catalog_daily"].get_task("train_image_tower"), SparkSubmitOperator)
+    assert not isinstance(dagbag.dags["mm_catalog_daily"].get_task("transcribe"), SparkSubmitOperator)
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))

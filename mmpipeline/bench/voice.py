@@ -1,0 +1,319 @@
+"""``mmpipeline bench voice``: recognition quality, speed and search quality of spoken queries (JSON).
+
+On the clips of the ``voice_queries`` source's manifest (the shared sample: 500 spoken Home Depot
+queries), in one run:
+
+* **word error rate** (torchmetrics' ``word_error_rate``; jiwer is not installed) against the
+  manifest's transcripts, both sides normalised like ``query_norm`` (case, punctuation), overall and
+  per slice (voice kind neural/formant, clean/noisy, sample rate), for each recognition variant:
+  ``plain`` (no prompt, no correction), ``prompt`` (catalog prompt), ``plain+correction``,
+  ``prompt+correction``;
+* **real-time factor** of the stage's path (decode, preprocess, MFCC, batched recognition) against a
+  bare faster-whisper loop (``WhisperModel.transcribe`` file by file) over the same clips; the
+  ratio is bare RTF / stage RTF (>= 1: the stage is at least as fast);
+* **NDCG@10** of the voice queries against the same queries typed, judged with the Home Depot
+  relevance judgments of the typed query, per voice kind, with and without catalog-aware
+  recognition. Ranker: BM25 over the whole catalog (always), and the registered champion when the
+  config's lake has one (``rankers``).
+
+Leakage: the clips *are* queries of the Home Depot log. Correcting against the full log can snap a
+transcript to its own query, so every figure with correction is reported twice: ``held_out`` (the
+clip's own query removed from the log and from the word counts, and all benchmark queries removed
+from the prompt's frequent queries) and ``full_log``. ``held_out`` is the honest figure for queries
+never seen before; ``full_log`` is what a repeated query gets in production.
+
+Params: ``limit`` (clips, default all), ``variants`` (list; default all four), ``prompt_mode``
+(initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, champion),
+``dump`` (CSV path: per-clip texts for error analysis), ``speed_clips`` (clips timed through both
+paths for the real-time-factor ratio; default all).
+Vocabulary and judgments come from the config's ``queries``/``products``/``judgments`` sources
+(read whole, no demo sampling), so the benchmark does not depend on a pipeline run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _source_frame(src, cols: dict[str, str]) -> pd.DataFrame:
+    """A source file read with pandas, columns renamed canonical (plain column mappings only)."""
+    df = pd.read_csv(src.path, dtype=str, keep_default_na=False, encoding_errors="replace") \
+        if src.format == "csv" else pd.read_json(src.path, lines=src.format == "jsonl", dtype=str)
+    out = pd.DataFrame(index=df.index)
+    for canon, col in cols.items():
+        if col in df.columns:
+            out[canon] = df[col]
+    return out
+
+
+def load_catalog(cfg) -> dict[str, Any]:
+    """Queries (text, frequency), products (id, title, brand) and judgments from the config's sources."""
+    from mmpipeline.voice.vocab import norm
+
+    s = cfg.sources
+    out: dict[str, Any] = {"queries": pd.DataFrame(columns=["query_norm", "frequency"]),
+                           "products": pd.DataFrame(columns=["product_id", "title", "brand"]),
+                           "judgments": pd.DataFrame(columns=["query_norm", "product_id", "grade"])}
+    if "queries" in s:
+        q = _source_frame(s["queries"], {"query": s["queries"].columns.get("query", "query")})
+        q["query_norm"] = q["query"].map(norm)
+        out["queries"] = q[q["query_norm"] != ""].groupby("query_norm").size().rename("frequency").reset_index()
+    if "products" in s:
+        c = s["products"].columns
+        p = _source_frame(s["products"], {k: c[k] for k in ("product_id", "title", "brand") if k in c})
+        out["products"] = p.drop_duplicates("product_id").reset_index(drop=True)
+    if "judgments" in s:
+        c = s["judgments"].columns
+        j = _source_frame(s["judgments"], {k: c[k] for k in ("query", "product_id", "grade") if k in c})
+        j["query_norm"] = j["query"].map(norm)
+        j["grade"] = pd.to_numeric(j["grade"], errors="coerce")
+        out["judgments"] = j.dropna(subset=["grade"]).groupby(["query_norm", "product_id"])["grade"].mean().reset_index()
+    return out
+
+
+def load_manifest(cfg, limit: int | None) -> pd.DataFrame:
+    src = cfg.sources.get("voice_queries")
+    path = Path(src.path) if src and src.path else REPO.parent / "shared" / "datasets" / "voice" / "voice_queries.csv"
+    root = Path(src.audio_root) if src and src.audio_root else path.parent
+    m = pd.read_csv(path, dtype={"voice_query_id": str, "transcript": str}, keep_default_na=False)
+    m["path"] = [str(root / p) for p in m["audio_path"]]
+    m["kind"] = np.where(m["voice"].str.startswith("piper"), "neural", "formant")
+    m["noise"] = np.where(m["noise_snr_db"].astype(str).str.strip() == "", "clean", "noisy")
+    m = m.sort_values("voice_query_id", kind="stable").reset_index(drop=True)
+    return m.head(int(limit)) if limit else m
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    from torchmetrics.functional.text import word_error_rate
+
+    return round(float(word_error_rate([h for h in hyps], [r for r in refs])), 4)
+
+
+def wer_slices(m: pd.DataFrame, hyps: list[str]) -> dict[str, Any]:
+    from mmpipeline.voice.vocab import norm
+
+    refs = [norm(t) for t in m["transcript"]]
+    hyp = [norm(h) for h in hyps]
+    df = pd.DataFrame({"ref": refs, "hyp": hyp, "kind": m["kind"].values, "noise": m["noise"].values,
+                       "sr": m["sample_rate"].astype(str).values})
+    out: dict[str, Any] = {"all": wer(refs, hyp)}
+    for col, name in (("kind", "voice"), ("noise", "noise"), ("sr", "sample_rate")):
+        out[name] = {k: wer(list(g["ref"]), list(g["hyp"])) for k, g in df.groupby(col)}
+    out["neural_clean"] = wer(*[list(x) for x in df[(df.kind == "neural") & (df.noise == "clean")][["ref", "hyp"]].T.values])
+    return out
+
+
+def ndcg_table(ranked: dict[str, list[str]], refs: list[str], texts: list[str], judg: pd.DataFrame,
+               k: int = 10) -> np.ndarray:
+    """NDCG@k per clip: the ranking for ``texts[i]`` judged with the judgments of ``refs[i]``."""
+    gains = {q: dict(zip(g["product_id"], g["gain"])) for q, g in judg.groupby("query_norm")}
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    out = np.full(len(refs), np.nan)
+    for i, (ref, text) in enumerate(zip(refs, texts)):
+        g = gains.get(ref)
+        if not g or max(g.values()) <= 0:
+            continue
+        top = ranked.get(text, [])[:k]
+        dcg = sum(g.get(p, 0.0) * disc[r] for r, p in enumerate(top))
+        ideal = sorted(g.values(), reverse=True)[:k]
+        idcg = sum(v * disc[r] for r, v in enumerate(ideal))
+        out[i] = dcg / idcg if idcg > 0 else 0.0
+    return out
+
+
+def rank_bm25(products: pd.DataFrame, texts: list[str], k: int = 10) -> dict[str, list[str]]:
+    from mmpipeline.retrieval import BM25Index
+
+    idx = BM25Index(products["product_id"].tolist(), (products["title"].fillna("")).tolist())
+    uniq = sorted({t for t in texts if t})
+    ids, _ = idx.search(uniq, k)
+    return {t: [str(p) for p in row if p is not None] for t, row in zip(uniq, ids)}
+
+
+def rank_champion(cfg, texts: list[str], k: int = 10) -> dict[str, list[str]]:
+    """The score stage's path (whole-catalog candidates, featuriser, registered champion) on the
+    config's lake, for arbitrary query texts."""
+    from mmpipeline.lake import Lake
+    from mmpipeline.score.candidates import CandidateGenerator, product_text
+    from mmpipeline.score.job import encode_missing_queries, load_inputs
+    from mmpipeline.score.queries import query_id_for
+    from mmpipeline.score.scoring import load_ranker, make_featurizer, rank_top, resolve_version, score_pairs
+
+    sc = cfg.score
+    lake = Lake(cfg.lake.root, engine="delta-rs")
+    _, version, _ = resolve_version(cfg, sc.model_alias)
+    inputs = load_inputs(lake, cfg)
+    uniq = sorted({t for t in texts if t})
+    qset = pd.DataFrame({"query_id": [query_id_for(t) for t in uniq], "query": uniq})
+    qvec = encode_missing_queries(cfg, qset, inputs.query_text)
+    gen = CandidateGenerator(inputs.products["product_id"].to_numpy(object), product_text(inputs.products),
+                             inputs.text, inputs.image, k=sc.candidates_k, sources=list(sc.candidate_sources),
+                             query_batch_size=sc.query_batch_size)
+    cands = gen.generate(qset, qvec, progress=False)
+    ranker = load_ranker(cfg, sc.model_alias, expect_version=version)
+    ranked = rank_top(score_pairs(cands, make_featurizer(cfg, lake), ranker, sc.batch_size, progress=False), k)
+    by_id = {qid: list(g.sort_values("rank")["product_id"].astype(str)) for qid, g in ranked.groupby("query_id")}
+    return {t: by_id.get(query_id_for(t), []) for t in uniq}
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
+    from mmpipeline.config import load_config
+    from mmpipeline.voice.asr import bare_loop
+    from mmpipeline.voice.stage import Decoding, make_recognizer, postprocess, prepare
+    from mmpipeline.voice.vocab import Corrector, Vocabulary, norm
+
+    if cfg is None:
+        cfg = load_config(REPO / "configs" / "homedepot.yaml")
+    v = cfg.voice.model_copy()
+    m = load_manifest(cfg, params.get("limit"))
+    variants = list(params.get("variants") or ["plain", "prompt", "plain+correction", "prompt+correction"])
+    prompt_mode = str(params.get("prompt_mode") or (v.prompt if v.prompt != "none" else "initial_prompt"))
+    cat = load_catalog(cfg)
+    refs = [norm(t) for t in m["transcript"]]
+    bench_queries = set(refs)
+    vocab = Vocabulary.build(zip(cat["queries"]["query_norm"], cat["queries"]["frequency"]),
+                             cat["products"].get("title", pd.Series(dtype=str)).tolist(),
+                             cat["products"].get("brand", pd.Series(dtype=str)).tolist())
+    result: dict[str, Any] = {
+        "clips": len(m), "audio_seconds": None, "model": None, "device": None,
+        "slices": {"voice": m["kind"].value_counts().to_dict(), "noise": m["noise"].value_counts().to_dict(),
+                   "sample_rate": m["sample_rate"].astype(str).value_counts().to_dict()},
+        "vocabulary": {"queries": len(vocab.queries), "brands": len(vocab.brands),
+                       "bench_queries_in_log": int(sum(q in vocab.queries for q in bench_queries))},
+        "settings": {"prompt_mode": prompt_mode, "correct_below_logprob": v.correct_below_logprob,
+                     "min_query_similarity": v.min_query_similarity, "min_word_similarity": v.min_word_similarity,
+                     "batch_size": v.batch_size, "beam_size": v.beam_size},
+        "wer_normalisation": "query_norm on both sides (NFKC, case-folded, punctuation dropped); torchmetrics "
+                             "word_error_rate (jiwer not installed)",
+    }
+
+    # --- speed: stage path vs bare faster-whisper loop (model loads excluded from both) -------------
+    rec = make_recognizer(v)
+    result["model"], result["device"] = rec.version, f"{rec.device}/{rec.compute_type}"
+    warm = prepare(m["path"].head(2).tolist(), v)[0]
+    rec.transcribe(warm)  # warm-up
+    t0 = time.perf_counter()
+    waves, durs, _ = prepare(m["path"].tolist(), v)
+    t_prep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw_plain = rec.transcribe(waves)
+    t_asr = time.perf_counter() - t0
+    audio_s = float(sum(durs))
+    result["audio_seconds"] = round(audio_s, 1)
+    speed: dict[str, Any] = {"stage_seconds": round(t_prep + t_asr, 2), "prepare_seconds": round(t_prep, 2),
+                             "asr_seconds": round(t_asr, 2), "stage_rtf": round((t_prep + t_asr) / audio_s, 4)}
+    if params.get("bare_loop", True):
+        from faster_whisper import WhisperModel
+
+        # the same clips through both paths, back to back (speed_clips: a subset, to bound the run time)
+        n_sp = min(len(m), int(params.get("speed_clips") or len(m)))
+        sub = m["path"].head(n_sp).tolist()
+        if n_sp < len(m):
+            t0 = time.perf_counter()
+            w_sub, d_sub, _ = prepare(sub, v)
+            rec.transcribe(w_sub)
+            t_stage = time.perf_counter() - t0
+            sub_audio = float(sum(d_sub))
+        else:
+            t_stage, sub_audio = t_prep + t_asr, audio_s
+        bare_model = WhisperModel(rec.path, device=rec.device, compute_type=rec.compute_type,
+                                  cpu_threads=v.cpu_threads, local_files_only=True)
+        bare_loop(bare_model, sub[:2])  # warm-up
+        t0 = time.perf_counter()
+        bare_texts = bare_loop(bare_model, sub)
+        t_bare = time.perf_counter() - t0
+        del bare_model
+        speed.update({"speed_clips": n_sp, "speed_stage_rtf": round(t_stage / sub_audio, 4),
+                      "bare_loop_seconds": round(t_bare, 2), "bare_rtf": round(t_bare / sub_audio, 4),
+                      "ratio_bare_rtf_over_stage_rtf": round(t_bare / t_stage, 3)})
+        result["wer_bare_loop"] = wer_slices(m.head(n_sp), bare_texts)
+        if n_sp < len(m):
+            result["wer_bare_loop"]["stage_plain_same_clips"] = wer(
+                [norm(t) for t in m["transcript"].head(n_sp)], [norm(r.text) for r in raw_plain[:n_sp]])
+    result["speed"] = speed
+
+    # --- recognition variants ---------------------------------------------------------------------
+    asr: dict[str, list] = {"plain": raw_plain}
+    if any(x.startswith("prompt") for x in variants):
+        for scope, excl in (("held_out", bench_queries), ("full_log", None)):
+            dec = Decoding.from_config(v, vocab, exclude=excl, mode=prompt_mode)
+            if scope == "full_log" and dec == Decoding.from_config(v, vocab, exclude=bench_queries, mode=prompt_mode):
+                asr["prompt:full_log"] = asr["prompt:held_out"]  # no benchmark query among the prompt's
+                continue
+            t0 = time.perf_counter()
+            asr[f"prompt:{scope}"] = rec.transcribe(waves, prompt=dec.prompt, hotwords=dec.hotwords)
+            speed[f"asr_seconds_prompt_{scope}"] = round(time.perf_counter() - t0, 2)
+            if scope == "held_out":
+                result["prompt_example"] = (dec.prompt or dec.hotwords or "")[:300]
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity)
+    holdout = [{r} for r in refs]
+    texts: dict[str, list[str]] = {}
+    wers: dict[str, Any] = {}
+    for var in variants:
+        base = "prompt" if var.startswith("prompt") else "plain"
+        corr = var.endswith("+correction")
+        for scope in (("held_out", "full_log") if (corr or base == "prompt") else ("none",)):
+            raw = asr["plain"] if base == "plain" else asr[f"prompt:{scope}"]
+            post = postprocess(raw, v, corrector, holdout=holdout if scope == "held_out" else None, correction=corr)
+            name = var if scope == "none" else f"{var}:{scope}"
+            texts[name] = post["query_text"].tolist()
+            wers[name] = wer_slices(m, texts[name])
+            if corr:
+                wers[name]["corrections"] = post["correction"].value_counts().to_dict()
+    result["wer"] = wers
+    if params.get("dump"):  # per-clip texts and confidences, for error analysis
+        d = m[["voice_query_id", "transcript", "kind", "noise", "sample_rate"]].copy()
+        for name, raw in asr.items():
+            d[f"asr:{name}"] = [r.text for r in raw]
+            d[f"logprob:{name}"] = [r.avg_logprob for r in raw]
+        for name, ts in texts.items():
+            d[name] = ts
+        d.to_csv(params["dump"], index=False)
+
+    # --- search quality: voice vs typed -------------------------------------------------------------
+    judg = cat["judgments"].copy()
+    if len(judg):
+        lo, hi = cfg.clean.grade_min, cfg.clean.grade_max
+        judg["gain"] = ((judg["grade"] - lo) / (hi - lo)).clip(0, 1) if hi > lo else judg["grade"]
+        rankers = list(params.get("rankers") or ["bm25", "champion"])
+        all_texts = refs + [t for ts in texts.values() for t in ts]
+        ndcg: dict[str, Any] = {}
+        for rk in rankers:
+            try:
+                ranked = (rank_bm25(cat["products"], all_texts) if rk == "bm25" else rank_champion(cfg, all_texts))
+            except Exception as e:  # noqa: BLE001 - a missing champion / lake is reported, not fatal
+                ndcg[rk] = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
+                continue
+            typed = ndcg_table(ranked, refs, refs, judg)
+            judged = ~np.isnan(typed)
+            per: dict[str, Any] = {"judged_clips": int(judged.sum())}
+            systems = {"typed": typed, **{f"voice:{n}": ndcg_table(ranked, refs, ts, judg) for n, ts in texts.items()}}
+            for sname, arr in systems.items():
+                row: dict[str, Any] = {"all": round(float(np.nanmean(arr[judged])), 4)}
+                for kind in ("neural", "formant"):
+                    sel = judged & (m["kind"].to_numpy() == kind)
+                    val = float(np.nanmean(arr[sel])) if sel.any() else float("nan")
+                    row[kind] = round(val, 4)
+                    if sname != "typed":
+                        t_val = float(np.nanmean(typed[sel])) if sel.any() else float("nan")
+                        row[f"{kind}_ratio_to_typed"] = round(val / t_val, 3) if t_val else None
+                per[sname] = row
+            ndcg[rk] = per
+        result["ndcg_at_10"] = ndcg
+    return result

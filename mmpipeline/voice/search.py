@@ -1,0 +1,51 @@
+"""``mmpipeline search --audio FILE``: check, transcribe (catalog-aware) and search a spoken query."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from mmpipeline.config import Config
+from mmpipeline.context import StageError
+
+log = logging.getLogger(__name__)
+
+
+def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
+    """The same checks, preprocessing, prompt and correction as the transcribe stage, for one file."""
+    from mmpipeline.lake import Lake
+    from mmpipeline.voice.audio import check_clip
+    from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare
+    from mmpipeline.voice.vocab import Corrector
+
+    v = cfg.voice
+    real = os.path.realpath(path)
+    res = check_clip(os.path.dirname(real), os.path.basename(real), max_bytes=v.max_bytes,
+                     min_duration_s=v.min_duration_s, max_duration_s=v.max_duration_s, silence_dbfs=v.silence_dbfs)
+    if res["audio_status"] != "ok":
+        raise StageError(f"{path}: {res['audio_status']}: {res['audio_detail']}")
+    lake = Lake(cfg.lake.root, engine="delta-rs")
+    vocab = load_vocabulary(lake)
+    waves, durs, _ = prepare([real], v, with_features=False)
+    raw = make_recognizer(v).transcribe(waves, **_decoding_kwargs(Decoding.from_config(v, vocab)))
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
+    post = postprocess(raw, v, corrector).iloc[0].to_dict()
+    post["duration_s"] = durs[0]
+    return post
+
+
+def _decoding_kwargs(dec) -> dict[str, Any]:
+    return {"prompt": dec.prompt, "hotwords": dec.hotwords}
+
+
+def search_audio(cfg: Config, path: str, k: int = 10) -> dict[str, Any]:
+    from mmpipeline.score.publish import search
+
+    r = recognise_file(cfg, path)
+    print(f"heard: {r['raw_text']!r} (avg log-prob {r['avg_logprob']:.2f}, no-speech {r['no_speech_prob']:.2f})"
+          + (f" -> corrected ({r['correction']}): {r['query_text']!r}" if r["correction"] != "none" else ""))
+    if not r["usable"]:
+        raise StageError(f"{path}: no usable speech recognised (no-speech probability {r['no_speech_prob']:.2f})")
+    out = search(cfg, r["query_text"], k=k)
+    return {**out, "recognised": r}

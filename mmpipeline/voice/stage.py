@@ -1,0 +1,244 @@
+"""The ``transcribe`` stage: ``silver.voice_queries`` -> ``gold.voice_transcripts`` + ``gold.voice_features``.
+
+Per clip: decode (soundfile), down-mix, resample to 16 kHz, loudness-normalise, trim silence
+(:mod:`mmpipeline.voice.audio`); MFCC summary (:mod:`mmpipeline.voice.features`); Whisper with the
+catalog prompt (:mod:`mmpipeline.voice.asr`, :mod:`mmpipeline.voice.vocab`).
+
+Incremental like the embed stage: a clip is recognised again only when its audio hash or the
+recogniser version changes (``asr_version`` = model fingerprint + decoding settings + prompt);
+features only when the audio hash or the feature version changes. The correction against the query
+log and catalog vocabulary is cheap and re-applied to every stored transcript each run (the log
+changes daily); rows whose result is unchanged are not rewritten. ``--full-refresh`` recomputes all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmpipeline.config import Config, VoiceConfig
+from mmpipeline.context import RunContext, StageError
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPTS = "gold.voice_transcripts"
+FEATURES = "gold.voice_features"
+
+
+# ------------------------------------------------------------------------------------ building blocks
+
+
+def load_vocabulary(lake) -> "Any":
+    """The shop's vocabulary from silver.queries (text, frequency) and silver.products (titles, brands)."""
+    from mmpipeline.voice.vocab import Vocabulary
+
+    queries: list[tuple[str, int]] = []
+    titles: list[str] = []
+    brands: list[str] = []
+    if lake.exists("silver.queries"):
+        q = lake.read_pandas("silver.queries", columns=["query_norm", "frequency"])
+        queries = list(zip(q["query_norm"].fillna(""), q["frequency"].fillna(1).astype(int)))
+    if lake.exists("silver.products"):
+        p = lake.read_pandas("silver.products", columns=["title", "brand"])
+        titles = p["title"].dropna().tolist()
+        brands = p["brand"].dropna().tolist()
+    return Vocabulary.build(queries, titles, brands)
+
+
+@dataclass
+class Decoding:
+    """What is fed to Whisper besides the audio: prompt / hotwords from the vocabulary."""
+
+    prompt: str | None
+    hotwords: str | None
+
+    @classmethod
+    def from_config(cls, v: VoiceConfig, vocab, exclude: set[str] | None = None, mode: str | None = None) -> "Decoding":
+        mode = mode or v.prompt
+        prompt = hot = None
+        if vocab is not None and mode in ("initial_prompt", "both"):
+            prompt = vocab.prompt(v.prompt_queries, v.prompt_brands, v.prompt_max_chars, exclude=exclude) or None
+        if vocab is not None and mode in ("hotwords", "both"):
+            hot = vocab.hotwords(v.prompt_brands) or None
+        return cls(prompt, hot)
+
+    def fingerprint(self, v: VoiceConfig, model_version: str, compute_type: str) -> str:
+        payload = json.dumps({"model": model_version, "compute": compute_type, "beam": v.beam_size,
+                              "prompt": self.prompt, "hotwords": self.hotwords, "lufs": v.target_lufs,
+                              "trim": v.trim_db}, sort_keys=True)
+        return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+
+
+def make_recognizer(v: VoiceConfig):
+    from mmpipeline.voice.asr import Recognizer
+
+    return Recognizer(v.model, device=v.device, compute_type=v.compute_type, cpu_threads=v.cpu_threads,
+                      batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download)
+
+
+def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
+    """Decode + preprocess each clip: (16 kHz waves, durations, MFCC summaries or None)."""
+    from mmpipeline.voice.audio import decode_file, preprocess
+    from mmpipeline.voice.features import mfcc_summary
+
+    waves, durs, feats = [], [], []
+    for p in paths:
+        try:
+            clip = decode_file(p)
+            w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db)
+        except Exception as e:  # noqa: BLE001 - the file changed since the clean stage checked it
+            log.warning("voice: cannot decode %s any more (%s: %s); skipped", p, type(e).__name__, e)
+            waves.append(None)
+            durs.append(0.0)
+            feats.append(None)
+            continue
+        waves.append(w)
+        durs.append(clip.duration)
+        feats.append(mfcc_summary(w) if with_features else None)
+    return waves, durs, feats
+
+
+def postprocess(raw: Sequence[Any], v: VoiceConfig, corrector=None, holdout: Sequence[set[str] | None] | None = None,
+                correction: bool | None = None) -> pd.DataFrame:
+    """ASR results -> normalised text, correction, the query text used for search, usable flag."""
+    from mmpipeline.voice.vocab import correct_all, norm
+
+    texts = [norm(r.text) for r in raw]
+    lps = [r.avg_logprob for r in raw]
+    use_corr = v.correction if correction is None else correction
+    corr = correct_all(corrector if use_corr else None, texts, lps, v.correct_below_logprob, holdout)
+    out = pd.DataFrame({
+        "raw_text": [r.text for r in raw], "text_norm": texts, "avg_logprob": lps,
+        "no_speech_prob": [r.no_speech_prob for r in raw], "correction": [c.method for c in corr],
+        "query_text": [c.text for c in corr],
+    })
+    nsp = out["no_speech_prob"].fillna(1.0)
+    out["usable"] = (out["query_text"].str.len() > 0) & (nsp <= v.max_no_speech_prob)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- stage
+
+
+def _read(lake, name: str) -> pd.DataFrame | None:
+    return lake.read_pandas(name) if lake.exists(name) else None
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    from mmpipeline.ops import print_table
+    from mmpipeline.voice.features import FEATURE_VERSION
+    from mmpipeline.voice.vocab import Corrector
+
+    cfg: Config = ctx.cfg
+    v = cfg.voice
+    lake = ctx.lake
+    if "voice_queries" not in cfg.sources:
+        log.info("transcribe: no voice_queries source configured; nothing to do")
+        return {"skipped": "no voice_queries source"}
+    clips = _read(lake, "silver.voice_queries")
+    if clips is None:
+        raise StageError("silver.voice_queries does not exist: run `mmpipeline run clean` first")
+    clips = clips.sort_values("query_id", kind="stable").reset_index(drop=True)
+    if v.max_clips:
+        clips = clips.head(int(v.max_clips))
+    t_start = time.perf_counter()
+    vocab = load_vocabulary(lake)
+    dec = Decoding.from_config(v, vocab)
+    rec = make_recognizer(v)
+    asr_version = dec.fingerprint(v, rec.version, rec.compute_type)
+    old = _read(lake, TRANSCRIPTS)
+    old_f = _read(lake, FEATURES)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def stale(prev: pd.DataFrame | None, col: str, version: str) -> pd.Series:
+        if ctx.full_refresh or prev is None or not len(prev):
+            return pd.Series(True, index=clips.index)
+        m = clips[["query_id", "audio_hash"]].merge(prev[["query_id", "audio_hash", col]], how="left",
+                                                    on=["query_id", "audio_hash"])
+        return pd.Series((m[col] != version).to_numpy(), index=clips.index)
+
+    need_asr = stale(old, "asr_version", asr_version)
+    need_feat = stale(old_f, "feature_version", FEATURE_VERSION)
+    todo = clips[need_asr | need_feat]
+    t0 = time.perf_counter()
+    waves, durs, feats = prepare(list(todo["audio_path"]), v)
+    t_prep = time.perf_counter() - t0
+    pos = {q: i for i, q in enumerate(todo["query_id"])}
+    ok = pd.Series([waves[pos[q]] is not None for q in todo["query_id"]], index=todo.index)
+    asr_rows = todo[need_asr[todo.index] & ok]
+    t0 = time.perf_counter()
+    raw = rec.transcribe([waves[pos[q]] for q in asr_rows["query_id"]], prompt=dec.prompt, hotwords=dec.hotwords)
+    t_asr = time.perf_counter() - t0
+    audio_s = float(sum(durs))
+
+    # transcripts: new recognitions + the stored ones still valid, all (re-)corrected
+    new = pd.DataFrame({"query_id": asr_rows["query_id"].to_numpy(), "audio_hash": asr_rows["audio_hash"].to_numpy(),
+                        "raw_text": [r.text for r in raw], "avg_logprob": [r.avg_logprob for r in raw],
+                        "no_speech_prob": [r.no_speech_prob for r in raw],
+                        "duration_s": [durs[pos[q]] for q in asr_rows["query_id"]],
+                        "asr_version": asr_version, "run_date": ctx.run_date, "transcribed_at": now})
+    keep_ids = set(clips["query_id"][~need_asr])
+    kept = (old[old["query_id"].isin(keep_ids)][new.columns.tolist()] if old is not None and keep_ids
+            else new.iloc[:0])
+    allt = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
+
+    class _R:  # the stored recognitions as ASR results
+        def __init__(self, r):
+            self.text, self.avg_logprob, self.no_speech_prob = r.raw_text, r.avg_logprob, r.no_speech_prob
+
+    post = postprocess([_R(r) for r in allt.itertuples()], v, corrector)
+    allt = pd.concat([allt.reset_index(drop=True), post.drop(columns=["raw_text", "avg_logprob", "no_speech_prob"])],
+                     axis=1)
+    allt["asr_model"] = rec.path
+    if old is not None and len(old):  # rows whose result is unchanged keep their run date and time
+        prev = old.set_index("query_id")
+        for i in allt.index[allt["query_id"].isin(prev.index)]:
+            p = prev.loc[allt.at[i, "query_id"]]
+            same_asr = p["asr_version"] == allt.at[i, "asr_version"] and p["audio_hash"] == allt.at[i, "audio_hash"]
+            if same_asr and p["query_text"] == allt.at[i, "query_text"] and p["correction"] == allt.at[i, "correction"]:
+                allt.at[i, "run_date"] = p["run_date"]
+                allt.at[i, "transcribed_at"] = p["transcribed_at"]
+            elif same_asr:  # only the correction changed (new vocabulary): recognised then, corrected today
+                allt.at[i, "run_date"] = ctx.run_date
+    m = lake.merge(TRANSCRIPTS, allt, keys=["query_id"], delete_missing=True,
+                   metadata={"stage": "transcribe", "run_date": str(ctx.run_date), "asr_version": asr_version})
+
+    # features
+    frows = todo[need_feat[todo.index] & ok]
+    fnew = pd.DataFrame({"query_id": frows["query_id"].to_numpy(), "audio_hash": frows["audio_hash"].to_numpy(),
+                         "feature_version": FEATURE_VERSION,
+                         "dim": [len(feats[pos[q]]) for q in frows["query_id"]],
+                         "vector": [feats[pos[q]].tolist() for q in frows["query_id"]],
+                         "duration_s": [durs[pos[q]] for q in frows["query_id"]],
+                         "run_date": ctx.run_date, "computed_at": now})
+    fkeep = (old_f[old_f["query_id"].isin(set(clips["query_id"][~need_feat]))] if old_f is not None
+             else fnew.iloc[:0])
+    fall = pd.concat([fkeep[fnew.columns.tolist()], fnew], ignore_index=True) if len(fkeep) else fnew
+    mf = lake.merge(FEATURES, fall, keys=["query_id"], delete_missing=True,
+                    metadata={"stage": "transcribe", "run_date": str(ctx.run_date)})
+
+    total = time.perf_counter() - t_start
+    rtf = (t_prep + t_asr) / audio_s if audio_s else None
+    by_corr = allt["correction"].value_counts().to_dict()
+    summary = {"clips": len(clips), "transcribed": len(asr_rows), "unchanged": int((~need_asr).sum()),
+               "features_computed": len(frows), "asr_version": asr_version, "device": rec.device,
+               "compute_type": rec.compute_type, "corrections": by_corr,
+               "usable": int(allt["usable"].sum()), "audio_seconds": round(audio_s, 1),
+               "real_time_factor": round(rtf, 4) if rtf else None,
+               "merge_transcripts": {k: v_ for k, v_ in m.items() if k.startswith("num_target")},
+               "merge_features": {k: v_ for k, v_ in mf.items() if k.startswith("num_target")},
+               "seconds": {"prepare": round(t_prep, 2), "asr": round(t_asr, 2), "total": round(total, 2)}}
+    print_table(f"transcribe: {ctx.run_date} ({rec.device}/{rec.compute_type})", ["step", "value"], [
+        ["voice queries", len(clips)], ["transcribed now", len(asr_rows)], ["unchanged (skipped)", summary["unchanged"]],
+        ["features computed", len(frows)], ["usable as search queries", summary["usable"]],
+        ["corrections", by_corr], ["real-time factor (prepare+asr)", summary["real_time_factor"] or "n/a"]])
+    return summary
