@@ -42,13 +42,10 @@ def batch_id(entity: str, src, run_date: dt.date, extra: str = "") -> str:
 def partition_stats(lake, name: str, run_date: dt.date) -> dict[str, Any]:
     """Rows, corrupt rows and batch ids in one run-date partition (delta-rs; no Spark)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
 
     if not lake.exists(name):
         return {"rows": 0, "corrupt": 0, "batches": []}
-    dset = DeltaTable(lake.uri(name)).to_pyarrow_dataset()
-    t = dset.to_table(columns=["_batch_id", "_corrupt_record"], filter=ds.field("run_date") == run_date)
+    t = lake.read_arrow(name, columns=["_batch_id", "_corrupt_record"], filters=[("run_date", "=", run_date)])
     return {"rows": t.num_rows, "corrupt": t.num_rows - t.column("_corrupt_record").null_count,
             "batches": sorted(x for x in pc.unique(t.column("_batch_id")).to_pylist() if x)}
 
