@@ -48,12 +48,22 @@ def record_accounting(ctx: RunContext, stage: str, rows: list[Accounting],
             f"{a.table_name}: in {a.rows_in} != kept {a.rows_kept} + quarantined {a.rows_quarantined}" for a in lost))
 
 
+def _ops_lake(ctx: RunContext):
+    """The lake for small ops records: the stage's own once it has one; before that one that does not
+    pin the context's lake (whose engine ``auto`` picks once Spark runs) and starts no Spark."""
+    if "lake" in ctx.__dict__:
+        return ctx.lake
+    from mmpipeline.lake import Lake
+
+    return Lake.from_config(ctx.cfg, spark=ctx.__dict__.get("spark"))
+
+
 def record_stage_run(ctx: RunContext, stage: str, status: str, started: dt.datetime, summary: dict[str, Any]) -> None:
     import pandas as pd
 
     finished = dt.datetime.now(dt.timezone.utc)
     try:
-        ctx.lake.merge("ops.stage_runs", pd.DataFrame([{
+        _ops_lake(ctx).merge("ops.stage_runs", pd.DataFrame([{
             "run_date": ctx.run_date, "stage": stage, "status": status, "started_at": started,
             "finished_at": finished, "seconds": (finished - started).total_seconds(),
             "summary": json.dumps(summary, default=str)[:20000],
@@ -71,7 +81,11 @@ def recover_abandoned(ctx: RunContext, stage: str, stale_lock: dict[str, Any] | 
     """
     import pandas as pd
 
-    lake = ctx.lake
+    try:
+        lake = _ops_lake(ctx)
+    except Exception as e:  # recording must not stop the run (e.g. engine delta-spark before Spark)
+        log.warning("could not check ops.stage_runs for killed runs: %s", e)
+        return []
     found: dict[str, dict[str, Any]] = {}
     if lake.exists("ops.stage_runs"):
         t = lake.read_pandas("ops.stage_runs", filters=[("stage", "=", stage), ("status", "=", "running")])
