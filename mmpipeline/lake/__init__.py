@@ -119,8 +119,16 @@ class Lake:
         need = None
         if columns is not None:
             need = list(dict.fromkeys(list(columns) + sorted(_expression_fields(expr, ds.schema.names))))
-        t = _plain_strings(pruned.to_table(columns=need)).filter(expr)
-        return t.select(columns) if columns is not None else t
+        # filter batch by batch: memory holds the result and one batch, not whole surviving files
+        parts = []
+        for batch in pruned.to_batches(columns=need):
+            if batch.num_rows:
+                part = _plain_strings(pa.Table.from_batches([batch])).filter(expr)
+                parts.append(part.select(columns) if columns is not None else part)
+        if not parts:
+            empty = _plain_strings(pruned.schema.empty_table())
+            return empty.select(columns) if columns is not None else empty
+        return pa.concat_tables(parts)
 
     def read_pandas(self, name: str, version: int | None = None, columns: list[str] | None = None,
                     filters: Any = None) -> "pd.DataFrame":
