@@ -86,6 +86,8 @@ def _write_snapshot(ctx: RunContext, lake, name: str, df, keys: list[str]) -> di
     entry = {"kind": "snapshot", "name": name, "df": df, "keys": keys, "rows": rows, "before": before,
              "deletes": deleted, "merge": {}}
     _plan(ctx).append(entry)
+    if rows or ctx.cfg.clean.allow_empty_source:  # an empty source gets its own message (_check_counts)
+        _guard_delete(ctx, entry)  # refuse as early as possible, with the table that would lose rows named
     return entry["merge"]
 
 
@@ -95,10 +97,13 @@ def _write_partition(ctx: RunContext, lake, name: str, df) -> None:
 
 def _guard_deletes(ctx: RunContext) -> None:
     """The deletion guard: refuse a snapshot merge that deletes too much of a silver table."""
-    c = ctx.cfg.clean
     for e in _plan(ctx):
-        if e["kind"] != "snapshot" or not e["before"]:
-            continue
+        _guard_delete(ctx, e)
+
+
+def _guard_delete(ctx: RunContext, e: dict[str, Any]) -> None:
+    c = ctx.cfg.clean
+    if e["kind"] == "snapshot" and e["before"]:
         share = e["deletes"] / e["before"]
         if share > c.max_delete_share:
             raise StageError(

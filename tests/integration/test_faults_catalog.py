@@ -161,8 +161,9 @@ def test_empty_truncated_and_swallowed_exports_are_refused_and_write_nothing(spa
     # the run says so explicitly: an empty catalog is accepted
     _rewrite_products(data, lambda rows: [])
     run_stage("ingest", cfg, str(D2))
+    # (every judgment and event then names an unknown product: the quarantine bound is lifted too)
     assert main(["run", "clean", "--config", cfg, "--run-date", str(D2), "--allow-empty-source",
-                 "--set", "clean.max_delete_share=1"]) == 0
+                 "--set", "clean.max_delete_share=1", "--set", "clean.max_quarantine_share=1"]) == 0
     assert lake.count("silver.products") == 0
 
 
