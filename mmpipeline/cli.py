@@ -78,29 +78,85 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
 def run_stage(stage: str, config: str | None, run_date: str | None = None, full_refresh: bool = False,
               model_alias: str | None = None, overrides: list[str] | None = None,
               options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one stage in-process; raise on failure. Records the run in ``ops.stage_runs``."""
+    """Run one stage in-process; raise on failure.
+
+    The run holds the lake's lock for the stage (a second run of the stage on the same lake is
+    refused; a lock left by a killed run is taken over), records a ``running`` row in
+    ``ops.stage_runs`` at start, records runs it finds left ``running`` as ``killed``, and ends with
+    ``success`` or ``failed``.
+    """
+    import os
+    import socket
+
     from mmpipeline.config import load_config
     from mmpipeline.context import RunContext
-    from mmpipeline.ops import record_stage_run
+    from mmpipeline.lock import StageLock
+    from mmpipeline.ops import record_stage_run, recover_abandoned
 
     if stage not in STAGES:
         raise SystemExit(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     cfg = load_config(config, overrides)
     ctx = RunContext.create(cfg, run_date, full_refresh=full_refresh, model_alias=model_alias,
                             options=options or {})
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
-    log.info("stage %s: start (config=%s, run date %s%s)", stage, cfg.config_path, ctx.run_date,
-             ", full refresh" if full_refresh else "")
-    try:
-        summary = _load(STAGES[stage])(ctx) or {}
-    except BaseException as e:
-        record_stage_run(ctx, stage, "failed", started, {"error": f"{type(e).__name__}: {e}"})
-        raise
-    summary = {"stage": stage, "run_date": str(ctx.run_date), "seconds": round(time.perf_counter() - t0, 2), **summary}
-    record_stage_run(ctx, stage, "success", started, summary)
+    with StageLock(cfg.lake.root, stage, ctx.run_date) as lock:
+        killed = recover_abandoned(ctx, stage, lock.stale)
+        started = dt.datetime.now(dt.timezone.utc)
+        t0 = time.perf_counter()
+        log.info("stage %s: start (config=%s, run date %s%s)", stage, cfg.config_path, ctx.run_date,
+                 ", full refresh" if full_refresh else "")
+        record_stage_run(ctx, stage, "running", started, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                          "previous_killed": [str(k["run_date"]) for k in killed]})
+        _fault_hook(stage, "start")
+        try:
+            summary = _load(STAGES[stage])(ctx) or {}
+        except BaseException as e:
+            record_stage_run(ctx, stage, "failed", started, {"error": f"{type(e).__name__}: {e}"})
+            raise
+        summary = {"stage": stage, "run_date": str(ctx.run_date), "seconds": round(time.perf_counter() - t0, 2),
+                   **summary}
+        if killed:
+            summary["recovered_killed_runs"] = [str(k["run_date"]) for k in killed]
+        record_stage_run(ctx, stage, "success", started, summary)
     log.info("stage %s: done in %.1fs", stage, summary["seconds"])
     return summary
+
+
+def _fault_hook(stage: str, point: str) -> None:
+    """Test hook: ``MMP_FAULT=<stage>:<point>`` makes the run kill itself with SIGKILL at that point
+    (fault-injection tests; see tests/integration/test_faults_catalog.py). Points are named by the
+    stages (e.g. clean's ``before-write``, ``after-products``)."""
+    import os
+
+    if os.environ.get("MMP_FAULT") == f"{stage}:{point}":
+        import signal
+
+        log.warning("MMP_FAULT=%s: killing this process", os.environ["MMP_FAULT"])
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_point(stage: str, point: str) -> None:
+    """For stages: a named point where a fault-injection test may kill the run (no-op otherwise)."""
+    _fault_hook(stage, point)
+
+
+def describe_error(e: BaseException, config: str | None = None) -> str:
+    """One line for an error a person meets: what is wrong, where, what to change."""
+    from mmpipeline.config import describe_config_error
+    from mmpipeline.context import StageError
+
+    line = describe_config_error(e, config)
+    if line:
+        return line
+    if isinstance(e, StageError):
+        return str(e)
+    if isinstance(e, PermissionError):
+        return (f"permission denied: {e.filename or e}: make it writable or point the config there "
+                "(e.g. --set lake.root=/a/writable/folder)")
+    if isinstance(e, FileNotFoundError):
+        return f"file not found: {e.filename or e}: check the path in the config or on the command line"
+    first = (str(e).strip().splitlines() or [""])[0][:500]
+    return f"{type(e).__name__}: {first} (run with --log-level DEBUG for the full traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--full-refresh", action="store_true", help="recompute everything (embed: re-encode all)")
     r.add_argument("--model-alias", help="registered-model alias to use (score: default champion)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="stage option")
+    r.add_argument("--allow-empty-source", action="store_true",
+                   help="clean: accept a source with no records (it empties its silver table)")
 
     b = sub.add_parser("bench", help="run a benchmark; prints JSON")
     b.add_argument("name", choices=list(BENCHES))
@@ -152,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    from mmpipeline.context import StageError
+    debug = str(args.log_level).upper() == "DEBUG"
 
     try:
         if args.cmd == "run":
+            overrides = list(args.overrides) + (["clean.allow_empty_source=true"] if args.allow_empty_source else [])
             summary = run_stage(args.stage, args.config, args.run_date, args.full_refresh, args.model_alias,
-                                args.overrides, _parse_params(args.param))
+                                overrides, _parse_params(args.param))
             print(json.dumps(summary, default=str))
         elif args.cmd == "bench":
             from mmpipeline.config import load_config
@@ -186,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
                 _load("mmpipeline.score.publish:rollback")(cfg, run_date=to_date, version=args.to_version)
             elif args.cmd == "summary":
                 _load("mmpipeline.summary:print_summary")(cfg, run_date=args.run_date)
-    except StageError as e:
-        log.error("%s", e)
-        print(f"mmpipeline: {args.cmd} failed: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # one line for the person; the traceback only with --log-level DEBUG
+        if debug:
+            log.exception("%s failed", args.cmd)
+        what = f"run {args.stage}" if args.cmd == "run" else args.cmd
+        print(f"mmpipeline: {what} failed: {describe_error(e, getattr(args, 'config', None))}", file=sys.stderr)
         return 1
     return 0
 

@@ -81,6 +81,16 @@ class CleanConfig(_Model):
     grade_max: float = 3.0
     image_partitions: int | None = None  # Spark partitions for the parallel image checks (None: default parallelism)
     image: ImageLimits = Field(default_factory=ImageLimits)
+    # deletion guard for snapshot tables (silver.products/queries/judgments/voice_queries): a run may
+    # delete at most this share of a table's rows; beyond it clean refuses and writes nothing
+    max_delete_share: float = Field(0.1, ge=0.0, le=1.0)
+    # a configured source with no records is refused (it would empty its silver table) unless set
+    # for the run (CLI: --allow-empty-source)
+    allow_empty_source: bool = False
+    # a share of quarantined rows above this for any source stops clean as a critical failure, before
+    # anything is written (a misread export: wrong sep/quote/escape/multiLine). Validate warns from
+    # quality.max_quarantine_share already.
+    max_quarantine_share: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class QualityConfig(_Model):
@@ -305,7 +315,13 @@ class Config(_Model):
 
     def effective_run_date(self, override: dt.date | str | None = None) -> dt.date:
         if override is not None:
-            return override if isinstance(override, dt.date) else dt.date.fromisoformat(str(override))
+            if isinstance(override, dt.date):
+                return override
+            try:
+                return dt.date.fromisoformat(str(override))
+            except ValueError as e:
+                raise ConfigError(f"run date {str(override)!r} is not a valid date ({e}): "
+                                  "pass --run-date as YYYY-MM-DD, e.g. 2026-03-01") from None
         return self.run_date or dt.datetime.now(dt.timezone.utc).date()
 
     @property
@@ -314,6 +330,39 @@ class Config(_Model):
 
 
 # --------------------------------------------------------------------------------------- loading
+
+
+class ConfigError(ValueError):
+    """A config file or override a person has to fix; ``str()`` is one line (what, where, what to do)."""
+
+
+def describe_config_error(e: BaseException, path: str | os.PathLike | None = None) -> str | None:
+    """One line for a config mistake (unknown key, wrong type, missing file), or None if ``e`` is not one."""
+    from pydantic import ValidationError
+
+    where = f"config {path}" if path else "config"
+    if isinstance(e, ConfigError):
+        return str(e)
+    if isinstance(e, FileNotFoundError) and "config file not found" in str(e):
+        return f"{e}: pass an existing YAML file to --config (see configs/)"
+    if isinstance(e, yaml.YAMLError):
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{where}:{at} is not valid YAML ({getattr(e, 'problem', None) or type(e).__name__}): fix the syntax"
+    if isinstance(e, ValidationError):
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ())) or "(top level)"
+            kind = err.get("type", "")
+            if kind == "extra_forbidden":
+                parts.append(f"{loc}: unknown key (check its spelling and section; see mmpipeline/config.py)")
+            else:
+                got = err.get("input")
+                got_s = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
+                parts.append(f"{loc}: {err.get('msg')}{got_s}")
+        return f"{where}: " + "; ".join(parts) + " (fix the file, an MMP__ variable or a --set override)"
+    return None
+
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -333,7 +382,7 @@ def _set_dotted(data: dict, dotted: list[str], value: Any) -> None:
     for key in dotted[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ValueError(f"cannot override {'.'.join(dotted)}: {key} is not a section")
+            raise ConfigError(f"cannot override {'.'.join(dotted)}: {key} is not a section")
     node[dotted[-1]] = value
 
 
@@ -368,7 +417,7 @@ def load_config(
             raise FileNotFoundError(f"config file not found: {p}")
         data = yaml.safe_load(p.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{p}: top level must be a mapping")
+            raise ConfigError(f"config {p}: the top level must be a mapping of sections (name:, lake:, sources: ...)")
         base = p.parent
         data["config_path"] = str(p)
     data = _expand(data, env)
@@ -376,7 +425,13 @@ def load_config(
         if key.startswith(ENV_PREFIX):
             _set_dotted(data, key[len(ENV_PREFIX):].lower().split("__"), yaml.safe_load(raw))
     if overrides:
-        items = overrides.items() if isinstance(overrides, Mapping) else (o.split("=", 1) for o in overrides)
+        if isinstance(overrides, Mapping):
+            items = list(overrides.items())
+        else:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"--set takes section.key=value, got {bad[0]!r} (e.g. --set clean.max_delete_share=0.2)")
+            items = [tuple(o.split("=", 1)) for o in overrides]
         for k, v in items:
             _set_dotted(data, k.split("."), yaml.safe_load(v) if isinstance(v, str) else v)
     cfg = Config.model_validate(data)

@@ -22,7 +22,7 @@ from typing import Any
 
 from mmpipeline.context import RunContext, StageError
 from mmpipeline.sources import ENTITY_ORDER, get_adapter
-from mmpipeline.sources.generic import source_files
+from mmpipeline.sources.generic import count_source_records, source_files
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,20 @@ def batch_id(entity: str, src, run_date: dt.date, extra: str = "") -> str:
 def partition_stats(lake, name: str, run_date: dt.date) -> dict[str, Any]:
     """Rows, corrupt rows and batch ids in one run-date partition (delta-rs; no Spark)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
 
     if not lake.exists(name):
         return {"rows": 0, "corrupt": 0, "batches": []}
-    dset = DeltaTable(lake.uri(name)).to_pyarrow_dataset()
-    t = dset.to_table(columns=["_batch_id", "_corrupt_record"], filter=ds.field("run_date") == run_date)
+    t = lake.read_arrow(name, columns=["_batch_id", "_corrupt_record"], filters=[("run_date", "=", run_date)])
     return {"rows": t.num_rows, "corrupt": t.num_rows - t.column("_corrupt_record").null_count,
             "batches": sorted(x for x in pc.unique(t.column("_batch_id")).to_pylist() if x)}
+
+
+def _undo(lake, name: str, version_before: int | None, run_date: dt.date) -> None:
+    """Put a table back as it was before this run's write (a refused ingest leaves no trace)."""
+    if version_before is None:
+        lake.delete(name, f"run_date = '{run_date}'")
+    else:
+        lake.restore(name, version_before)
 
 
 def add_ingest_meta(df, run_date: dt.date, batch: str):
@@ -71,6 +76,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     upstream: dict[str, Any] = {}
     rows = []
+    from mmpipeline.ops import Accounting, record_accounting
+
+    acc: list[Accounting] = []
     for entity in ENTITY_ORDER:
         src = cfg.sources.get(entity)
         if src is None:
@@ -87,12 +95,24 @@ def run(ctx: RunContext) -> dict[str, Any]:
                      entity, batch, name, ctx.run_date, before["rows"])
             skipped = True
         else:
+            records = count_source_records(src, entity)  # counted from the files, not by Spark's reader
             adapter = get_adapter(src.adapter)
             df = adapter(spark, entity, src, upstream)
             df = add_ingest_meta(df, ctx.run_date, batch)
+            v_before = lake.version(name)
             lake.write(name, df, mode="overwrite", partition={"run_date": ctx.run_date},
                        metadata={"stage": "ingest", "batch_id": batch})
             skipped = False
+            written = partition_stats(lake, name, ctx.run_date)["rows"]
+            if records is not None:
+                acc.append(Accounting(name, records, written, 0))
+                if records != written:
+                    _undo(lake, name, v_before, ctx.run_date)
+                    raise StageError(
+                        f"ingest refused for {ctx.run_date}: {src.path} holds {records:,} records but Spark's "
+                        f"{src.format} reader produced {written:,} rows for {name}: the reader options do not fit "
+                        f"the file (check sources.{entity}.options: multiLine, quote, escape, sep, comment, "
+                        f"encoding). {name} was left as it was.")
         if entity == "products":
             from pyspark.sql import functions as F
 
@@ -106,4 +126,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from mmpipeline.ops import print_table
 
     print_table(f"ingest: bronze for {ctx.run_date}", ["table", "rows", "malformed", "status", "seconds"], rows)
+    if acc:  # source records (counted from the files) = bronze rows
+        record_accounting(ctx, "ingest", acc, title="in = source records, kept = bronze rows")
     return {"tables": summary}

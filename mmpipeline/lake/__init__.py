@@ -89,15 +89,46 @@ class Lake:
             raise LakeError(f"table {name} does not exist yet at {self.uri(name)} (run the stage that writes it first)")
         return self._impl.read_spark(spark, self.uri(name), spec, version)
 
-    def read_arrow(self, name: str, version: int | None = None, columns: list[str] | None = None,
-                   filters: Any = None) -> pa.Table:
-        """The table as an Arrow table through delta-rs (works for tables of either engine)."""
+    def _dataset(self, name: str, version: int | None = None):
         from deltalake import DeltaTable
 
         if not self.exists(name):
-            raise LakeError(f"table {name} does not exist yet at {self.uri(name)}")
-        dt = DeltaTable(self.uri(name), version=version)
-        return dt.to_pyarrow_table(columns=columns, filters=filters)
+            raise LakeError(f"table {name} does not exist yet at {self.uri(name)} (run the stage that writes it first)")
+        return DeltaTable(self.uri(name), version=version).to_pyarrow_dataset()
+
+    def read_arrow(self, name: str, version: int | None = None, columns: list[str] | None = None,
+                   filters: Any = None) -> pa.Table:
+        """The table as an Arrow table through delta-rs (works for tables of either engine).
+
+        ``filters`` (DNF tuples or a ``pyarrow.dataset`` expression) prune files by their partition
+        values and min/max statistics, then select rows **in memory, after** the rows are read in the
+        table's own schema. delta-rs' merges write ``string_view`` columns into Parquet while the
+        table schema says ``string``; a row filter pushed into such a file's scan fails with
+        ``ArrowNotImplementedError ... (string, string_view)``, so no row predicate is ever pushed
+        into a Parquet scan here.
+        """
+        ds = self._dataset(name, version)
+        expr = _filter_expression(filters)
+        if expr is None:
+            return _plain_strings(ds.to_table(columns=columns))
+        import pyarrow.dataset as pads
+
+        # prune: fragments whose partition/statistics guarantee contradicts the filter are skipped
+        frags = list(ds.get_fragments(filter=expr))
+        pruned = pads.FileSystemDataset(frags, ds.schema, ds.format, ds.filesystem)
+        need = None
+        if columns is not None:
+            need = list(dict.fromkeys(list(columns) + sorted(_expression_fields(expr, ds.schema.names))))
+        # filter batch by batch: memory holds the result and one batch, not whole surviving files
+        parts = []
+        for batch in pruned.to_batches(columns=need):
+            if batch.num_rows:
+                part = _plain_strings(pa.Table.from_batches([batch])).filter(expr)
+                parts.append(part.select(columns) if columns is not None else part)
+        if not parts:
+            empty = _plain_strings(pruned.schema.empty_table())
+            return empty.select(columns) if columns is not None else empty
+        return pa.concat_tables(parts)
 
     def read_pandas(self, name: str, version: int | None = None, columns: list[str] | None = None,
                     filters: Any = None) -> "pd.DataFrame":
@@ -109,18 +140,25 @@ class Lake:
         return DeltaTable(self.uri(name)).version() if self.exists(name) else None
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The table's commits, newest first, each with ``metadata``: the stage's commit metadata as a
+        dict, whichever engine wrote it (delta-rs keeps custom keys at the top level of the commit
+        info, delta-spark a JSON string under ``userMetadata``)."""
         from deltalake import DeltaTable
 
         if not self.exists(name):
             return []
-        return DeltaTable(self.uri(name)).history(limit)
+        return [normalise_commit(h) for h in DeltaTable(self.uri(name)).history(limit)]
 
-    def count(self, name: str, version: int | None = None) -> int:
+    def count(self, name: str, version: int | None = None, filters: Any = None) -> int:
+        """Rows in the table (optionally only those matching ``filters``, see :meth:`read_arrow`)."""
         if not self.exists(name):
             return 0
-        from deltalake import DeltaTable
-
-        return DeltaTable(self.uri(name), version=version).to_pyarrow_dataset().count_rows()
+        expr = _filter_expression(filters)
+        if expr is None:
+            return self._dataset(name, version).count_rows()
+        ds = self._dataset(name, version)
+        return self.read_arrow(name, version, columns=sorted(_expression_fields(expr, ds.schema.names))[:1],
+                               filters=expr).num_rows
 
     # ----------------------------------------------------------------------------- writes
     def write(self, name: str, df: Any, mode: WriteMode = "append", partition: dict[str, Any] | None = None,
@@ -193,6 +231,74 @@ class Lake:
         dt = DeltaTable(self.uri(name))
         dt.restore(version)
         return DeltaTable(self.uri(name)).version()
+
+
+# ---------------------------------------------------------------------------------- reading helpers
+
+# keys delta-rs / Delta writers put in every commit info; anything else at the top level is the
+# caller's custom commit metadata (delta-rs' CommitProperties.custom_metadata)
+_COMMIT_INFO_KEYS = frozenset({
+    "timestamp", "operation", "operationParameters", "readVersion", "isolationLevel", "isBlindAppend",
+    "operationMetrics", "engineInfo", "clientVersion", "userMetadata", "version", "txnId", "tags",
+    "userId", "userName", "job", "notebook", "clusterId", "inCommitTimestamp", "kernelVersion",
+})
+
+
+def normalise_commit(info: dict[str, Any]) -> dict[str, Any]:
+    """A commit-info entry plus ``metadata``: its custom commit metadata as one dict for both engines
+    (top-level custom keys from delta-rs, the parsed ``userMetadata`` JSON from delta-spark)."""
+    import json
+
+    meta = {k: v for k, v in info.items() if k not in _COMMIT_INFO_KEYS}
+    um = info.get("userMetadata")
+    if isinstance(um, str) and um.strip():
+        try:
+            parsed = json.loads(um)
+        except ValueError:
+            parsed = {"userMetadata": um}
+        if isinstance(parsed, dict):
+            meta.update(parsed)
+    elif isinstance(um, dict):
+        meta.update(um)
+    return {**info, "metadata": meta}
+
+
+def _filter_expression(filters: Any):
+    """DNF tuples (``[("k", "=", v), ...]``) or a dataset expression -> expression (None: no filter)."""
+    if filters is None:
+        return None
+    import pyarrow.dataset as pads
+
+    if isinstance(filters, pads.Expression):
+        return filters
+    if not filters:
+        return None
+    from pyarrow.parquet import filters_to_expression
+
+    return filters_to_expression(filters)
+
+
+def _expression_fields(expr: Any, names: list[str]) -> set[str]:
+    """The table's columns an expression may refer to (a superset: read, then filtered in memory)."""
+    import re
+
+    return set(re.findall(r"\b([A-Za-z_][A-Za-z0-9_]*)\b", str(expr))) & set(names)
+
+
+def _plain_strings(t: pa.Table) -> pa.Table:
+    """Cast any ``string_view``/``binary_view`` column left by a file's own schema to ``string``/``binary``."""
+    fields = []
+    changed = False
+    for f in t.schema:
+        if pa.types.is_string_view(f.type):
+            fields.append(f.with_type(pa.string()))
+            changed = True
+        elif pa.types.is_binary_view(f.type):
+            fields.append(f.with_type(pa.binary()))
+            changed = True
+        else:
+            fields.append(f)
+    return t.cast(pa.schema(fields, metadata=t.schema.metadata)) if changed else t
 
 
 # ---------------------------------------------------------------------------------- conforming

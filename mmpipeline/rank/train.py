@@ -263,9 +263,11 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
     use = known[-1]
     df = df[dates == use].reset_index(drop=True)
     meta: dict[str, Any] = {"training_run_date": str(use)}
-    for h in lake.history(name):
-        if h.get("mmp_run_date") == str(use) and "mmp_input_versions" in h:
-            meta["input_versions"] = json.loads(h["mmp_input_versions"])
+    for h in lake.history(name):  # commit metadata in one shape for both engines (Lake.history)
+        m = h.get("metadata") or {}
+        if m.get("mmp_run_date") == str(use) and "mmp_input_versions" in m:
+            iv = m["mmp_input_versions"]
+            meta["input_versions"] = json.loads(iv) if isinstance(iv, str) else iv
             break
     return df, version, meta
 

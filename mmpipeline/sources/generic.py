@@ -70,7 +70,8 @@ def read_raw(spark: "SparkSession", src: "SourceConfig", entity: str = "source")
     if not src.path:
         raise _error(f"sources.{entity}.path is not set")
     if not source_files(src.path):
-        raise _error(f"sources.{entity}.path: no input file at {src.path}")
+        raise _error(f"sources.{entity}.path: no input file at {src.path}: fix the path in the config "
+                     f"(or --set sources.{entity}.path=...)")
     opts = _reader_options(src)
     if src.format == "csv":
         opts.setdefault("header", "true")
@@ -224,3 +225,55 @@ def read(spark: "SparkSession", entity: str, src: "SourceConfig", upstream: dict
         log.info("sources.%s: demo sample of %d distinct %s values%s", entity, size, by,
                  f" (+ up to {len(keep)} kept from sample_keep)" if keep else "")
     return map_columns(raw, entity, src.columns, src.attributes)
+
+
+def count_source_records(src: "SourceConfig", entity: str) -> int | None:
+    """Records in the source files, counted without Spark (for the ingest accounting), or None when
+    the format gives no independent count (a JSON document, a UTF-16 file, a sampled source).
+
+    CSV: non-blank lines minus one header per file; with ``multiLine`` the records of Python's csv
+    module (same ``sep``/``quote``/``escape``). JSON Lines: non-blank lines. Parquet: the footers' row
+    counts.
+    """
+    import csv
+
+    if not src.path or src.adapter != "generic" or sample_spec(entity, src) is not None:
+        return None
+    files = source_files(src.path)
+    opts = {k.lower(): v for k, v in _reader_options(src).items()}
+    enc = str(opts.get("encoding", opts.get("charset", "utf-8"))).lower().replace("_", "-")
+    if enc.startswith(("utf-16", "utf-32")) or any(f.suffix in (".gz", ".bz2", ".zip", ".zst") for f in files):
+        return None
+    if src.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return sum(pq.read_metadata(f).num_rows for f in files)
+    if src.format == "json":
+        return None
+    header = src.format == "csv" and opts.get("header", "true") == "true"
+    comment = opts.get("comment")
+    total = 0
+    for f in files:
+        if src.format == "csv" and opts.get("multiline", "false") == "true":
+            sep, quote = opts.get("sep", opts.get("delimiter", ",")), opts.get("quote", '"')
+            escape = opts.get("escape", "\\")
+            kw: dict[str, Any] = {"delimiter": sep, "quotechar": quote or None}
+            if escape == quote:
+                kw["doublequote"] = True
+            else:
+                kw.update(escapechar=escape, doublequote=False)
+            try:
+                with open(f, newline="", encoding=enc, errors="replace") as fh:
+                    n = sum(1 for r in csv.reader(fh, **kw) if r and not (comment and r[0].startswith(comment)))
+            except (csv.Error, LookupError):
+                return None
+        else:
+            n = 0
+            with open(f, "rb") as fh:
+                c = comment.encode() if comment else None
+                for line in fh:
+                    s = line.strip()
+                    if s and not (c and s.startswith(c)):
+                        n += 1
+        total += max(0, n - 1) if header else n
+    return total

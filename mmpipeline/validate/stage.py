@@ -42,43 +42,25 @@ def previous_row_count_from_history(lake, table_name: str, run_date: dt.date) ->
     Commits written by the stages carry ``run_date`` in their commit metadata. For tables
     partitioned by run date, the rows of that earlier run's partition at that version are counted.
     """
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-
     best: tuple[str, int] | None = None
     for h in lake.history(table_name):
-        rd = h.get("run_date") or _meta_run_date(h.get("userMetadata"))
+        rd = (h.get("metadata") or {}).get("run_date")
         if not rd or str(rd) >= str(run_date):
             continue
         if best is None or (str(rd), h["version"]) > best:
             best = (str(rd), int(h["version"]))
     if best is None:
         return None, ""
-    ds = DeltaTable(lake.uri(table_name), version=best[1]).to_pyarrow_dataset()
-    if "run_date" in table(table_name).partition_by:
-        n = ds.count_rows(filter=pc.field("run_date") == dt.date.fromisoformat(best[0]))
-    else:
-        n = ds.count_rows()
+    filters = [("run_date", "=", dt.date.fromisoformat(best[0]))] if "run_date" in table(table_name).partition_by else None
+    n = lake.count(table_name, version=best[1], filters=filters)
     return n, f"{best[0]} (Delta version {best[1]})"
-
-
-def _meta_run_date(meta: Any) -> str | None:
-    if isinstance(meta, str):  # delta-spark keeps userMetadata as a JSON string
-        try:
-            meta = json.loads(meta)
-        except ValueError:
-            return None
-    return meta.get("run_date") if isinstance(meta, dict) else None
 
 
 def partition_count(lake, name: str, run_date: dt.date) -> int | None:
     """Rows of ``name`` in the run date's partition (delta-rs, no Spark); None when absent."""
     if not lake.exists(name) or "run_date" not in table(name).column_names:
         return None
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-
-    return DeltaTable(lake.uri(name)).to_pyarrow_dataset().count_rows(filter=pc.field("run_date") == run_date)
+    return lake.count(name, filters=[("run_date", "=", run_date)])
 
 
 def clean_rows_in(lake, table_name: str, run_date: dt.date) -> int | None:

@@ -45,3 +45,25 @@ def test_bad_config_is_a_clear_error(tmp_path):
         load_config(f, env={})
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml", env={})
+
+
+def test_config_mistakes_are_described_in_one_line(tmp_path):
+    from mmpipeline.config import ConfigError, describe_config_error
+
+    f = tmp_path / "c.yaml"
+    f.write_text("clean: {max_delete_shar: 0.2}\nembed: {batch_size: many}\n")
+    with pytest.raises(ValidationError) as e:
+        load_config(f, env={})
+    line = describe_config_error(e.value, f)
+    assert "\n" not in line and line.startswith(f"config {f}: ")
+    assert "clean.max_delete_shar: unknown key" in line and "embed.batch_size: Input should be a valid integer" in line
+    f.write_text("lake: [unclosed\n")
+    with pytest.raises(Exception) as e:
+        load_config(f, env={})
+    assert "is not valid YAML" in describe_config_error(e.value, f)
+    cfg = load_config(None, env={})
+    with pytest.raises(ConfigError, match="run date '2026-13-45' is not a valid date.*YYYY-MM-DD"):
+        cfg.effective_run_date("2026-13-45")
+    with pytest.raises(ConfigError, match="--set takes section.key=value"):
+        load_config(None, ["clean.max_delete_share"], env={})
+    assert describe_config_error(RuntimeError("x")) is None

@@ -89,3 +89,66 @@ def test_merge_of_mixed_type_columns_updates_only_changed_rows(tmp_path):
     m = lake.merge("test.mixed", pd.DataFrame({"k": ["a", "b"], "x": [1.0, 3.0], "ok": [True, False], "s": ["u", None]}))
     assert m["num_target_rows_updated"] == 1
     assert lake.read_pandas("test.mixed").set_index("k")["x"].to_dict() == {"a": 1.0, "b": 3.0}
+
+
+ACC = register(TableSpec("test.acc", [("run_date", "date"), ("stage", "string"), ("table_name", "string"),
+                                      ("n", "long")], keys=["run_date", "stage", "table_name"],
+                         partition_by=["run_date"]))
+
+
+def _acc(day, rows):
+    return pd.DataFrame([{"run_date": day, "stage": s, "table_name": t, "n": n} for s, t, n in rows])
+
+
+def test_filtered_reads_work_on_string_view_files_written_by_merges(tmp_path):
+    """Regression (issue 9.1): delta-rs merges write string_view Parquet columns; a filter on such a
+    column whose file statistics cannot decide it raised ArrowNotImplementedError (string, string_view)."""
+    import pyarrow.parquet as pq
+
+    lake = Lake(tmp_path / "lake")
+    lake.merge("test.acc", _acc(D1, [("clean", "silver.a", 1), ("clean", "silver.b", 2), ("ingest", "bronze.a", 3)]))
+    lake.merge("test.acc", _acc(D1, [("clean", "silver.a", 5), ("clean", "silver.b", 2), ("ingest", "bronze.a", 3)]))
+    lake.merge("test.acc", _acc(D2, [("clean", "silver.a", 7)]))
+    files = DeltaTable(lake.uri("test.acc")).file_uris()
+    assert any(pa_types_is_view(pq.read_schema(f).field("table_name").type) for f in files)  # the trigger is there
+    t = lake.read_arrow("test.acc", filters=[("run_date", "=", D1), ("stage", "=", "clean"),
+                                             ("table_name", "=", "silver.a")])
+    assert t.column("n").to_pylist() == [5] and t.schema.field("table_name").type == pa_string()
+    assert lake.read_pandas("test.acc", columns=["n"], filters=[("table_name", "in", ["silver.a", "silver.b"])]
+                            )["n"].sort_values().tolist() == [2, 5, 7]
+    assert lake.count("test.acc", filters=[("stage", "=", "clean")]) == 3
+    assert lake.count("test.acc", filters=[("run_date", "=", D2)]) == 1
+    assert lake.count("test.acc") == 4
+    # pruning still applies: a filter no file can match reads nothing
+    assert lake.read_arrow("test.acc", filters=[("run_date", "=", dt.date(2030, 1, 1))]).num_rows == 0
+
+
+def pa_types_is_view(t):
+    import pyarrow as pa
+
+    return pa.types.is_string_view(t)
+
+
+def pa_string():
+    import pyarrow as pa
+
+    return pa.string()
+
+
+def test_commit_metadata_has_one_shape_for_both_engines(tmp_path):
+    from mmpipeline.lake import normalise_commit
+
+    # delta-rs: custom metadata at the top level of the commit info
+    lake = Lake(tmp_path / "lake")
+    lake.merge("test.acc", _acc(D1, [("clean", "x", 1)]), metadata={"run_date": "2024-01-01", "stage": "clean"})
+    h = lake.history("test.acc")[0]
+    assert h["metadata"] == {"run_date": "2024-01-01", "stage": "clean"}
+    # delta-spark: the same metadata as a JSON string under userMetadata (shape of its commitInfo)
+    spark_info = {"timestamp": 1, "operation": "WRITE", "operationParameters": {"mode": "Overwrite"},
+                  "isolationLevel": "Serializable", "isBlindAppend": False, "version": 3,
+                  "operationMetrics": {"numFiles": "1"}, "engineInfo": "Apache-Spark/4.0.0 Delta-Lake/4.0.0",
+                  "txnId": "abc", "userMetadata": '{"mmp_run_date": "2024-01-02", "mmp_input_versions": "{}"}'}
+    assert normalise_commit(spark_info)["metadata"] == {"mmp_run_date": "2024-01-02", "mmp_input_versions": "{}"}
+    rs_info = {"timestamp": 1, "operation": "WRITE", "clientVersion": "delta-rs.1", "version": 2,
+               "mmp_run_date": "2024-01-02", "mmp_input_versions": "{}"}
+    assert normalise_commit(rs_info)["metadata"] == normalise_commit(spark_info)["metadata"]
