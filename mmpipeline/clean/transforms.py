@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mmpipeline.clean.text import clean_text, normalize_query, parse_price
-
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from pyspark.sql import Column, DataFrame
@@ -29,18 +27,46 @@ def _udf(name: str):
     return getattr(udfs, f"{name}_udf")
 
 
+def _as_col(c: "Column | str") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.col(c) if isinstance(c, str) else c
+
+
 def clean_text_col(c: "Column | str") -> "Column":
-    return _udf("clean_text")(c)
+    """:func:`~mmpipeline.clean.text.clean_text` as a Spark SQL expression; only rows that need
+    Python (see :mod:`mmpipeline.clean.sql`) reach the UDF (the others send it a null)."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    col = _as_col(c)
+    py = sql.text_needs_python(col)
+    return F.when(py, _udf("clean_text")(F.when(py, col))).otherwise(sql.clean_text_fast(col))
 
 
 def normalize_query_col(c: "Column | str") -> "Column":
-    return _udf("normalize_query")(c)
-
-
-def parse_price_col(c: "Column | str", max_price: float) -> "Column":
     from pyspark.sql import functions as F
 
-    return _udf("parse_price")(c, F.lit(float(max_price)))
+    from mmpipeline.clean import sql
+
+    col = _as_col(c)
+    py = sql.text_needs_python(col)
+    return F.when(py, _udf("normalize_query")(F.when(py, col))).otherwise(sql.normalize_query_fast(col))
+
+
+def parse_price_col(c: "Column | str", max_price: float, fast: "Column") -> "Column":
+    """:func:`~mmpipeline.clean.text.parse_price` as struct<price, currency, error, detail>: the SQL
+    parse ``fast`` (a column added by :func:`mmpipeline.clean.sql.with_price_fast`), and the
+    reference UDF only for the rows it flags."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    col = _as_col(c)
+    py = sql.price_needs_python(col) | fast["py"]
+    out = _udf("parse_price")(F.when(py, col), F.lit(float(max_price)))
+    return F.when(py, out).otherwise(F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")]))
 
 
 def _blank_to_null(c: "Column") -> "Column":
@@ -111,7 +137,10 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    price = parse_price_col(F.col("price"), c.max_price)
+    from mmpipeline.clean.sql import with_price_fast
+
+    bronze = with_price_fast(bronze, "price", c.max_price, "_price_fast")
+    price = parse_price_col(F.col("price"), c.max_price, F.col("_price_fast"))
     df = bronze.select(
         _blank_to_null(F.col("product_id")).alias("product_id"),
         F.substring(clean_text_col("title"), 1, c.max_title_chars).alias("title"),

@@ -1,0 +1,208 @@
+"""The cleaning rules of :mod:`mmpipeline.clean.text` as Spark SQL expressions (no Python per row).
+
+Each public function returns ``(fast, needs_python)``: ``fast`` is a JVM expression that equals the
+scalar reference for every row where ``needs_python`` is false; the clean transforms send only the
+other rows through the vectorised UDFs (:mod:`mmpipeline.clean.udfs`). The rows that need Python:
+
+* text with any non-ASCII character (NFKC and Unicode-aware ``\\s``/``\\w``/casefold have no exact
+  Spark SQL equivalent; 0.3% of the Home Depot titles, none of the fashion titles);
+* text with an ``&`` that starts anything but a common entity in any case (``&amp;`` ``&lt;``
+  ``&gt;`` ``&quot;`` ``&apos;`` ``&nbsp;`` ``&#39;`` ...): ``html.unescape`` knows 2,231 names,
+  legacy spellings without ``;`` and numeric references; a bare ``&`` (``Bath & Body``) is fine;
+* prices with a character outside printable ASCII (``€``, ``£``, control characters), or whose
+  value is above ``clean.max_price`` (its message prints the number as Python does).
+
+Everything else (tags, ``<style>``/``<script>`` elements, common entities, control characters,
+whitespace, query normalisation, price parsing) runs as regular expressions inside the JVM.
+Regexes are Java's; character classes are spelled out so they match exactly what Python's
+``\\s``/``\\w``/``\\d`` match on ASCII text.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from mmpipeline.clean.text import CURRENCY_CODES, unescape
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import Column, DataFrame
+
+# Python's \s on ASCII: [ \t\n\r\x0b\x0c\x1c-\x1f]
+_S = r"\t\n\x0B\f\r\x1C-\x1F "
+_W = r"A-Za-z0-9_"
+_TAG = rf"<[{_S}]*/?[{_S}]*[A-Za-z!][^<>]*>"
+_BLOCK = rf"(?is)<[{_S}]*(style|script)(?:[{_S}/][^<>]*)?>.*?<[{_S}]*/[{_S}]*\1[{_S}]*>"
+_CTRL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
+_WS = rf"[{_S}]+"
+_QUERY_DROP = rf"[^{_W}{_S}./&+'\"-]"
+_PUNCT = r"[./&+'\"-]"
+_EDGE_PUNCT = rf"(?<![{_W}]){_PUNCT}+|{_PUNCT}+(?![{_W}])"
+_NON_ASCII = r"[^\x00-\x7F]"
+_COMMON_ENTITIES = ("amp", "lt", "gt", "quot", "apos", "nbsp", "#39", "#039", "#34", "#034", "#38", "#60", "#62")
+
+
+def _java_quote(s: str) -> str:
+    return "".join("\\" + ch if not ch.isalnum() else ch for ch in s)
+
+
+@lru_cache(maxsize=1)
+def entity_table() -> tuple[tuple[str, str], ...]:
+    """(spelling incl. ``&`` and ``;``, decoded text) for every case variant of the common entities
+    that the reference decodes to one ASCII character or a no-break space (``&Lt;`` is not one)."""
+    out = []
+    for name in _COMMON_ENTITIES:
+        variants = {"".join(p) for p in itertools.product(*[(c.lower(), c.upper()) for c in name])}
+        for v in sorted(variants):
+            ref = f"&{v};"
+            dec = unescape(ref)
+            if dec == "\u00a0":
+                dec = " "  # NFKC turns it into a space right after (and both are \s to the tag regex)
+            if len(dec) == 1 and ord(dec) < 128 and dec != ref:
+                out.append((ref, dec))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _patterns() -> dict[str, str]:
+    table = entity_table()
+    spellings = "|".join(_java_quote(e[1:]) for e, _ in table)
+    # an '&' the reference leaves alone (html.unescape's regex does not start a reference there)
+    # or that starts one of the common entities; anything else -> Python
+    needs_py = rf"{_NON_ASCII}|&(?!(?:{spellings})|[\t\n\f <&;]|\z)"
+    return {"needs_py": needs_py}
+
+
+def text_needs_python(c: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.coalesce(c.rlike(_patterns()["needs_py"]), F.lit(False))
+
+
+def _strip_tags(c: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.regexp_replace(F.regexp_replace(c, _BLOCK, " "), _TAG, " ")
+
+
+def _decode_entities(c: "Column") -> "Column":
+    """Single-pass decoding of the common entities: ``&amp;`` last, so ``&amp;lt;`` -> ``&lt;``."""
+    from pyspark.sql import functions as F
+
+    by_result: dict[str, list[str]] = {}
+    for ent, dec in entity_table():
+        by_result.setdefault(dec, []).append(ent)
+    amp = by_result.pop("&", [])
+    for dec, ents in list(by_result.items()) + [("&", amp)]:
+        if ents:
+            repl = dec.replace("\\", "\\\\").replace("$", "\\$")
+            c = F.regexp_replace(c, "|".join(_java_quote(e) for e in ents), repl)
+    return c
+
+
+def clean_text_fast(c: "Column") -> "Column":
+    """:func:`mmpipeline.clean.text.clean_text` for rows where :func:`text_needs_python` is false."""
+    from pyspark.sql import functions as F
+
+    s = _strip_tags(c)
+    s = F.when(F.instr(s, "&") > 0, _strip_tags(_decode_entities(s))).otherwise(s)
+    s = F.regexp_replace(s, _CTRL, " ")
+    s = F.trim(F.regexp_replace(s, _WS, " "))
+    return F.when(s != "", s)
+
+
+def normalize_query_fast(c: "Column") -> "Column":
+    """:func:`mmpipeline.clean.text.normalize_query` for rows where :func:`text_needs_python` is false."""
+    from pyspark.sql import functions as F
+
+    s = F.lower(clean_text_fast(c))
+    s = F.regexp_replace(s, _QUERY_DROP, " ")
+    s = F.regexp_replace(s, _EDGE_PUNCT, " ")
+    s = F.trim(F.regexp_replace(s, _WS, " "))
+    return F.when(s != "", s)
+
+
+# ------------------------------------------------------------------------------------------ prices
+
+_PRINTABLE = r"^[\x20-\x7E]*\z"
+_CODES = "|".join(sorted(CURRENCY_CODES))
+_CODE = rf"(?<![A-Za-z])(?i:{_CODES})(?![A-Za-z])"
+_NUMBER = r"\d[\d.,' ]*\d|\d"
+
+
+def _py_repr(s: "Column") -> "Column":
+    """Python's ``repr`` of a printable-ASCII string."""
+    from pyspark.sql import functions as F
+
+    bs = F.replace(s, F.lit("\\"), F.lit("\\\\"))
+    dq = (F.instr(s, "'") > 0) & (F.instr(s, '"') == 0)
+    return F.when(dq, F.concat(F.lit('"'), bs, F.lit('"'))).otherwise(
+        F.concat(F.lit("'"), F.replace(bs, F.lit("'"), F.lit("\\'")), F.lit("'")))
+
+
+def price_needs_python(c: "Column") -> "Column":
+    """Prices the fast path does not take at all (non-printable or non-ASCII text)."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(~c.rlike(_PRINTABLE), F.lit(False))
+
+
+def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_price_fast") -> "DataFrame":
+    """Add ``out``: :func:`mmpipeline.clean.text.parse_price` of column ``src`` as a struct<price,
+    currency, error, detail, py>; ``py`` is true where the row must be parsed by the reference
+    instead (see module doc). Built in steps of intermediate columns (dropped at the end) so each
+    regular expression is evaluated once per row instead of being inlined into every branch."""
+    from pyspark.sql import functions as F
+
+    c = F.col(src)
+    p = f"__{out}_"
+    df = df.withColumn(p + "t", F.trim(c))
+    t = F.col(p + "t")
+    df = df.withColumns({p + "rest0": F.replace(t, F.lit("$"), F.lit(" ")), p + "rt": _py_repr(t)})
+    rest0 = F.col(p + "rest0")
+    df = df.withColumn(p + "code", F.upper(F.regexp_extract(rest0, f"({_CODE})", 1)))
+    code = F.col(p + "code")
+    has_code = code != ""
+    df = df.withColumns({
+        p + "cur": F.when(has_code, code).otherwise(F.when(F.instr(t, "$") > 0, F.lit("USD"))),
+        p + "rest": F.when(has_code, F.regexp_replace(rest0, rf"(?s)^(.*?){_CODE}", "$1 ")).otherwise(rest0)})
+    rest = F.col(p + "rest")
+    parts = rf"(?s)^(.*?)({_NUMBER})(.*)$"
+    df = df.withColumns({p + "nn": F.regexp_count(rest, F.lit(_NUMBER)),
+                         p + "before": F.trim(F.regexp_extract(rest, parts, 1)),
+                         p + "num": F.regexp_extract(rest, parts, 2),
+                         p + "after": F.trim(F.regexp_extract(rest, parts, 3))})
+    before, after, num = F.col(p + "before"), F.col(p + "after"), F.col(p + "num")
+    df = df.withColumns({
+        p + "neg": before.endswith("-") | (before.endswith("(") & after.startswith(")")),
+        p + "left": F.regexp_replace(F.concat(before, after), rf"[{_S}()+-]", ""),
+        p + "n": F.replace(F.replace(num, F.lit("'"), F.lit("")), F.lit(" "), F.lit(""))})
+    n = F.col(p + "n")
+    has_c, has_d = F.instr(n, ",") > 0, F.instr(n, ".") > 0
+    no_dots, no_commas = F.replace(n, F.lit("."), F.lit("")), F.replace(n, F.lit(","), F.lit(""))
+    n2 = (F.when(has_c & has_d, F.when(n.rlike(r",[^.]*$"), F.replace(no_dots, F.lit(","), F.lit(".")))
+                 .otherwise(no_commas))
+          .when(has_c, F.when(n.rlike(r"^\d{1,3}(,\d{3})+$"), no_commas).otherwise(F.replace(n, F.lit(","), F.lit("."))))
+          .when(n.rlike(r"^\d{1,3}(\.\d{3}){2,}$"), no_dots).otherwise(n))
+    df = df.withColumn(p + "v", n2.try_cast("double"))
+    value, currency, rt, left = F.col(p + "v"), F.col(p + "cur"), F.col(p + "rt"), F.col(p + "left")
+    null_s = F.lit(None).cast("string")
+    null_d = F.lit(None).cast("double")
+
+    def res(price, cur, err, detail, py=F.lit(False)):
+        return F.struct(price.alias("price"), cur.alias("currency"), err.alias("error"), detail.alias("detail"),
+                        py.alias("py"))
+
+    invalid = F.lit("invalid_price")
+    parsed = (
+        F.when(c.isNull() | (t == ""), res(null_d, null_s, null_s, null_s))
+        .when(F.col(p + "nn") != 1, res(null_d, currency, invalid, F.concat(F.lit("no single number in price "), rt)))
+        .when(left != "", res(null_d, currency, invalid, F.concat(
+            F.lit("unexpected text "), _py_repr(left), F.lit(" in price "), rt)))
+        .when(value.isNull(), res(null_d, currency, invalid, F.concat(F.lit("cannot read the number in price "), rt)))
+        .when(F.col(p + "neg"), res(-value, currency, F.lit("negative_price"), F.concat(F.lit("negative price "), rt)))
+        .when(value > F.lit(float(max_price)), res(null_d, null_s, null_s, null_s, F.lit(True)))
+        .otherwise(res(value, currency, null_s, null_s))
+    )
+    return df.withColumn(out, parsed).drop(*[x for x in df.columns if x.startswith(p)])
