@@ -66,7 +66,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import transforms as T
-    from mmpipeline.clean.images import check_images
+    from mmpipeline.clean.images import check_images, image_record
     from mmpipeline.ops import Accounting, print_table, record_accounting
 
     cfg, c, d = ctx.cfg, ctx.cfg.clean, ctx.run_date
@@ -104,8 +104,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
         refs = products.where(F.col("image_ref").isNotNull())
         if root is not None:
             parts = c.image_partitions or max(2, spark.sparkContext.defaultParallelism)
-            checks = check_images(refs, root, c.image, partitions=parts).cache()
+            prev = lake.read("ops.image_checks") if lake.exists("ops.image_checks") else None
+            checks = check_images(refs, root, c.image, partitions=parts, previous=prev).cache()
             cached.append(checks)
+            lake.write("ops.image_checks", image_record(checks), mode="overwrite",
+                       metadata={"stage": "clean", "run_date": str(d)})
             img_counts = {r["image_status"]: r["count"] for r in checks.groupBy("image_status").count().collect()}
             log.info("clean images: %s (root %s)", img_counts, root)
         silver = T.attach_images(products, checks).withColumn("run_date", F.lit(d).cast("date"))

@@ -101,26 +101,63 @@ def _decode_entities(c: "Column") -> "Column":
     return c
 
 
-def clean_text_fast(c: "Column") -> "Column":
-    """:func:`mmpipeline.clean.text.clean_text` for rows where :func:`text_needs_python` is false."""
+def _finish_text(s: "Column") -> "Column":
     from pyspark.sql import functions as F
 
-    s = _strip_tags(c)
-    s = F.when(F.instr(s, "&") > 0, _strip_tags(_decode_entities(s))).otherwise(s)
-    s = F.regexp_replace(s, _CTRL, " ")
-    s = F.trim(F.regexp_replace(s, _WS, " "))
-    return F.when(s != "", s)
+    return F.nullif(F.trim(F.regexp_replace(F.regexp_replace(s, _CTRL, " "), _WS, " ")), F.lit(""))
+
+
+def _decode_pass(s: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.when(F.instr(s, "&") > 0, _strip_tags(_decode_entities(s))).otherwise(s)
+
+
+def _query_from_text(t: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    s = F.regexp_replace(F.regexp_replace(F.lower(t), _QUERY_DROP, " "), _EDGE_PUNCT, " ")
+    return F.nullif(F.trim(F.regexp_replace(s, _WS, " ")), F.lit(""))
+
+
+def clean_text_fast(c: "Column") -> "Column":
+    """:func:`mmpipeline.clean.text.clean_text` for rows where :func:`text_needs_python` is false
+    (one nested expression; on large frames prefer :func:`with_clean_columns`)."""
+    return _finish_text(_decode_pass(_strip_tags(c)))
 
 
 def normalize_query_fast(c: "Column") -> "Column":
     """:func:`mmpipeline.clean.text.normalize_query` for rows where :func:`text_needs_python` is false."""
+    return _query_from_text(clean_text_fast(c))
+
+
+def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]]) -> "DataFrame":
+    """Add cleaned columns: ``{out: ("text" | "query", source column)}`` -> ``out`` = clean_text /
+    normalize_query of the source. JVM expressions for every row, the reference UDF only for rows
+    flagged by :func:`text_needs_python` (the others send it a null). Built in steps of
+    intermediate columns so that Spark does not inline (and re-evaluate) a regex result that a
+    later step uses more than once."""
     from pyspark.sql import functions as F
 
-    s = F.lower(clean_text_fast(c))
-    s = F.regexp_replace(s, _QUERY_DROP, " ")
-    s = F.regexp_replace(s, _EDGE_PUNCT, " ")
-    s = F.trim(F.regexp_replace(s, _WS, " "))
-    return F.when(s != "", s)
+    from mmpipeline.clean import udfs
+
+    srcs = sorted({src for _, src in specs.values()})
+    key = {src: f"__ct{i}" for i, src in enumerate(srcs)}
+    df = df.withColumns({f"{key[s]}_py": text_needs_python(F.col(s)) for s in srcs}
+                        | {f"{key[s]}_1": _strip_tags(F.col(s)) for s in srcs})
+    df = df.withColumns({f"{key[s]}_2": _decode_pass(F.col(f"{key[s]}_1")) for s in srcs})
+    df = df.withColumns({f"{key[s]}_t": _finish_text(F.col(f"{key[s]}_2")) for s in srcs})
+    qsrcs = sorted({src for kind, src in specs.values() if kind == "query"})
+    if qsrcs:
+        df = df.withColumns({f"{key[s]}_q": _query_from_text(F.col(f"{key[s]}_t")) for s in qsrcs})
+    outs = {}
+    for out, (kind, src) in specs.items():
+        py = F.col(f"{key[src]}_py")
+        udf = udfs.clean_text_udf if kind == "text" else udfs.normalize_query_udf
+        fast = F.col(f"{key[src]}_t" if kind == "text" else f"{key[src]}_q")
+        outs[out] = F.when(py, udf(F.when(py, F.col(src)))).otherwise(fast)
+    df = df.withColumns(outs)
+    return df.drop(*[c for c in df.columns if c.startswith("__ct")])
 
 
 # ------------------------------------------------------------------------------------------ prices

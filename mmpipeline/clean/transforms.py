@@ -69,6 +69,12 @@ def parse_price_col(c: "Column | str", max_price: float, fast: "Column") -> "Col
     return F.when(py, out).otherwise(F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")]))
 
 
+def _with_clean_query(bronze: "DataFrame") -> "DataFrame":
+    from mmpipeline.clean.sql import with_clean_columns
+
+    return with_clean_columns(bronze, {"_ct_query": ("text", "query"), "_cq_query": ("query", "query")})
+
+
 def _blank_to_null(c: "Column") -> "Column":
     from pyspark.sql import functions as F
 
@@ -137,16 +143,18 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from mmpipeline.clean.sql import with_price_fast
+    from mmpipeline.clean.sql import with_clean_columns, with_price_fast
 
     bronze = with_price_fast(bronze, "price", c.max_price, "_price_fast")
+    bronze = with_clean_columns(bronze, {f"_ct_{k}": ("text", k) for k in ("title", "description", "brand",
+                                                                            "category_path")})
     price = parse_price_col(F.col("price"), c.max_price, F.col("_price_fast"))
     df = bronze.select(
         _blank_to_null(F.col("product_id")).alias("product_id"),
-        F.substring(clean_text_col("title"), 1, c.max_title_chars).alias("title"),
-        clean_text_col("description").alias("description"),
-        clean_text_col("brand").alias("brand"),
-        clean_text_col("category_path").alias("category_path"),
+        F.substring(F.col("_ct_title"), 1, c.max_title_chars).alias("title"),
+        F.col("_ct_description").alias("description"),
+        F.col("_ct_brand").alias("brand"),
+        F.col("_ct_category_path").alias("category_path"),
         (F.col("attributes") if "attributes" in bronze.columns else F.lit(None).cast("map<string,string>")).alias("attributes"),
         price.alias("_price"),
         F.upper(_blank_to_null(F.col("currency"))).alias("_currency_col"),
@@ -231,8 +239,9 @@ def tag_queries(bronze: "DataFrame") -> "DataFrame":
     is kept: rows with the same normalised text aggregate into one silver query (frequency)."""
     from pyspark.sql import functions as F
 
+    bronze = _with_clean_query(bronze)
     df = bronze.select(
-        clean_text_col("query").alias("query"), normalize_query_col("query").alias("query_norm"),
+        F.col("_ct_query").alias("query"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("audio_ref")).alias("audio_ref"),
         F.col("frequency").try_cast("double").alias("_freq"), *_meta_cols(bronze))
     reason, detail = _reason_chain([
@@ -292,8 +301,9 @@ def tag_judgments(bronze: "DataFrame", c: "CleanConfig", product_ids: "DataFrame
     """Normalise and validate judgments; repeated (query, product) pairs aggregate (mean grade)."""
     from pyspark.sql import functions as F
 
+    bronze = _with_clean_query(bronze)
     df = bronze.select(
-        clean_text_col("query").alias("_query_text"), normalize_query_col("query").alias("query_norm"),
+        F.col("_ct_query").alias("_query_text"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("product_id")).alias("product_id"), F.col("grade").alias("_grade_raw"),
         _try_double("grade").alias("grade"), *_meta_cols(bronze))
     df = _with_product_check(df, product_ids).withColumn("query_id", query_id_col("query_norm"))
@@ -325,8 +335,9 @@ def tag_interactions(bronze: "DataFrame", product_ids: "DataFrame | None" = None
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    bronze = _with_clean_query(bronze)
     df = bronze.select(
-        clean_text_col("query").alias("_query_text"), normalize_query_col("query").alias("query_norm"),
+        F.col("_ct_query").alias("_query_text"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("product_id")).alias("product_id"),
         F.lower(_blank_to_null(F.col("event_type"))).alias("event_type"), F.col("event_ts").alias("_ts_raw"),
         parse_timestamp(F.col("event_ts")).alias("event_ts"), _blank_to_null(F.col("session_id")).alias("session_id"),
