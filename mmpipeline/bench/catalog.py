@@ -116,7 +116,7 @@ def write_scaled_catalog(out: Path, n: int, datasets: Path, seed: int = 0) -> di
 
     # queries: the real search terms, as typed, with variation
     terms = d["judgments"]["search_term"].dropna().unique()
-    n_q = max(500, n // 20)
+    n_q = max(50, n // 20)
     q = terms[rng.integers(0, len(terms), n_q)]
     v = rng.integers(0, len(_QUERY_VARIANTS), n_q)
     queries = pd.DataFrame({"query": [_QUERY_VARIANTS[j].format(q=s, Q=s.upper()) for j, s in zip(v, q)]})
@@ -131,7 +131,7 @@ def write_scaled_catalog(out: Path, n: int, datasets: Path, seed: int = 0) -> di
     ok = (jb >= 0) & (jb < n_unique)
     j = j[ok].reset_index(drop=True)
     jb = jb[ok]
-    n_j = max(500, n // 5)
+    n_j = max(100, n // 5)
     pick = rng.integers(0, len(j), n_j)
     copies = np.maximum(1, (n_unique - jb[pick] + len(pool) - 1) // len(pool))
     new_idx = jb[pick] + len(pool) * (rng.integers(0, 1 << 30, n_j) % copies)

@@ -215,6 +215,13 @@ def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
 
 
 def run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # the stages' tables must not mix into the JSON
+        return _run_size(n, work, datasets, base_cfg, params, stages)
+
+
+def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
     from mmpipeline.bench.catalog import write_scaled_catalog
     from mmpipeline.context import RunContext
 
