@@ -19,7 +19,8 @@ Extra measurements in the same run, per size:
 
 Stages are a registry: part 2 of the scale work adds embed/score with one :func:`register` line.
 Params: ``sizes``, ``datasets`` (default ``../shared/datasets``), ``workdir`` (kept when given),
-``stages`` (comma list, default all registered), ``skip_pandas``, ``skip_extras``.
+``stages`` (comma list, default all registered), ``skip_pandas``, ``skip_extras``, ``partial_json``
+(a file that gets the results of the sizes done so far after each size).
 """
 
 from __future__ import annotations
@@ -300,6 +301,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                 st["summary"] = _slim(st["summary"])
             result["results"][str(n)] = r
             progress(f"size {n:,} done in {time.perf_counter() - t0:.1f}s")
+            if params.get("partial_json"):  # the sizes done so far, for long runs
+                Path(params["partial_json"]).write_text(json.dumps(result, default=str, indent=2))
             if not keep:
                 shutil.rmtree(work, ignore_errors=True)
     finally:

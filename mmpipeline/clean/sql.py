@@ -83,28 +83,49 @@ def text_needs_python(c: "Column") -> "Column":
 def _strip_tags(c: "Column") -> "Column":
     from pyspark.sql import functions as F
 
-    return F.regexp_replace(F.regexp_replace(c, _BLOCK, " "), _TAG, " ")
+    return F.when(F.instr(c, "<") > 0, F.regexp_replace(F.regexp_replace(c, _BLOCK, " "), _TAG, " ")).otherwise(c)
+
+
+@lru_cache(maxsize=1)
+def _decode_passes() -> tuple[tuple[str, str], ...]:
+    """(Java regex, replacement) per decoded character; the one giving ``&`` last (single pass)."""
+    by_result: dict[str, dict[str, list[str]]] = {}
+    for ent, dec in entity_table():
+        name = ent[1:-1]
+        by_result.setdefault(dec, {}).setdefault(name.lower(), []).append(name)
+    passes = []
+    for dec in sorted(by_result, key=lambda d: d == "&"):
+        alts = []
+        for low, names in sorted(by_result[dec].items()):
+            all_cases = {"".join(p) for p in itertools.product(*[(ch.lower(), ch.upper()) for ch in low])}
+            if set(names) == all_cases:
+                alts.append(f"(?i:{_java_quote(low)})")
+            else:
+                alts.extend(_java_quote(n) for n in sorted(names))
+        passes.append((f"&(?:{'|'.join(alts)});", dec.replace("\\", "\\\\").replace("$", "\\$")))
+    return tuple(passes)
 
 
 def _decode_entities(c: "Column") -> "Column":
     """Single-pass decoding of the common entities: ``&amp;`` last, so ``&amp;lt;`` -> ``&lt;``."""
     from pyspark.sql import functions as F
 
-    by_result: dict[str, list[str]] = {}
-    for ent, dec in entity_table():
-        by_result.setdefault(dec, []).append(ent)
-    amp = by_result.pop("&", [])
-    for dec, ents in list(by_result.items()) + [("&", amp)]:
-        if ents:
-            repl = dec.replace("\\", "\\\\").replace("$", "\\$")
-            c = F.regexp_replace(c, "|".join(_java_quote(e) for e in ents), repl)
+    for pattern, repl in _decode_passes():
+        c = F.regexp_replace(c, pattern, repl)
     return c
 
 
+_CTRL_CHARS = "".join(chr(i) for i in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_TO_SPACE = _CTRL_CHARS + "\t\n\r"  # control characters and the other ASCII whitespace
+
+
 def _finish_text(s: "Column") -> "Column":
+    """Control characters -> space, whitespace runs -> one space, trimmed; empty -> null."""
     from pyspark.sql import functions as F
 
-    return F.nullif(F.trim(F.regexp_replace(F.regexp_replace(s, _CTRL, " "), _WS, " ")), F.lit(""))
+    t = F.translate(s, _TO_SPACE, " " * len(_TO_SPACE))
+    t = F.when(F.instr(t, "  ") > 0, F.regexp_replace(t, " {2,}", " ")).otherwise(t)
+    return F.nullif(F.trim(t), F.lit(""))
 
 
 def _decode_pass(s: "Column") -> "Column":
@@ -131,33 +152,47 @@ def normalize_query_fast(c: "Column") -> "Column":
     return _query_from_text(clean_text_fast(c))
 
 
-def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]]) -> "DataFrame":
+def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
+                       extra: dict[str, tuple["Column", "Column", "Column"]] | None = None) -> "DataFrame":
     """Add cleaned columns: ``{out: ("text" | "query", source column)}`` -> ``out`` = clean_text /
-    normalize_query of the source. JVM expressions for every row, the reference UDF only for rows
-    flagged by :func:`text_needs_python` (the others send it a null). Built in steps of
-    intermediate columns so that Spark does not inline (and re-evaluate) a regex result that a
-    later step uses more than once."""
+    normalize_query of the source, and ``extra`` ``{out: (needs_python, fast, udf)}`` columns.
+
+    Every row gets the JVM expressions; the rows where any flag is set (a few percent) are split
+    off and only they go through the vectorised UDFs (a UDF inside ``CASE WHEN`` would still be
+    sent every row). Built in steps of intermediate columns so that Spark does not inline (and
+    re-evaluate) a regex result that a later step uses more than once.
+    """
+    from functools import reduce
+
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import udfs
 
     srcs = sorted({src for _, src in specs.values()})
     key = {src: f"__ct{i}" for i, src in enumerate(srcs)}
-    df = df.withColumns({f"{key[s]}_py": text_needs_python(F.col(s)) for s in srcs}
-                        | {f"{key[s]}_1": _strip_tags(F.col(s)) for s in srcs})
+    extra = extra or {}
+    flags = {f"{key[s]}_py": text_needs_python(F.col(s)) for s in srcs}
+    flags |= {f"__cx{i}_py": flag for i, (flag, _, _) in enumerate(extra.values())}
+    df = df.withColumns(flags | {f"{key[s]}_1": _strip_tags(F.col(s)) for s in srcs})
     df = df.withColumns({f"{key[s]}_2": _decode_pass(F.col(f"{key[s]}_1")) for s in srcs})
     df = df.withColumns({f"{key[s]}_t": _finish_text(F.col(f"{key[s]}_2")) for s in srcs})
     qsrcs = sorted({src for kind, src in specs.values() if kind == "query"})
     if qsrcs:
         df = df.withColumns({f"{key[s]}_q": _query_from_text(F.col(f"{key[s]}_t")) for s in qsrcs})
-    outs = {}
+    fast, slow = {}, {}
     for out, (kind, src) in specs.items():
         py = F.col(f"{key[src]}_py")
         udf = udfs.clean_text_udf if kind == "text" else udfs.normalize_query_udf
-        fast = F.col(f"{key[src]}_t" if kind == "text" else f"{key[src]}_q")
-        outs[out] = F.when(py, udf(F.when(py, F.col(src)))).otherwise(fast)
-    df = df.withColumns(outs)
-    return df.drop(*[c for c in df.columns if c.startswith("__ct")])
+        fast[out] = F.col(f"{key[src]}_t" if kind == "text" else f"{key[src]}_q")
+        slow[out] = F.when(py, udf(F.col(src))).otherwise(fast[out])
+    for i, (out, (_, fast_c, udf_c)) in enumerate(extra.items()):
+        fast[out] = fast_c
+        slow[out] = F.when(F.col(f"__cx{i}_py"), udf_c).otherwise(fast_c)
+    any_py = reduce(lambda a, b: a | b, [F.col(c) for c in flags]) if flags else F.lit(False)
+    df = df.withColumn("__ct_any", any_py)
+    out_df = df.where(~F.col("__ct_any")).withColumns(fast).unionByName(
+        df.where(F.col("__ct_any")).withColumns(slow))
+    return out_df.drop(*[c for c in out_df.columns if c.startswith(("__ct", "__cx"))])
 
 
 # ------------------------------------------------------------------------------------------ prices
@@ -189,14 +224,14 @@ def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_pr
     """Add ``out``: :func:`mmpipeline.clean.text.parse_price` of column ``src`` as a struct<price,
     currency, error, detail, py>; ``py`` is true where the row must be parsed by the reference
     instead (see module doc). Built in steps of intermediate columns (dropped at the end) so each
-    regular expression is evaluated once per row instead of being inlined into every branch."""
+    regular expression is evaluated once per row; plain string functions where they suffice."""
     from pyspark.sql import functions as F
 
     c = F.col(src)
     p = f"__{out}_"
     df = df.withColumn(p + "t", F.trim(c))
     t = F.col(p + "t")
-    df = df.withColumns({p + "rest0": F.replace(t, F.lit("$"), F.lit(" ")), p + "rt": _py_repr(t)})
+    df = df.withColumn(p + "rest0", F.replace(t, F.lit("$"), F.lit(" ")))
     rest0 = F.col(p + "rest0")
     df = df.withColumn(p + "code", F.upper(F.regexp_extract(rest0, f"({_CODE})", 1)))
     code = F.col(p + "code")
@@ -205,25 +240,32 @@ def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_pr
         p + "cur": F.when(has_code, code).otherwise(F.when(F.instr(t, "$") > 0, F.lit("USD"))),
         p + "rest": F.when(has_code, F.regexp_replace(rest0, rf"(?s)^(.*?){_CODE}", "$1 ")).otherwise(rest0)})
     rest = F.col(p + "rest")
-    parts = rf"(?s)^(.*?)({_NUMBER})(.*)$"
-    df = df.withColumns({p + "nn": F.regexp_count(rest, F.lit(_NUMBER)),
-                         p + "before": F.trim(F.regexp_extract(rest, parts, 1)),
-                         p + "num": F.regexp_extract(rest, parts, 2),
-                         p + "after": F.trim(F.regexp_extract(rest, parts, 3))})
-    before, after, num = F.col(p + "before"), F.col(p + "after"), F.col(p + "num")
+    df = df.withColumn(p + "num", F.regexp_extract(rest, f"({_NUMBER})", 1))
+    num = F.col(p + "num")
+    # the number is the first match, so the text before it is everything before its first occurrence
+    df = df.withColumn(p + "before", F.expr(f"substring_index(`{p}rest`, `{p}num`, 1)"))
+    before_raw = F.col(p + "before")
+    df = df.withColumn(p + "after", F.expr(f"substring(`{p}rest`, length(`{p}before`) + length(`{p}num`) + 1)"))
+    after_raw = F.col(p + "after")
+    digits = "0123456789"
+    before, after = F.trim(before_raw), F.trim(after_raw)
     df = df.withColumns({
+        # exactly one number <=> a number, and no digit after it (any digit would start another match)
+        p + "one": (num != "") & (F.length(F.translate(after_raw, digits, "")) == F.length(after_raw)),
         p + "neg": before.endswith("-") | (before.endswith("(") & after.startswith(")")),
-        p + "left": F.regexp_replace(F.concat(before, after), rf"[{_S}()+-]", ""),
+        p + "left": F.translate(F.concat(before, after), " ()+-\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", ""),
         p + "n": F.replace(F.replace(num, F.lit("'"), F.lit("")), F.lit(" "), F.lit(""))})
     n = F.col(p + "n")
     has_c, has_d = F.instr(n, ",") > 0, F.instr(n, ".") > 0
     no_dots, no_commas = F.replace(n, F.lit("."), F.lit("")), F.replace(n, F.lit(","), F.lit(""))
-    n2 = (F.when(has_c & has_d, F.when(n.rlike(r",[^.]*$"), F.replace(no_dots, F.lit(","), F.lit(".")))
-                 .otherwise(no_commas))
+    rev = F.reverse(n)
+    comma_last = F.instr(rev, ",") < F.instr(rev, ".")
+    n2 = (F.when(has_c & has_d, F.when(comma_last, F.replace(no_dots, F.lit(","), F.lit("."))).otherwise(no_commas))
           .when(has_c, F.when(n.rlike(r"^\d{1,3}(,\d{3})+$"), no_commas).otherwise(F.replace(n, F.lit(","), F.lit("."))))
-          .when(n.rlike(r"^\d{1,3}(\.\d{3}){2,}$"), no_dots).otherwise(n))
+          .when(has_d & n.rlike(r"^\d{1,3}(\.\d{3}){2,}$"), no_dots).otherwise(n))
     df = df.withColumn(p + "v", n2.try_cast("double"))
-    value, currency, rt, left = F.col(p + "v"), F.col(p + "cur"), F.col(p + "rt"), F.col(p + "left")
+    value, currency, left = F.col(p + "v"), F.col(p + "cur"), F.col(p + "left")
+    rt = _py_repr(t)
     null_s = F.lit(None).cast("string")
     null_d = F.lit(None).cast("double")
 
@@ -234,7 +276,7 @@ def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_pr
     invalid = F.lit("invalid_price")
     parsed = (
         F.when(c.isNull() | (t == ""), res(null_d, null_s, null_s, null_s))
-        .when(F.col(p + "nn") != 1, res(null_d, currency, invalid, F.concat(F.lit("no single number in price "), rt)))
+        .when(~F.col(p + "one"), res(null_d, currency, invalid, F.concat(F.lit("no single number in price "), rt)))
         .when(left != "", res(null_d, currency, invalid, F.concat(
             F.lit("unexpected text "), _py_repr(left), F.lit(" in price "), rt)))
         .when(value.isNull(), res(null_d, currency, invalid, F.concat(F.lit("cannot read the number in price "), rt)))

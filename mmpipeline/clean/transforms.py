@@ -69,6 +69,18 @@ def parse_price_col(c: "Column | str", max_price: float, fast: "Column") -> "Col
     return F.when(py, out).otherwise(F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")]))
 
 
+def _price_route(max_price: float) -> tuple["Column", "Column", "Column"]:
+    """(needs Python, SQL parse, reference UDF) of the ``price`` column, given ``_price_fast``."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    fast = F.col("_price_fast")
+    flag = sql.price_needs_python(F.col("price")) | fast["py"]
+    sql_parse = F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")])
+    return flag, sql_parse, _udf("parse_price")(F.col("price"), F.lit(float(max_price)))
+
+
 def _with_clean_query(bronze: "DataFrame") -> "DataFrame":
     from mmpipeline.clean.sql import with_clean_columns
 
@@ -146,9 +158,10 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
     from mmpipeline.clean.sql import with_clean_columns, with_price_fast
 
     bronze = with_price_fast(bronze, "price", c.max_price, "_price_fast")
-    bronze = with_clean_columns(bronze, {f"_ct_{k}": ("text", k) for k in ("title", "description", "brand",
-                                                                            "category_path")})
-    price = parse_price_col(F.col("price"), c.max_price, F.col("_price_fast"))
+    bronze = with_clean_columns(
+        bronze, {f"_ct_{k}": ("text", k) for k in ("title", "description", "brand", "category_path")},
+        extra={"_price_parsed": _price_route(c.max_price)})
+    price = F.col("_price_parsed")
     df = bronze.select(
         _blank_to_null(F.col("product_id")).alias("product_id"),
         F.substring(F.col("_ct_title"), 1, c.max_title_chars).alias("title"),
