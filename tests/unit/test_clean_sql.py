@@ -131,3 +131,27 @@ def test_style_script_and_entity_case_fixed(spark, raw, expected):
     assert clean_text(raw) == expected
     got = spark.createDataFrame([(raw,)], "s string").select(T.clean_text_col("s")).first()[0]
     assert got == expected
+
+
+def test_split_route_equals_reference(spark):
+    """The stage's path (with_clean_columns: JVM rows + UDF rows split and re-united) row for row."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+    from mmpipeline.clean import transforms as T
+
+    values = hostile_strings(1500, seed=5) + [None]
+    prices = price_strings(1500, seed=6)[: len(values)]
+    prices += [None] * (len(values) - len(prices))
+    df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values, "price": prices}),
+                               "i long, s string, price string")
+    df = sql.with_price_fast(df, "price", 1e6, "_price_fast")
+    out = sql.with_clean_columns(df, {"t": ("text", "s"), "q": ("query", "s")},
+                                 extra={"p": T._price_route(1e6)})
+    rows = {r["i"]: r for r in out.select("i", "t", "q", F.col("p").alias("p")).collect()}
+    assert len(rows) == len(values)  # every row exactly once through the split
+    bad = [(values[i], rows[i]["t"], clean_text(values[i])) for i in range(len(values)) if rows[i]["t"] != clean_text(values[i])]
+    bad += [(values[i], rows[i]["q"]) for i in range(len(values)) if rows[i]["q"] != normalize_query(values[i])]
+    bad += [(prices[i], tuple(rows[i]["p"])) for i in range(len(values))
+            if tuple(rows[i]["p"]) != parse_price(prices[i], 1e6)]
+    assert not bad, f"{len(bad)} mismatches, e.g. {bad[:5]}"
