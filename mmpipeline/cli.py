@@ -44,6 +44,7 @@ BENCHES: dict[str, str] = {
     "clean": "mmpipeline.bench.clean:main",
     "embed": "mmpipeline.bench.embed:main",
     "quality": "mmpipeline.bench.quality:main",
+    "scale": "mmpipeline.bench.scale:main",
     "score": "mmpipeline.bench.score:main",
     "voice": "mmpipeline.bench.voice:main",
 }

@@ -167,6 +167,12 @@ register(TableSpec("ops.validation", [
 ], keys=["run_date", "table_name", "check_name"], partition_by=["run_date"],
     description="Great Expectations results per run (one row per check; see mmpipeline.validate)"))
 
+register(TableSpec("ops.image_checks", [
+    ("image_ref", "string"), ("image_path", "string"), ("image_size", "long"), ("image_mtime_ns", "long"),
+    ("image_status", "string"), ("image_detail", "string"), ("image_width", "int"), ("image_height", "int"),
+    ("image_hash", "string"),
+], keys=["image_ref"], description="last image check per reference: unchanged files keep their verdict"))
+
 register(TableSpec("ops.stage_runs", [
     ("run_date", "date"), ("stage", "string"), ("status", "string"), ("started_at", "timestamp"),
     ("finished_at", "timestamp"), ("seconds", "double"), ("summary", "string"),

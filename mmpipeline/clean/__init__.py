@@ -121,6 +121,8 @@ def _execute(ctx: RunContext, lake, hook) -> None:
             e["merge"].update({k: v for k, v in m.items() if k.startswith(("num_target", "numTarget")) or k == "created"})
             log.info("clean: %s merged (inserted %s, updated %s, deleted %s)", e["name"], _metric(m, "inserted"),
                      _metric(m, "updated"), _metric(m, "deleted"))
+        elif e["kind"] == "table":  # a whole-table overwrite (ops.image_checks: last run's image verdicts)
+            lake.write(e["name"], e["df"], mode="overwrite", metadata=meta)
         else:
             lake.write(e["name"], e["df"], mode="overwrite", partition={"run_date": ctx.run_date}, metadata=meta)
         hook(f"after-{e['name']}")
@@ -227,7 +229,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import transforms as T
-    from mmpipeline.clean.images import check_images
+    from mmpipeline.clean.images import check_images, image_record
     from mmpipeline.cli import fault_point
     from mmpipeline.ops import Accounting, print_table, record_accounting
 
@@ -268,8 +270,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         refs = products.where(F.col("image_ref").isNotNull())
         if root is not None:
             parts = c.image_partitions or max(2, spark.sparkContext.defaultParallelism)
-            checks = check_images(refs, root, c.image, partitions=parts).cache()
+            prev = lake.read("ops.image_checks") if lake.exists("ops.image_checks") else None
+            checks = check_images(refs, root, c.image, partitions=parts, previous=prev).cache()
             cached.append(checks)
+            _plan(ctx).append({"kind": "table", "name": "ops.image_checks", "df": image_record(checks)})
             img_counts = {r["image_status"]: r["count"] for r in checks.groupBy("image_status").count().collect()}
             log.info("clean images: %s (root %s)", img_counts, root)
         silver = T.attach_images(products, checks).withColumn("run_date", F.lit(d).cast("date"))

@@ -6,6 +6,11 @@ read first and the declared width x height checked against the pixel limit *befo
 decoded (decompression-bomb guard); then the image is fully decoded (a truncated JPEG fails here).
 The content hash is the sha256 of the file bytes, for incremental embedding.
 
+Unchanged files are not re-read: each distinct reference is checked once per run, and with the
+previous run's record (``ops.image_checks``: reference, resolved path, size, modification time,
+verdict) a file whose resolved path, size and mtime match keeps its verdict; only new or changed
+files are opened and decoded (the path is still resolved and the root check redone every time).
+
 Statuses: ok | none (no reference) | outside_root | missing | unreadable | corrupt | too_large |
 bomb | too_small | unsupported. A product whose image fails is kept text-only; the failure is a row
 in ``quarantine.images``.
@@ -91,6 +96,63 @@ def check_image(root: str, ref: str | None, max_bytes: int, max_pixels: int, min
     return _result("ok", None, real, w, h, digest)
 
 
+RECORD_COLUMNS = [
+    ("image_ref", "string"), ("image_path", "string"), ("image_size", "long"), ("image_mtime_ns", "long"),
+    ("image_status", "string"), ("image_detail", "string"), ("image_width", "int"), ("image_height", "int"),
+    ("image_hash", "string"),
+]
+_PREV = [f"_prev_{c}" for c, _ in RECORD_COLUMNS[1:]]
+
+
+def _stat(root_real: str, ref: str | None) -> tuple[str | None, int | None, int | None]:
+    """(resolved path, size, mtime_ns) of a reference inside the root; Nones when it is not a file."""
+    if ref is None or not str(ref).strip():
+        return None, None, None
+    ref = str(ref).strip()
+    real = os.path.realpath(ref if os.path.isabs(ref) else os.path.join(root_real, ref))
+    try:
+        if os.path.commonpath([real, root_real]) != root_real:
+            return None, None, None
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return None, None, None
+    return (real, st.st_size, st.st_mtime_ns) if os.path.isfile(real) else (None, None, None)
+
+
+def check_refs_pandas(pdf: "pd.DataFrame", root: str, limits: "ImageLimits") -> "pd.DataFrame":
+    """Distinct references (with the previous record's ``_prev_*`` columns, null when none) ->
+    RECORD_COLUMNS + ``image_reused``. A reference whose file has the recorded path, size and mtime
+    keeps the recorded verdict without being opened."""
+    import pandas as pd
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    root_real = os.path.realpath(root)
+    rows = []
+    has_prev = all(c in pdf.columns for c in _PREV)
+    for i, ref in enumerate(pdf["image_ref"]):
+        path, size, mtime = _stat(root_real, ref)
+        if has_prev and path is not None and pdf["_prev_image_path"].iat[i] == path \
+                and pdf["_prev_image_size"].iat[i] == size and pdf["_prev_image_mtime_ns"].iat[i] == mtime \
+                and isinstance(pdf["_prev_image_status"].iat[i], str):
+            r = {c: pdf[f"_prev_{c}"].iat[i] for c, _ in RECORD_COLUMNS[1:]}
+            r["image_reused"] = True
+        else:
+            r = check_image(root, ref, limits.max_bytes, limits.max_pixels, limits.min_side,
+                            list(limits.allowed_formats))
+            r.update(image_size=size, image_mtime_ns=mtime, image_reused=False)
+        r["image_ref"] = ref
+        rows.append(r)
+    out = pd.DataFrame(rows, columns=[c for c, _ in RECORD_COLUMNS] + ["image_reused"])
+    # built from the Python values: a column with missing values would go through float64 and
+    # lose the low digits of a nanosecond mtime
+    for c, t in (("image_width", "Int32"), ("image_height", "Int32"), ("image_size", "Int64"),
+                 ("image_mtime_ns", "Int64")):
+        out[c] = pd.array([None if pd.isna(r[c]) else int(r[c]) for r in rows], dtype=t)
+    return out
+
+
 def check_images_pandas(pdf: "pd.DataFrame", root: str, limits: "ImageLimits") -> "pd.DataFrame":
     """Pure pandas: (product_id, image_ref) rows -> rows with the IMAGE_RESULT_COLUMNS."""
     import pandas as pd
@@ -108,18 +170,35 @@ def check_images_pandas(pdf: "pd.DataFrame", root: str, limits: "ImageLimits") -
     return out
 
 
-def check_images(df: "DataFrame", root: str, limits: "ImageLimits", partitions: int | None = None) -> "DataFrame":
-    """Spark: run :func:`check_image` on the executors for every (product_id, image_ref) row."""
+def check_images(df: "DataFrame", root: str, limits: "ImageLimits", partitions: int | None = None,
+                 previous: "DataFrame | None" = None) -> "DataFrame":
+    """Spark: check every distinct ``image_ref`` of the (product_id, image_ref) rows once, on the
+    executors, reusing the verdicts of ``previous`` (a frame of RECORD_COLUMNS, e.g. last run's
+    ``ops.image_checks``) for unchanged files. Returns one row per input row with
+    IMAGE_RESULT_COLUMNS, plus ``image_size``, ``image_mtime_ns`` and ``image_reused``."""
+    from pyspark.sql import functions as F
+
     from mmpipeline.schemas import spark_schema
 
-    schema = spark_schema(IMAGE_RESULT_COLUMNS)
+    schema = spark_schema(RECORD_COLUMNS + [("image_reused", "boolean")])
     lim = limits.model_copy()
 
     def _apply(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
         for pdf in batches:
-            yield check_images_pandas(pdf, root, lim)
+            yield check_refs_pandas(pdf, root, lim)
 
-    src = df.select("product_id", "image_ref")
+    refs = df.select("image_ref").where(F.col("image_ref").isNotNull()).distinct()
+    if previous is not None:
+        prev = previous.select("image_ref", *[F.col(c).alias(f"_prev_{c}") for c, _ in RECORD_COLUMNS[1:]])
+        refs = refs.join(prev.dropDuplicates(["image_ref"]), "image_ref", "left")
     if partitions:
-        src = src.repartition(partitions, "product_id")
-    return src.mapInPandas(_apply, schema=schema)
+        refs = refs.repartition(partitions, "image_ref")
+    checked = refs.mapInPandas(_apply, schema=schema)
+    out = df.select("product_id", "image_ref").join(checked, "image_ref", "left")
+    return out.select("product_id", "image_ref", *[c for c, _ in IMAGE_RESULT_COLUMNS[2:]],
+                      "image_size", "image_mtime_ns", "image_reused")
+
+
+def image_record(checks: "DataFrame") -> "DataFrame":
+    """This run's verdict per distinct reference (for ``ops.image_checks``)."""
+    return checks.select(*[c for c, _ in RECORD_COLUMNS]).dropDuplicates(["image_ref"])

@@ -1,7 +1,10 @@
 """Scalar cleaning functions (plain Python, no Spark): text, queries, prices.
 
-The Spark transforms apply them through vectorised pandas UDFs, and the pandas baseline of the
-clean benchmark applies the very same functions, so both implement identical cleaning.
+These are the reference. The Spark clean stage evaluates the same rules as Spark SQL expressions
+(:mod:`mmpipeline.clean.sql`) and sends only the rows those cannot handle exactly (non-ASCII text,
+rare HTML entities, out-of-range prices) through vectorised UDFs over these functions; a test
+compares both on the real samples and on hostile strings. The pandas baseline of the clean
+benchmark applies these functions directly.
 """
 
 from __future__ import annotations
@@ -11,14 +14,39 @@ import re
 import unicodedata
 
 _TAG = re.compile(r"<\s*/?\s*[A-Za-z!][^<>]*>")
+# <style>/<script> elements: their text is CSS/JS, not product text (dropped with the element)
+_BLOCK = re.compile(r"<\s*(style|script)(?:[\s/][^<>]*)?>.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
+# html.unescape's own pattern: every character reference it would look at
+_CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
 _CTRL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\u2028\u2029\ufeff]")
 _WS = re.compile(r"\s+")
 _QUERY_DROP = re.compile(r"[^\w\s./&+'\"-]")
 _EDGE_PUNCT = re.compile(r"(?<!\w)[./&+'\"-]+|[./&+'\"-]+(?!\w)")
 
 
+def _charref(m: re.Match) -> str:
+    ref = m.group(0)
+    out = html.unescape(ref)
+    if out == ref and not ref.startswith("&#"):  # not an entity as written: try it in lower case
+        low = html.unescape(ref.lower())
+        if low != ref.lower():
+            return low
+    return out
+
+
+def unescape(s: str) -> str:
+    """``html.unescape``, plus entities written in another case (``&Nbsp;``, ``&Rsquo;``, ``&AMP;``):
+    an exact HTML5 name wins (``&Lt;`` is U+226A), otherwise its lower-case spelling is tried."""
+    return _CHARREF.sub(_charref, s)
+
+
+def _strip_tags(s: str) -> str:
+    return _TAG.sub(" ", _BLOCK.sub(" ", s))
+
+
 def clean_text(s: str | None) -> str | None:
-    """NFKC, HTML tags and entities stripped, control characters removed, whitespace collapsed.
+    """NFKC, HTML tags and entities stripped (``<style>``/``<script>`` elements with their content),
+    control characters removed, whitespace collapsed.
 
     Returns None for missing or empty-after-cleaning text.
     """
@@ -26,10 +54,10 @@ def clean_text(s: str | None) -> str | None:
         return None
     if not isinstance(s, str):
         s = str(s)
-    s = _TAG.sub(" ", s)
+    s = _strip_tags(s)
     if "&" in s:
-        s = html.unescape(s)
-        s = _TAG.sub(" ", s)  # entity-encoded tags (&lt;b&gt;) become tags after unescaping
+        s = unescape(s)
+        s = _strip_tags(s)  # entity-encoded tags (&lt;b&gt;) become tags after unescaping
     s = unicodedata.normalize("NFKC", s)
     s = _CTRL.sub(" ", s)
     s = _WS.sub(" ", s).strip()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mmpipeline.clean.text import clean_text, normalize_query, parse_price
-
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from pyspark.sql import Column, DataFrame
@@ -29,18 +27,64 @@ def _udf(name: str):
     return getattr(udfs, f"{name}_udf")
 
 
+def _as_col(c: "Column | str") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.col(c) if isinstance(c, str) else c
+
+
 def clean_text_col(c: "Column | str") -> "Column":
-    return _udf("clean_text")(c)
+    """:func:`~mmpipeline.clean.text.clean_text` as a Spark SQL expression; only rows that need
+    Python (see :mod:`mmpipeline.clean.sql`) reach the UDF (the others send it a null)."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    col = _as_col(c)
+    py = sql.text_needs_python(col)
+    return F.when(py, _udf("clean_text")(F.when(py, col))).otherwise(sql.clean_text_fast(col))
 
 
 def normalize_query_col(c: "Column | str") -> "Column":
-    return _udf("normalize_query")(c)
-
-
-def parse_price_col(c: "Column | str", max_price: float) -> "Column":
     from pyspark.sql import functions as F
 
-    return _udf("parse_price")(c, F.lit(float(max_price)))
+    from mmpipeline.clean import sql
+
+    col = _as_col(c)
+    py = sql.text_needs_python(col)
+    return F.when(py, _udf("normalize_query")(F.when(py, col))).otherwise(sql.normalize_query_fast(col))
+
+
+def parse_price_col(c: "Column | str", max_price: float, fast: "Column") -> "Column":
+    """:func:`~mmpipeline.clean.text.parse_price` as struct<price, currency, error, detail>: the SQL
+    parse ``fast`` (a column added by :func:`mmpipeline.clean.sql.with_price_fast`), and the
+    reference UDF only for the rows it flags."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    col = _as_col(c)
+    py = sql.price_needs_python(col) | fast["py"]
+    out = _udf("parse_price")(F.when(py, col), F.lit(float(max_price)))
+    return F.when(py, out).otherwise(F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")]))
+
+
+def _price_route(max_price: float) -> tuple["Column", "Column", "Column"]:
+    """(needs Python, SQL parse, reference UDF) of the ``price`` column, given ``_price_fast``."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    fast = F.col("_price_fast")
+    flag = sql.price_needs_python(F.col("price")) | fast["py"]
+    sql_parse = F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")])
+    return flag, sql_parse, _udf("parse_price")(F.col("price"), F.lit(float(max_price)))
+
+
+def _with_clean_query(bronze: "DataFrame") -> "DataFrame":
+    from mmpipeline.clean.sql import with_clean_columns
+
+    return with_clean_columns(bronze, {"_ct_query": ("text", "query"), "_cq_query": ("query", "query")})
 
 
 def _blank_to_null(c: "Column") -> "Column":
@@ -111,13 +155,19 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    price = parse_price_col(F.col("price"), c.max_price)
+    from mmpipeline.clean.sql import with_clean_columns, with_price_fast
+
+    bronze = with_price_fast(bronze, "price", c.max_price, "_price_fast")
+    bronze = with_clean_columns(
+        bronze, {f"_ct_{k}": ("text", k) for k in ("title", "description", "brand", "category_path")},
+        extra={"_price_parsed": _price_route(c.max_price)})
+    price = F.col("_price_parsed")
     df = bronze.select(
         _blank_to_null(F.col("product_id")).alias("product_id"),
-        F.substring(clean_text_col("title"), 1, c.max_title_chars).alias("title"),
-        clean_text_col("description").alias("description"),
-        clean_text_col("brand").alias("brand"),
-        clean_text_col("category_path").alias("category_path"),
+        F.substring(F.col("_ct_title"), 1, c.max_title_chars).alias("title"),
+        F.col("_ct_description").alias("description"),
+        F.col("_ct_brand").alias("brand"),
+        F.col("_ct_category_path").alias("category_path"),
         (F.col("attributes") if "attributes" in bronze.columns else F.lit(None).cast("map<string,string>")).alias("attributes"),
         price.alias("_price"),
         F.upper(_blank_to_null(F.col("currency"))).alias("_currency_col"),
@@ -202,8 +252,9 @@ def tag_queries(bronze: "DataFrame") -> "DataFrame":
     is kept: rows with the same normalised text aggregate into one silver query (frequency)."""
     from pyspark.sql import functions as F
 
+    bronze = _with_clean_query(bronze)
     df = bronze.select(
-        clean_text_col("query").alias("query"), normalize_query_col("query").alias("query_norm"),
+        F.col("_ct_query").alias("query"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("audio_ref")).alias("audio_ref"),
         F.col("frequency").try_cast("double").alias("_freq"), *_meta_cols(bronze))
     reason, detail = _reason_chain([
@@ -263,8 +314,9 @@ def tag_judgments(bronze: "DataFrame", c: "CleanConfig", product_ids: "DataFrame
     """Normalise and validate judgments; repeated (query, product) pairs aggregate (mean grade)."""
     from pyspark.sql import functions as F
 
+    bronze = _with_clean_query(bronze)
     df = bronze.select(
-        clean_text_col("query").alias("_query_text"), normalize_query_col("query").alias("query_norm"),
+        F.col("_ct_query").alias("_query_text"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("product_id")).alias("product_id"), F.col("grade").alias("_grade_raw"),
         _try_double("grade").alias("grade"), *_meta_cols(bronze))
     df = _with_product_check(df, product_ids).withColumn("query_id", query_id_col("query_norm"))
@@ -296,8 +348,9 @@ def tag_interactions(bronze: "DataFrame", product_ids: "DataFrame | None" = None
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    bronze = _with_clean_query(bronze)
     df = bronze.select(
-        clean_text_col("query").alias("_query_text"), normalize_query_col("query").alias("query_norm"),
+        F.col("_ct_query").alias("_query_text"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("product_id")).alias("product_id"),
         F.lower(_blank_to_null(F.col("event_type"))).alias("event_type"), F.col("event_ts").alias("_ts_raw"),
         parse_timestamp(F.col("event_ts")).alias("event_ts"), _blank_to_null(F.col("session_id")).alias("session_id"),

@@ -40,6 +40,11 @@ SEVERITIES = ("critical", "warning")
 DATASOURCE = "mmpipeline_spark"
 BATCH_DEFINITION = "whole_dataframe"
 DOCS_SITE = "lake_site"
+# GE's SUMMARY computes, per column check, examples of unexpected values (a filtered scan each,
+# which reads the whole table when nothing is unexpected); BASIC with 0 examples computes only
+# the aggregates (GE plans a LIMIT 0 query that Spark answers without reading the data)
+DETAIL_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
+FAST_RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -222,8 +227,12 @@ class GXProject:
     ``<root>/ops/data_docs``; ``GXProject.ephemeral()`` keeps everything in memory.
     """
 
-    def __init__(self, context, data_docs_dir: Path | None = None, spark=None):
+    def __init__(self, context, data_docs_dir: Path | None = None, spark=None, result_detail: str = "on_failure"):
         self.context = context
+        # "on_failure": checks run with GE's BASIC result format and no unexpected-value examples
+        # (aggregates only); only when one fails is the suite re-run with SUMMARY for its examples.
+        # "always": SUMMARY every time (one extra scan per column check for its examples).
+        self.result_detail = result_detail
         self.data_docs_dir = data_docs_dir
         self.spark = spark
         self._datasource = None
@@ -316,17 +325,23 @@ class GXProject:
         actions = []
         if data_docs and self.data_docs_dir is not None:
             actions.append(UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE]))
-        cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
-            name=suite_name, validation_definitions=[vd], actions=actions,
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20}))
         cached_here = not df.is_cached
         if cached_here:
             df = df.persist()
         try:
             run_name = str(run_date) if run_date else "adhoc"
-            result = cp.run(batch_parameters={"dataframe": df},
-                            run_id=RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.timezone.utc)))
+            run_id = RunIdentifier(run_name=run_name, run_time=dt.datetime.now(dt.timezone.utc))
+            fmt = FAST_RESULT_FORMAT if self.result_detail == "on_failure" else DETAIL_RESULT_FORMAT
+            cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
+                name=suite_name, validation_definitions=[vd], actions=actions, result_format=fmt))
+            result = cp.run(batch_parameters={"dataframe": df}, run_id=run_id)
             suite_result = next(iter(result.run_results.values()))
+            if fmt is FAST_RESULT_FORMAT and not all(r.success for r in suite_result.results):
+                # something failed: once more with the examples of unexpected values (GE's SUMMARY)
+                cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
+                    name=suite_name, validation_definitions=[vd], actions=[], result_format=DETAIL_RESULT_FORMAT))
+                result = cp.run(batch_parameters={"dataframe": df}, run_id=run_id)
+                suite_result = next(iter(result.run_results.values()))
             out = [self._check_result(r, df, table_name, suite_name, by_name) for r in suite_result.results]
             rows = None
             if count_rows:  # GE counted already when the suite has a row-count check; else one more job

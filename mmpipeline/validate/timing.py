@@ -104,3 +104,72 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     print(json.dumps(main(a.rows, a.lake), indent=2))
+
+
+# ------------------------------------------------------------------------ GE vs one Spark scan
+
+def spark_products_checks(df, cfg) -> dict[str, bool]:
+    """The silver.products suite's checks as one hand-written Spark aggregation: {check: passed}."""
+    from pyspark.sql import functions as F
+
+    q, c = cfg.quality, cfg.clean
+    lo_r, hi_r = q.rating_range
+    col = F.col
+    has_ref = col("image_ref").isNotNull()
+    r = df.agg(
+        F.count(F.lit(1)).alias("n"), F.count_distinct("product_id").alias("distinct_ids"),
+        F.count_if(col("product_id").isNull()).alias("null_ids"), F.count_if(col("title").isNull()).alias("null_titles"),
+        F.count_if((col("price") < 0) | (col("price") > c.max_price)).alias("bad_price"),
+        F.count_if((col("rating") < lo_r) | (col("rating") > hi_r)).alias("bad_rating"),
+        F.count_if(col("popularity") < 0).alias("bad_popularity"),
+        F.count_if(col("image_status").isNotNull() & ~col("image_status").isin(list(q.image_statuses))).alias("bad_status"),
+        F.count_if(has_ref).alias("refs"),
+        F.count_if(has_ref & col("image_status").isin(list(q.decodable_image_statuses))).alias("decodable"),
+    ).first()
+    non_null_ids = r["n"] - r["null_ids"]
+    return {
+        "row_count": r["n"] >= q.min_rows,
+        "key_not_null(product_id)": r["null_ids"] == 0,
+        "key_unique(product_id)": r["distinct_ids"] == non_null_ids,
+        "title_not_null": r["null_titles"] == 0,
+        "price_range": r["bad_price"] == 0,
+        "rating_range": r["bad_rating"] == 0,
+        "popularity_non_negative": r["bad_popularity"] == 0,
+        "image_status_domain": r["bad_status"] == 0,
+        "decodable_image_share": r["refs"] == 0 or r["decodable"] / r["refs"] >= q.min_decodable_image_share,
+    }
+
+
+def ge_vs_spark(ctx, lake, table_name: str = "silver.products") -> dict:
+    """Seconds of the GE suite of ``table_name`` vs the same checks as one Spark aggregation, on the
+    same (cached) frame, with both verdicts per check. Each runs twice; the second run is reported
+    (the first pays one-off costs: GE context and expectation classes, Spark code generation)."""
+    from mmpipeline.schemas import table
+    from mmpipeline.validate.api import GXProject
+    from mmpipeline.validate.suites import silver_checks
+
+    cfg = ctx.cfg
+    df = lake.read(table_name).cache()
+    n = df.count()
+    project = GXProject.ephemeral(spark=lake.spark)
+    checks = silver_checks(table(table_name), cfg)
+    ge_s, sp_s, summary_s = [], [], []
+    for _ in range(2):
+        t = time.perf_counter()
+        rep = project.validate(df, table_name, table_name, checks, data_docs=False)
+        ge_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        verdicts = spark_products_checks(df, cfg)
+        sp_s.append(time.perf_counter() - t)
+    project.result_detail = "always"  # how it was: SUMMARY (examples of unexpected values) every run
+    t = time.perf_counter()
+    project.validate(df, table_name, table_name, checks, data_docs=False)
+    summary_s.append(time.perf_counter() - t)
+    df.unpersist()
+    ge = {r.check_name: bool(r.success) for r in rep.results}
+    same = {k: ge.get(k) == v for k, v in verdicts.items() if k in ge}
+    return {"table": table_name, "rows": n, "checks": len(rep.results), "ge_seconds": round(ge_s[-1], 2),
+            "spark_seconds": round(sp_s[-1], 2), "ge_first_seconds": round(ge_s[0], 2),
+            "ge_over_spark": round(ge_s[-1] / sp_s[-1], 2) if sp_s[-1] else None,
+            "ge_summary_format_seconds": round(summary_s[-1], 2),
+            "same_verdicts": all(same.values()) and bool(same), "verdicts_compared": len(same)}

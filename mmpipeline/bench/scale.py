@@ -1,0 +1,346 @@
+"""``mmpipeline bench scale``: how each stage's cost grows with the catalog (JSON on stdout).
+
+For every size in ``--param sizes=10000,100000,1000000`` a catalog is scaled up from the real
+samples (:mod:`mmpipeline.bench.catalog`) into a scratch folder, and the registered stages run on
+a fresh scratch lake with the production engine (Spark), in order. Per stage and size: wall
+seconds, rows/s, peak RSS of the driver process and of the whole process tree (the Spark JVM and
+the Python workers are children of the driver; sampled every 0.1 s in a thread), Delta commits
+and data files written. Per stage: the scaling exponent ``b`` from the two largest sizes
+(``t2/t1 = (n2/n1)^b``). Progress goes to stderr.
+
+Extra measurements in the same run, per size:
+
+* ``clean_vs_pandas``: the Spark product cleaning (tag + silver + quarantine, ``noop`` sink) next
+  to the plain pandas baseline of ``bench clean`` on the same bronze rows, with both counts;
+* ``images``: the image checks on the share with images, cold (no record) and warm (the record the
+  clean stage kept in ``ops.image_checks``): files opened and seconds;
+* ``validate_ge_vs_spark``: the GE suites of silver.products next to a hand-written Spark
+  aggregation of the same checks (one scan), with both verdicts.
+
+Stages are a registry: part 2 of the scale work adds embed/score with one :func:`register` line.
+Params: ``sizes``, ``datasets`` (default ``../shared/datasets``), ``workdir`` (kept when given),
+``stages`` (comma list, default all registered), ``skip_pandas``, ``skip_extras``, ``partial_json``
+(a file that gets the results of the sizes done so far after each size).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+RUN_DATE = dt.date(2026, 1, 31)
+
+
+@dataclass
+class Stage:
+    name: str
+    run: str  # "module:function", called with a RunContext, returns the stage summary
+    rows: Callable[[dict[str, Any], dict[str, Any]], int] | None = None  # (stage summary, catalog counts) -> rows
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(name: str, run: str, rows: Callable[[dict[str, Any], dict[str, Any]], int] | None = None) -> None:
+    """Add a stage to the benchmark (runs after the ones registered before it)."""
+    STAGES[name] = Stage(name, run, rows)
+
+
+def _input_rows(summary: dict[str, Any], counts: dict[str, Any]) -> int:
+    return int(counts["products"] + counts["queries"] + counts["judgments"])
+
+
+register("ingest", "mmpipeline.ingest:run", _input_rows)
+register("clean", "mmpipeline.clean:run", _input_rows)
+register("validate", "mmpipeline.validate.stage:run",
+         lambda s, c: int(sum((t.get("rows") or 0) for t in s.get("tables", {}).values())))
+
+
+def _load(ref: str):
+    import importlib
+
+    mod, _, fn = ref.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def progress(msg: str) -> None:
+    print(f"[bench scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------- measuring
+
+class RssSampler:
+    """Peak RSS of this process and of its whole process tree, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.1):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.driver_peak = self.tree_peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            d = self._proc.memory_info().rss
+        except psutil.Error:
+            return
+        tree = d
+        for c in self._proc.children(recursive=True):
+            try:
+                tree += c.memory_info().rss
+            except psutil.Error:
+                pass
+        self.driver_peak = max(self.driver_peak, d)
+        self.tree_peak = max(self.tree_peak, tree)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._sample()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self._sample()
+
+
+def lake_files(root: Path) -> dict[str, tuple[int, set[str]]]:
+    """{table folder: (Delta commits, data files)} for every Delta table under ``root``."""
+    out: dict[str, tuple[int, set[str]]] = {}
+    if not root.is_dir():
+        return out
+    for log_dir in root.rglob("_delta_log"):
+        t = log_dir.parent
+        commits = sum(1 for f in log_dir.glob("*.json"))
+        files = {str(f.relative_to(t)) for f in t.rglob("*.parquet") if "_delta_log" not in f.parts}
+        out[str(t.relative_to(root))] = (commits, files)
+    return out
+
+
+def lake_delta(before: dict[str, tuple[int, set[str]]], after: dict[str, tuple[int, set[str]]]) -> dict[str, Any]:
+    versions = files = 0
+    tables = {}
+    for t, (c, f) in after.items():
+        c0, f0 = before.get(t, (0, set()))
+        dv, df = c - c0, len(f - f0)
+        if dv or df:
+            tables[t] = {"versions": dv, "files": df}
+        versions += dv
+        files += df
+    return {"delta_versions": versions, "files_written": files, "tables": tables}
+
+
+def scaling_exponent(n1: int, t1: float, n2: int, t2: float) -> float | None:
+    if min(n1, n2, t1, t2) <= 0 or n1 == n2:
+        return None
+    return round(math.log(t2 / t1) / math.log(n2 / n1), 3)
+
+
+# ------------------------------------------------------------------------------------- extras
+
+def clean_vs_pandas(ctx, lake) -> dict[str, Any]:
+    """Spark product cleaning vs the pandas baseline of ``bench clean`` on this run's bronze rows."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.bench.clean import clean_products_pandas
+    from mmpipeline.clean import transforms as T
+
+    c = ctx.cfg.clean
+    bronze = lake.read("bronze.products").where(F.col("run_date") == F.lit(ctx.run_date))
+    with RssSampler() as rs:
+        t0 = time.perf_counter()
+        tagged = T.tag_products(bronze, c).persist()
+        counts = T.outcome_counts(tagged)
+        T.products_silver(tagged).write.format("noop").mode("overwrite").save()
+        T.quarantine_rows(tagged, "product_id", ctx.run_date).write.format("noop").mode("overwrite").save()
+        spark_s = time.perf_counter() - t0
+        tagged.unpersist()
+    rows = int(counts["in"])
+    out: dict[str, Any] = {"rows": rows, "spark": {
+        "seconds": round(spark_s, 2), "rows_per_s": round(rows / spark_s, 1), "kept": counts[T.KEPT],
+        "folded": counts[T.FOLDED], "quarantined": counts[T.QUARANTINED],
+        "driver_peak_rss_mb": round(rs.driver_peak / 2**20), "tree_peak_rss_mb": round(rs.tree_peak / 2**20)}}
+    if ctx.options.get("skip_pandas"):
+        return out
+    with RssSampler() as rs:
+        t0 = time.perf_counter()
+        pdf = lake.read_pandas("bronze.products", filters=[("run_date", "=", ctx.run_date)])
+        silver, quarantine, folded = clean_products_pandas(pdf, c.max_title_chars, c.min_title_chars, c.max_price,
+                                                           c.default_currency)
+        pandas_s = time.perf_counter() - t0
+    del pdf
+    out["pandas"] = {"seconds": round(pandas_s, 2), "rows_per_s": round(rows / pandas_s, 1), "kept": len(silver),
+                     "folded": folded, "quarantined": len(quarantine),
+                     "driver_peak_rss_mb": round(rs.driver_peak / 2**20)}
+    out["spark_over_pandas"] = round(pandas_s / spark_s, 3)
+    out["same_counts"] = (len(silver) == counts[T.KEPT] and len(quarantine) == counts[T.QUARANTINED]
+                          and folded == counts[T.FOLDED])
+    return out
+
+
+# --------------------------------------------------------------------------------------- main
+
+def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
+    from mmpipeline.config import load_config
+
+    over: dict[str, Any] = {
+        "name": "scale-bench", "lake.root": str(lake_root), "sources": sources,
+        "clean.grade_min": 1.0, "clean.grade_max": 3.0, "quality.data_docs": False,
+    }
+    if base_cfg is not None:
+        over["spark.master"] = base_cfg.spark.master
+        over["spark.conf"] = dict(base_cfg.spark.conf)
+    return load_config(None, over, env={})
+
+
+def run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # the stages' tables must not mix into the JSON
+        return _run_size(n, work, datasets, base_cfg, params, stages)
+
+
+def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
+    from mmpipeline.bench.catalog import write_scaled_catalog
+    from mmpipeline.context import RunContext
+
+    t0 = time.perf_counter()
+    cat = write_scaled_catalog(work / "catalog", n, datasets)
+    progress(f"size {n:,}: catalog written in {time.perf_counter() - t0:.1f}s {cat['counts']}")
+    lake_root = work / "lake"
+    cfg = _config(base_cfg, lake_root, cat["sources"])
+    ctx = RunContext.create(cfg, RUN_DATE, options={"skip_pandas": bool(params.get("skip_pandas"))})
+    res: dict[str, Any] = {"catalog": cat["counts"], "catalog_seconds": round(time.perf_counter() - t0, 2),
+                           "stages": {}}
+    ctx.spark  # noqa: B018  (start Spark outside the timed stages)
+    for name in stages:
+        st = STAGES[name]
+        before = lake_files(lake_root)
+        progress(f"size {n:,}: {name} ...")
+        with RssSampler() as rs:
+            t1 = time.perf_counter()
+            summary = _load(st.run)(ctx) or {}
+            secs = time.perf_counter() - t1
+        rows = st.rows(summary, cat["counts"]) if st.rows else cat["counts"]["products"]
+        rec = {"seconds": round(secs, 2), "rows": rows, "rows_per_s": round(rows / secs, 1) if secs else None,
+               "driver_peak_rss_mb": round(rs.driver_peak / 2**20), "tree_peak_rss_mb": round(rs.tree_peak / 2**20),
+               **lake_delta(before, lake_files(lake_root))}
+        rec["summary"] = summary
+        res["stages"][name] = rec
+        progress(f"size {n:,}: {name} {secs:.1f}s ({rec['rows_per_s']:,} rows/s), driver peak "
+                 f"{rec['driver_peak_rss_mb']} MB, tree peak {rec['tree_peak_rss_mb']} MB")
+    if not params.get("skip_extras"):
+        lake = ctx.spark_lake()
+        if "clean" in stages:
+            progress(f"size {n:,}: clean vs pandas ...")
+            res["clean_vs_pandas"] = clean_vs_pandas(ctx, lake)
+            progress(f"size {n:,}: clean vs pandas {res['clean_vs_pandas']}")
+            from mmpipeline.bench.images import image_check_bench
+
+            res["images"] = image_check_bench(ctx, lake)
+            progress(f"size {n:,}: images {res['images']}")
+        if "validate" in stages:
+            from mmpipeline.validate.timing import ge_vs_spark
+
+            res["validate_ge_vs_spark"] = ge_vs_spark(ctx, lake, "silver.products")
+            progress(f"size {n:,}: GE vs Spark {res['validate_ge_vs_spark']}")
+    return res
+
+
+def _slim(summary: Any) -> Any:
+    """Stage summaries without the per-check noise (kept small in the JSON)."""
+    if isinstance(summary, dict):
+        return {k: _slim(v) for k, v in summary.items() if k not in ("reasons", "merge", "data_docs")}
+    return summary
+
+
+def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
+    sizes = [int(s) for s in str(params.get("sizes", "10000,100000,1000000")).split(",") if s.strip()]
+    stages = [s.strip() for s in str(params.get("stages", ",".join(STAGES))).split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} in --param stages; registered: {list(STAGES)}")
+    datasets = Path(params.get("datasets") or Path(__file__).resolve().parents[3] / "shared" / "datasets")
+    if not (datasets / "homedepot" / "relevance.csv").is_file():
+        raise FileNotFoundError(f"bench scale needs the sample datasets: no homedepot/relevance.csv under {datasets} "
+                                f"(set --param datasets=PATH)")
+    keep = bool(params.get("workdir"))
+    root = Path(params.get("workdir") or tempfile.mkdtemp(prefix="mmp-bench-scale-"))
+    root.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"benchmark": "scale", "sizes": sizes, "stages": stages, "cores": os.cpu_count(),
+                              "load_avg_start": [round(x, 2) for x in os.getloadavg()], "results": {}}
+    try:
+        for n in sizes:
+            work = root / f"n{n}"
+            shutil.rmtree(work, ignore_errors=True)
+            t0 = time.perf_counter()
+            r = run_size(n, work, datasets, cfg, params, stages)
+            for st in r["stages"].values():
+                st["summary"] = _slim(st["summary"])
+            result["results"][str(n)] = r
+            progress(f"size {n:,} done in {time.perf_counter() - t0:.1f}s")
+            if params.get("partial_json"):  # the sizes done so far, for long runs
+                Path(params["partial_json"]).write_text(json.dumps(result, default=str, indent=2))
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    done = [n for n in sizes if str(n) in result["results"]]
+    if len(done) >= 2:
+        n1, n2 = sorted(done)[-2:]
+        result["scaling_between"] = [n1, n2]
+        result["scaling_exponent_b"] = {
+            s: scaling_exponent(n1, result["results"][str(n1)]["stages"][s]["seconds"],
+                                n2, result["results"][str(n2)]["stages"][s]["seconds"]) for s in stages}
+    result["targets"] = _targets(result)
+    return json.loads(json.dumps(result, default=str))
+
+
+def _targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, evaluated on the largest size measured."""
+    if not result["results"]:
+        return {}
+    n = max(int(k) for k in result["results"])
+    r = result["results"][str(n)]
+    out: dict[str, Any] = {"size": n}
+    cl = r["stages"].get("clean")
+    if cl:
+        out["clean_rows_per_s"] = cl["rows_per_s"]
+        out["clean_rows_per_s_ok (>= 30000)"] = bool(cl["rows_per_s"] and cl["rows_per_s"] >= 30000)
+    cvp = r.get("clean_vs_pandas", {})
+    if "spark_over_pandas" in cvp:
+        out["clean_spark_over_pandas"] = cvp["spark_over_pandas"]
+        out["clean_spark_over_pandas_ok (>= 2)"] = cvp["spark_over_pandas"] >= 2 and cvp["same_counts"]
+    b = result.get("scaling_exponent_b") or {}
+    for s in ("ingest", "clean", "validate"):
+        if b.get(s) is not None:
+            out[f"b_{s}_ok (<= 1.15)"] = b[s] <= 1.15
+    peaks = [st["driver_peak_rss_mb"] for st in r["stages"].values()]
+    if peaks:
+        out["driver_peak_rss_mb"] = max(peaks)
+        out["driver_peak_rss_ok (<= 3072 MB)"] = max(peaks) <= 3072
+    return out

@@ -1,0 +1,287 @@
+"""The cleaning rules of :mod:`mmpipeline.clean.text` as Spark SQL expressions (no Python per row).
+
+Each public function returns ``(fast, needs_python)``: ``fast`` is a JVM expression that equals the
+scalar reference for every row where ``needs_python`` is false; the clean transforms send only the
+other rows through the vectorised UDFs (:mod:`mmpipeline.clean.udfs`). The rows that need Python:
+
+* text with any non-ASCII character (NFKC and Unicode-aware ``\\s``/``\\w``/casefold have no exact
+  Spark SQL equivalent; 0.3% of the Home Depot titles, none of the fashion titles);
+* text with an ``&`` that starts anything but a common entity in any case (``&amp;`` ``&lt;``
+  ``&gt;`` ``&quot;`` ``&apos;`` ``&nbsp;`` ``&#39;`` ...): ``html.unescape`` knows 2,231 names,
+  legacy spellings without ``;`` and numeric references; a bare ``&`` (``Bath & Body``) is fine;
+* prices with a character outside printable ASCII (``€``, ``£``, control characters), or whose
+  value is above ``clean.max_price`` (its message prints the number as Python does).
+
+Everything else (tags, ``<style>``/``<script>`` elements, common entities, control characters,
+whitespace, query normalisation, price parsing) runs as regular expressions inside the JVM.
+Regexes are Java's; character classes are spelled out so they match exactly what Python's
+``\\s``/``\\w``/``\\d`` match on ASCII text.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from mmpipeline.clean.text import CURRENCY_CODES, unescape
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import Column, DataFrame
+
+# Python's \s on ASCII: [ \t\n\r\x0b\x0c\x1c-\x1f]
+_S = r"\t\n\x0B\f\r\x1C-\x1F "
+_W = r"A-Za-z0-9_"
+_TAG = rf"<[{_S}]*/?[{_S}]*[A-Za-z!][^<>]*>"
+_BLOCK = rf"(?is)<[{_S}]*(style|script)(?:[{_S}/][^<>]*)?>.*?<[{_S}]*/[{_S}]*\1[{_S}]*>"
+_CTRL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
+_WS = rf"[{_S}]+"
+_QUERY_DROP = rf"[^{_W}{_S}./&+'\"-]"
+_PUNCT = r"[./&+'\"-]"
+_EDGE_PUNCT = rf"(?<![{_W}]){_PUNCT}+|{_PUNCT}+(?![{_W}])"
+_NON_ASCII = r"[^\x00-\x7F]"
+_COMMON_ENTITIES = ("amp", "lt", "gt", "quot", "apos", "nbsp", "#39", "#039", "#34", "#034", "#38", "#60", "#62")
+
+
+def _java_quote(s: str) -> str:
+    return "".join("\\" + ch if not ch.isalnum() else ch for ch in s)
+
+
+@lru_cache(maxsize=1)
+def entity_table() -> tuple[tuple[str, str], ...]:
+    """(spelling incl. ``&`` and ``;``, decoded text) for every case variant of the common entities
+    that the reference decodes to one ASCII character or a no-break space (``&Lt;`` is not one)."""
+    out = []
+    for name in _COMMON_ENTITIES:
+        variants = {"".join(p) for p in itertools.product(*[(c.lower(), c.upper()) for c in name])}
+        for v in sorted(variants):
+            ref = f"&{v};"
+            dec = unescape(ref)
+            if dec == "\u00a0":
+                dec = " "  # NFKC turns it into a space right after (and both are \s to the tag regex)
+            if len(dec) == 1 and ord(dec) < 128 and dec != ref:
+                out.append((ref, dec))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _patterns() -> dict[str, str]:
+    table = entity_table()
+    spellings = "|".join(_java_quote(e[1:]) for e, _ in table)
+    # an '&' the reference leaves alone (html.unescape's regex does not start a reference there)
+    # or that starts one of the common entities; anything else -> Python
+    needs_py = rf"{_NON_ASCII}|&(?!(?:{spellings})|[\t\n\f <&;]|\z)"
+    return {"needs_py": needs_py}
+
+
+def text_needs_python(c: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.coalesce(c.rlike(_patterns()["needs_py"]), F.lit(False))
+
+
+def _strip_tags(c: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.when(F.instr(c, "<") > 0, F.regexp_replace(F.regexp_replace(c, _BLOCK, " "), _TAG, " ")).otherwise(c)
+
+
+@lru_cache(maxsize=1)
+def _decode_passes() -> tuple[tuple[str, str], ...]:
+    """(Java regex, replacement) per decoded character; the one giving ``&`` last (single pass)."""
+    by_result: dict[str, dict[str, list[str]]] = {}
+    for ent, dec in entity_table():
+        name = ent[1:-1]
+        by_result.setdefault(dec, {}).setdefault(name.lower(), []).append(name)
+    passes = []
+    for dec in sorted(by_result, key=lambda d: d == "&"):
+        alts = []
+        for low, names in sorted(by_result[dec].items()):
+            all_cases = {"".join(p) for p in itertools.product(*[(ch.lower(), ch.upper()) for ch in low])}
+            if set(names) == all_cases:
+                alts.append(f"(?i:{_java_quote(low)})")
+            else:
+                alts.extend(_java_quote(n) for n in sorted(names))
+        passes.append((f"&(?:{'|'.join(alts)});", dec.replace("\\", "\\\\").replace("$", "\\$")))
+    return tuple(passes)
+
+
+def _decode_entities(c: "Column") -> "Column":
+    """Single-pass decoding of the common entities: ``&amp;`` last, so ``&amp;lt;`` -> ``&lt;``."""
+    from pyspark.sql import functions as F
+
+    for pattern, repl in _decode_passes():
+        c = F.regexp_replace(c, pattern, repl)
+    return c
+
+
+_CTRL_CHARS = "".join(chr(i) for i in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_TO_SPACE = _CTRL_CHARS + "\t\n\r"  # control characters and the other ASCII whitespace
+
+
+def _finish_text(s: "Column") -> "Column":
+    """Control characters -> space, whitespace runs -> one space, trimmed; empty -> null."""
+    from pyspark.sql import functions as F
+
+    t = F.translate(s, _TO_SPACE, " " * len(_TO_SPACE))
+    t = F.when(F.instr(t, "  ") > 0, F.regexp_replace(t, " {2,}", " ")).otherwise(t)
+    return F.nullif(F.trim(t), F.lit(""))
+
+
+def _decode_pass(s: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.when(F.instr(s, "&") > 0, _strip_tags(_decode_entities(s))).otherwise(s)
+
+
+def _query_from_text(t: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    s = F.regexp_replace(F.regexp_replace(F.lower(t), _QUERY_DROP, " "), _EDGE_PUNCT, " ")
+    return F.nullif(F.trim(F.regexp_replace(s, _WS, " ")), F.lit(""))
+
+
+def clean_text_fast(c: "Column") -> "Column":
+    """:func:`mmpipeline.clean.text.clean_text` for rows where :func:`text_needs_python` is false
+    (one nested expression; on large frames prefer :func:`with_clean_columns`)."""
+    return _finish_text(_decode_pass(_strip_tags(c)))
+
+
+def normalize_query_fast(c: "Column") -> "Column":
+    """:func:`mmpipeline.clean.text.normalize_query` for rows where :func:`text_needs_python` is false."""
+    return _query_from_text(clean_text_fast(c))
+
+
+def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
+                       extra: dict[str, tuple["Column", "Column", "Column"]] | None = None) -> "DataFrame":
+    """Add cleaned columns: ``{out: ("text" | "query", source column)}`` -> ``out`` = clean_text /
+    normalize_query of the source, and ``extra`` ``{out: (needs_python, fast, udf)}`` columns.
+
+    Every row gets the JVM expressions; the rows where any flag is set (a few percent) are split
+    off and only they go through the vectorised UDFs (a UDF inside ``CASE WHEN`` would still be
+    sent every row). Built in steps of intermediate columns so that Spark does not inline (and
+    re-evaluate) a regex result that a later step uses more than once.
+    """
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import udfs
+
+    srcs = sorted({src for _, src in specs.values()})
+    key = {src: f"__ct{i}" for i, src in enumerate(srcs)}
+    extra = extra or {}
+    flags = {f"{key[s]}_py": text_needs_python(F.col(s)) for s in srcs}
+    flags |= {f"__cx{i}_py": flag for i, (flag, _, _) in enumerate(extra.values())}
+    df = df.withColumns(flags | {f"{key[s]}_1": _strip_tags(F.col(s)) for s in srcs})
+    df = df.withColumns({f"{key[s]}_2": _decode_pass(F.col(f"{key[s]}_1")) for s in srcs})
+    df = df.withColumns({f"{key[s]}_t": _finish_text(F.col(f"{key[s]}_2")) for s in srcs})
+    qsrcs = sorted({src for kind, src in specs.values() if kind == "query"})
+    if qsrcs:
+        df = df.withColumns({f"{key[s]}_q": _query_from_text(F.col(f"{key[s]}_t")) for s in qsrcs})
+    fast, slow = {}, {}
+    for out, (kind, src) in specs.items():
+        py = F.col(f"{key[src]}_py")
+        udf = udfs.clean_text_udf if kind == "text" else udfs.normalize_query_udf
+        fast[out] = F.col(f"{key[src]}_t" if kind == "text" else f"{key[src]}_q")
+        slow[out] = F.when(py, udf(F.col(src))).otherwise(fast[out])
+    for i, (out, (_, fast_c, udf_c)) in enumerate(extra.items()):
+        fast[out] = fast_c
+        slow[out] = F.when(F.col(f"__cx{i}_py"), udf_c).otherwise(fast_c)
+    any_py = reduce(lambda a, b: a | b, [F.col(c) for c in flags]) if flags else F.lit(False)
+    df = df.withColumn("__ct_any", any_py)
+    out_df = df.where(~F.col("__ct_any")).withColumns(fast).unionByName(
+        df.where(F.col("__ct_any")).withColumns(slow))
+    return out_df.drop(*[c for c in out_df.columns if c.startswith(("__ct", "__cx"))])
+
+
+# ------------------------------------------------------------------------------------------ prices
+
+_PRINTABLE = r"^[\x20-\x7E]*\z"
+_CODES = "|".join(sorted(CURRENCY_CODES))
+_CODE = rf"(?<![A-Za-z])(?i:{_CODES})(?![A-Za-z])"
+_NUMBER = r"\d[\d.,' ]*\d|\d"
+
+
+def _py_repr(s: "Column") -> "Column":
+    """Python's ``repr`` of a printable-ASCII string."""
+    from pyspark.sql import functions as F
+
+    bs = F.replace(s, F.lit("\\"), F.lit("\\\\"))
+    dq = (F.instr(s, "'") > 0) & (F.instr(s, '"') == 0)
+    return F.when(dq, F.concat(F.lit('"'), bs, F.lit('"'))).otherwise(
+        F.concat(F.lit("'"), F.replace(bs, F.lit("'"), F.lit("\\'")), F.lit("'")))
+
+
+def price_needs_python(c: "Column") -> "Column":
+    """Prices the fast path does not take at all (non-printable or non-ASCII text)."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(~c.rlike(_PRINTABLE), F.lit(False))
+
+
+def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_price_fast") -> "DataFrame":
+    """Add ``out``: :func:`mmpipeline.clean.text.parse_price` of column ``src`` as a struct<price,
+    currency, error, detail, py>; ``py`` is true where the row must be parsed by the reference
+    instead (see module doc). Built in steps of intermediate columns (dropped at the end) so each
+    regular expression is evaluated once per row; plain string functions where they suffice."""
+    from pyspark.sql import functions as F
+
+    c = F.col(src)
+    p = f"__{out}_"
+    df = df.withColumn(p + "t", F.trim(c))
+    t = F.col(p + "t")
+    df = df.withColumn(p + "rest0", F.replace(t, F.lit("$"), F.lit(" ")))
+    rest0 = F.col(p + "rest0")
+    df = df.withColumn(p + "code", F.upper(F.regexp_extract(rest0, f"({_CODE})", 1)))
+    code = F.col(p + "code")
+    has_code = code != ""
+    df = df.withColumns({
+        p + "cur": F.when(has_code, code).otherwise(F.when(F.instr(t, "$") > 0, F.lit("USD"))),
+        p + "rest": F.when(has_code, F.regexp_replace(rest0, rf"(?s)^(.*?){_CODE}", "$1 ")).otherwise(rest0)})
+    rest = F.col(p + "rest")
+    df = df.withColumn(p + "num", F.regexp_extract(rest, f"({_NUMBER})", 1))
+    num = F.col(p + "num")
+    # the number is the first match, so the text before it is everything before its first occurrence
+    df = df.withColumn(p + "before", F.expr(f"substring_index(`{p}rest`, `{p}num`, 1)"))
+    before_raw = F.col(p + "before")
+    df = df.withColumn(p + "after", F.expr(f"substring(`{p}rest`, length(`{p}before`) + length(`{p}num`) + 1)"))
+    after_raw = F.col(p + "after")
+    digits = "0123456789"
+    before, after = F.trim(before_raw), F.trim(after_raw)
+    df = df.withColumns({
+        # exactly one number <=> a number, and no digit after it (any digit would start another match)
+        p + "one": (num != "") & (F.length(F.translate(after_raw, digits, "")) == F.length(after_raw)),
+        p + "neg": before.endswith("-") | (before.endswith("(") & after.startswith(")")),
+        p + "left": F.translate(F.concat(before, after), " ()+-\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", ""),
+        p + "n": F.replace(F.replace(num, F.lit("'"), F.lit("")), F.lit(" "), F.lit(""))})
+    n = F.col(p + "n")
+    has_c, has_d = F.instr(n, ",") > 0, F.instr(n, ".") > 0
+    no_dots, no_commas = F.replace(n, F.lit("."), F.lit("")), F.replace(n, F.lit(","), F.lit(""))
+    rev = F.reverse(n)
+    comma_last = F.instr(rev, ",") < F.instr(rev, ".")
+    n2 = (F.when(has_c & has_d, F.when(comma_last, F.replace(no_dots, F.lit(","), F.lit("."))).otherwise(no_commas))
+          .when(has_c, F.when(n.rlike(r"^\d{1,3}(,\d{3})+$"), no_commas).otherwise(F.replace(n, F.lit(","), F.lit("."))))
+          .when(has_d & n.rlike(r"^\d{1,3}(\.\d{3}){2,}$"), no_dots).otherwise(n))
+    df = df.withColumn(p + "v", n2.try_cast("double"))
+    value, currency, left = F.col(p + "v"), F.col(p + "cur"), F.col(p + "left")
+    rt = _py_repr(t)
+    null_s = F.lit(None).cast("string")
+    null_d = F.lit(None).cast("double")
+
+    def res(price, cur, err, detail, py=F.lit(False)):
+        return F.struct(price.alias("price"), cur.alias("currency"), err.alias("error"), detail.alias("detail"),
+                        py.alias("py"))
+
+    invalid = F.lit("invalid_price")
+    parsed = (
+        F.when(c.isNull() | (t == ""), res(null_d, null_s, null_s, null_s))
+        .when(~F.col(p + "one"), res(null_d, currency, invalid, F.concat(F.lit("no single number in price "), rt)))
+        .when(left != "", res(null_d, currency, invalid, F.concat(
+            F.lit("unexpected text "), _py_repr(left), F.lit(" in price "), rt)))
+        .when(value.isNull(), res(null_d, currency, invalid, F.concat(F.lit("cannot read the number in price "), rt)))
+        .when(F.col(p + "neg"), res(-value, currency, F.lit("negative_price"), F.concat(F.lit("negative price "), rt)))
+        .when(value > F.lit(float(max_price)), res(null_d, null_s, null_s, null_s, F.lit(True)))
+        .otherwise(res(value, currency, null_s, null_s))
+    )
+    return df.withColumn(out, parsed).drop(*[x for x in df.columns if x.startswith(p)])
