@@ -8,7 +8,7 @@
 #                    (needs the dataset's lake: run `make run DATASET=<ds>` first)
 #   score            pairs scored per second and stage wall time on each dataset with a champion
 #
-# Knobs: BENCHES="clean embed quality score" (subset to run), BENCH_DATASETS="homedepot fashion",
+# Knobs: BENCHES="clean embed quality score voice scale" (subset to run; scale builds 1M-product catalogs: ~30 min), BENCH_DATASETS="homedepot fashion",
 # BENCH_PARAMS_<name>="key=value ..." (extra --param for one benchmark, e.g. BENCH_PARAMS_clean="rows=200000").
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,7 +17,7 @@ cd "$REPO"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$(command -v python)}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 OUT="$REPO/var/bench"
 mkdir -p "$OUT"
-BENCHES="${BENCHES:-clean embed quality score}"
+BENCHES="${BENCHES:-clean embed quality score voice scale}"
 DATASETS="${BENCH_DATASETS:-homedepot fashion}"
 SHARED="${MMP_DATASETS:-$REPO/../shared/datasets}"
 STATUS=()
@@ -79,6 +79,13 @@ for b in $BENCHES; do
       done ;;
     score)
       run score score ;;
+    scale)
+      if [ -f "$SHARED/homedepot/relevance.csv" ]; then run scale scale
+      else STATUS+=("skipped scale: $SHARED/homedepot/relevance.csv not found"); fi ;;
+    voice)
+      if [ -f "$SHARED/voice/voice_queries.csv" ] && lake_ready homedepot 2>/dev/null; then
+        run voice voice --config configs/homedepot.yaml
+      else STATUS+=("skipped voice: needs $SHARED/voice and a homedepot lake (make run)"); fi ;;
     *) STATUS+=("unknown benchmark $b") ;;
   esac
 done
