@@ -250,7 +250,9 @@ def test_bad_mapping_is_a_clear_error(spark, make_config, tmp_path):
 
 def _shared_sources(name: str, datasets: Path, tmp: Path) -> dict:
     text = (Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text.replace("${MMP_DATASETS:-../../shared/datasets}", str(tmp)))["sources"]
+    sources = yaml.safe_load(text.replace("${MMP_DATASETS:-../../shared/datasets}", str(tmp)))["sources"]
+    sources.pop("voice_queries", None)  # spoken queries have their own tests (tests/integration/test_voice.py)
+    return sources
 
 
 @pytest.mark.slow

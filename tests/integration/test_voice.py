@@ -55,7 +55,9 @@ def _cfg(make_config, tmp_path: Path, manifest: Path):
     p.write_text(yaml.safe_dump({"name": "t", "sources": {"voice_queries": {
         "path": str(manifest), "format": "csv", "audio_root": str(manifest.parent),
         "columns": {"query_id": "voice_query_id", "audio_ref": "audio_path", "query": "transcript"}}},
-        "voice": {"batch_size": 2}}))
+        "voice": {"batch_size": 2},
+        # most clips here are bad on purpose: the misread-export stop (clean.max_quarantine_share) is off
+        "clean": {"max_quarantine_share": 1.0}}))
     return make_config({}, path=p)
 
 
