@@ -191,7 +191,7 @@ def test_metrics_match_torchmetrics():
 
 def test_gate_promotes_only_on_a_strict_win():
     from mmpipeline.config import RankConfig
-    from mmpipeline.rank.evaluate import decide
+    from mmpipeline.rank.gate import decide
 
     def m(v):
         return {s: {"ndcg_at_10": v} for s in ("all", "short_queries", "long_queries", "no_image_products")}
