@@ -106,7 +106,7 @@ def _served(lake) -> pd.DataFrame:
 
 
 def test_serving_chain_twice_for_one_date_is_a_no_op(world):
-    from mmpipeline.score import index, publish, search
+    from mmpipeline.score import index
 
     tmp, cfg = world
     first = {s: _stage(cfg, s, D1) for s in SERVING_CHAIN}
@@ -129,7 +129,7 @@ def test_serving_chain_twice_for_one_date_is_a_no_op(world):
 
 
 def test_next_date_then_an_earlier_date_is_refused_unless_forced(world):
-    from mmpipeline.score import index, publish, search
+    from mmpipeline.score import index
 
     tmp, cfg = world
     lake = RunContext.create(cfg, D1).lake
@@ -162,7 +162,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import datetime as dt, json, os, signal, sys
     from mmpipeline.config import load_config
     from mmpipeline.context import RunContext
-    from mmpipeline.score import index, publish, search
+    from mmpipeline.score import publish
 
     args = json.loads(sys.argv[1])
     cfg = load_config(args["config"], args["overrides"], env={"MMP_SAMPLE_DATA": args["data"]})
@@ -180,7 +180,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_publish_killed_between_index_commit_and_log_heals_on_next_start(world, capsys):
-    from mmpipeline.score import index, publish, search
+    from mmpipeline.score import index, search
 
     tmp, cfg = world
     lake = RunContext.create(cfg, D1).lake
@@ -223,7 +223,7 @@ def _a_served_query(lake) -> str:
 
 
 def test_a_failed_publish_leaves_the_previous_version_served(world):
-    from mmpipeline.score import index, publish, search
+    from mmpipeline.score import index, search
 
     tmp, cfg = world
     lake = RunContext.create(cfg, D1).lake
