@@ -238,12 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             elif args.cmd == "search":
                 if not args.query:
                     raise SystemExit("search: give a QUERY or --audio FILE")
-                _load("mmpipeline.score.publish:search")(cfg, args.query, k=args.k)
+                _load("mmpipeline.score.search:search")(cfg, args.query, k=args.k)
             elif args.cmd == "index-status":
-                _load("mmpipeline.score.publish:index_status")(cfg)
+                _load("mmpipeline.score.index:index_status")(cfg)
             elif args.cmd == "rollback":
                 to_date = dt.date.fromisoformat(args.to_run_date) if args.to_run_date else None
-                _load("mmpipeline.score.publish:rollback")(cfg, run_date=to_date, version=args.to_version)
+                _load("mmpipeline.score.index:rollback")(cfg, run_date=to_date, version=args.to_version)
             elif args.cmd == "summary":
                 _load("mmpipeline.summary:print_summary")(cfg, run_date=args.run_date)
     except (KeyboardInterrupt, SystemExit):

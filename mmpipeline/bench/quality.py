@@ -50,7 +50,7 @@ def strip_words(titles: list[str], vocab: list[str]) -> list[str]:
 
 def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> dict[str, Any]:
     from mmpipeline.rank import data, train
-    from mmpipeline.rank.evaluate import evaluate
+    from mmpipeline.rank.evaluation import evaluate
 
     t0 = time.perf_counter()
     df, counts = data.build(judgments, interactions, featurizer, rc, run_date)

@@ -33,7 +33,8 @@ import torch
 from mmpipeline.rank.features import SCALAR_FEATURES, PairFeaturizer
 from mmpipeline.rank.losses import NEG, get_loss
 from mmpipeline.rank.metrics import mean_list_ndcg
-from mmpipeline.rank.model import FusionConfig, FusionRanker, resolve_device
+from mmpipeline.rank.fusion import FusionConfig, FusionRanker, build_ranker
+from mmpipeline.rank.model import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from mmpipeline.config import Config, RankConfig
@@ -121,7 +122,7 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
     """Train one model; returns the best (by validation NDCG@k) model and the per-epoch history."""
     set_seed(rc.seed)
     device = resolve_device(rc.device)
-    model = FusionRanker(FusionConfig(dim=featurizer.dim, fusion=fusion or rc.fusion, hidden_dim=rc.hidden_dim,
+    model = build_ranker(FusionConfig(dim=featurizer.dim, fusion=fusion or rc.fusion, hidden_dim=rc.hidden_dim,
                                       dropout=rc.dropout, use_vectors=rc.use_vectors))
     model.fit_scaler(train.scalars)
     model.to(device)

@@ -7,5 +7,7 @@
 * :mod:`mmpipeline.score.vectors`    one fused vector per product for an online ANN index;
 * :mod:`mmpipeline.score.checks`     Great Expectations checks of a ranking before it is published;
 * :mod:`mmpipeline.score.job`        ``run(ctx)``: the score stage (writes gold.search_ranking, gold.product_vectors);
-* :mod:`mmpipeline.score.publish`    ``run(ctx)``: validate then mark current; ``search``, ``index_status``, ``rollback``.
+* :mod:`mmpipeline.score.publish`    ``run(ctx)``: validate then mark current (the stage);
+* :mod:`mmpipeline.score.index`      the served index's event log: ``reconcile``, ``rollback``, ``index_status``;
+* :mod:`mmpipeline.score.search`     ``search``: the published top-k for a query (the search CLI).
 """

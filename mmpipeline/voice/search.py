@@ -40,7 +40,7 @@ def _decoding_kwargs(dec) -> dict[str, Any]:
 
 
 def search_audio(cfg: Config, path: str, k: int = 10) -> dict[str, Any]:
-    from mmpipeline.score.publish import search
+    from mmpipeline.score.search import search
 
     r = recognise_file(cfg, path)
     print(f"heard: {r['raw_text']!r} (avg log-prob {r['avg_logprob']:.2f}, no-speech {r['no_speech_prob']:.2f})"

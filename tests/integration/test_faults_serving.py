@@ -106,7 +106,7 @@ def _served(lake) -> pd.DataFrame:
 
 
 def test_serving_chain_twice_for_one_date_is_a_no_op(world):
-    from mmpipeline.score import publish
+    from mmpipeline.score import index
 
     tmp, cfg = world
     first = {s: _stage(cfg, s, D1) for s in SERVING_CHAIN}
@@ -125,11 +125,11 @@ def test_serving_chain_twice_for_one_date_is_a_no_op(world):
     assert before.keys() == after.keys()
     for t in before:
         pd.testing.assert_frame_equal(before[t], after[t], obj=t)
-    assert publish.current_event(lake)["index_version"] == first["publish"]["index_version"]
+    assert index.current_event(lake)["index_version"] == first["publish"]["index_version"]
 
 
 def test_next_date_then_an_earlier_date_is_refused_unless_forced(world):
-    from mmpipeline.score import publish
+    from mmpipeline.score import index
 
     tmp, cfg = world
     lake = RunContext.create(cfg, D1).lake
@@ -153,9 +153,9 @@ def test_next_date_then_an_earlier_date_is_refused_unless_forced(world):
     forced = _stage(cfg, "publish", D1, options={"force": True})
     assert forced["forced"] and set(pd.to_datetime(_served(lake)["run_date"]).dt.date) == {D1}
     # rollback keeps working: back to D2
-    assert publish.rollback(cfg, run_date=D2)["run_date"] == str(D2)
+    assert index.rollback(cfg, run_date=D2)["run_date"] == str(D2)
     assert set(pd.to_datetime(_served(lake)["run_date"]).dt.date) == {D2}
-    assert publish.index_status(cfg)["current"]["run_date"] == str(D2)
+    assert index.index_status(cfg)["current"]["run_date"] == str(D2)
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -166,26 +166,26 @@ KILL_SCRIPT = textwrap.dedent("""
 
     args = json.loads(sys.argv[1])
     cfg = load_config(args["config"], args["overrides"], env={"MMP_SAMPLE_DATA": args["data"]})
-    real = publish._append_event
+    real = publish.append_event
 
     def append_then_die(lake, **row):
         if row.get("action") == "publish" and row.get("status") == "current":
             os.kill(os.getpid(), signal.SIGKILL)  # after the index commit, before its log entry
         return real(lake, **row)
 
-    publish._append_event = append_then_die
+    publish.append_event = append_then_die
     publish.run(RunContext.create(cfg, dt.date.fromisoformat(args["run_date"])))
     print("not killed")
 """)
 
 
 def test_publish_killed_between_index_commit_and_log_heals_on_next_start(world, capsys):
-    from mmpipeline.score import publish
+    from mmpipeline.score import index, search
 
     tmp, cfg = world
     lake = RunContext.create(cfg, D1).lake
     _stage(cfg, "score", D3)
-    cur_before = publish.current_event(lake)
+    cur_before = index.current_event(lake)
     index_v = lake.version("gold.search_index")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable}
     arg = json.dumps({"config": str(REPO / "configs" / "sample.yaml"), "overrides": _overrides(tmp),
@@ -196,25 +196,25 @@ def test_publish_killed_between_index_commit_and_log_heals_on_next_start(world, 
     # the state the kill left: the index holds D3, the log still names the previous run
     assert lake.version("gold.search_index") == index_v + 1
     assert set(pd.to_datetime(_served(lake)["run_date"]).dt.date) == {D3}
-    raw = publish.current_event(lake)
+    raw = index.current_event(lake)
     assert raw["index_version"] == cur_before["index_version"]
     ev = lake.read_pandas("ops.index_versions")
     assert (ev["status"] == "pending").sum() >= 1
 
     # index-status reconciles first: it names what is served
-    status = publish.index_status(cfg)
+    status = index.index_status(cfg)
     assert status["current"] == {"run_date": str(D3), "index_version": index_v + 1,
                                  "model_version": status["current"]["model_version"]}
     capsys.readouterr()
-    res = publish.search(cfg, _a_served_query(lake), k=3)
+    res = search.search(cfg, _a_served_query(lake), k=3)
     out = " ".join(capsys.readouterr().out.split())  # rich wraps the title line
     assert res["run_date"] == str(D3) and f"index version {index_v + 1}" in out
     # reconcile is idempotent and a re-run of the publish is a no-op
-    assert publish.reconcile(lake) is None
+    assert index.reconcile(lake) is None
     again = _stage(cfg, "publish", D3)
     assert again["already_current"] and lake.version("gold.search_index") == index_v + 1
     # rollback still works after a healed publish
-    assert publish.rollback(cfg, run_date=D2)["run_date"] == str(D2)
+    assert index.rollback(cfg, run_date=D2)["run_date"] == str(D2)
     assert set(pd.to_datetime(_served(lake)["run_date"]).dt.date) == {D2}
 
 
@@ -223,12 +223,12 @@ def _a_served_query(lake) -> str:
 
 
 def test_a_failed_publish_leaves_the_previous_version_served(world):
-    from mmpipeline.score import publish
+    from mmpipeline.score import index, search
 
     tmp, cfg = world
     lake = RunContext.create(cfg, D1).lake
     served = _served(lake)
-    cur = publish.current_event(lake)
+    cur = index.current_event(lake)
     _stage(cfg, "score", D4)
     r = lake.read_pandas("gold.search_ranking", filters=[("run_date", "=", D4)])
     r["score"] = np.where(r["rank"] > 3, -1e30, r["score"])
@@ -236,6 +236,6 @@ def test_a_failed_publish_leaves_the_previous_version_served(world):
     with pytest.raises(StageError, match="scores_not_sentinel"):
         _stage(cfg, "publish", D4)
     pd.testing.assert_frame_equal(_served(lake), served)
-    assert publish.current_event(lake)["index_version"] == cur["index_version"]
-    res = publish.search(cfg, _a_served_query(lake), k=3)
+    assert index.current_event(lake)["index_version"] == cur["index_version"]
+    res = search.search(cfg, _a_served_query(lake), k=3)
     assert res["run_date"] == str(pd.Timestamp(cur["run_date"]).date())

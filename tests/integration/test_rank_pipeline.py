@@ -173,9 +173,9 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
 
     # a worse model (untrained, random weights) is not promoted
-    from mmpipeline.rank.model import FusionConfig, FusionRanker
+    from mmpipeline.rank.fusion import FusionConfig, build_ranker
 
-    bad = FusionRanker(FusionConfig(dim=fz.dim, fusion="concat", hidden_dim=4))
+    bad = build_ranker(FusionConfig(dim=fz.dim, fusion="concat", hidden_dim=4))
     with mlflow.start_run():
         v_bad = train.log_and_register(ctx, bad, fz, feats, "challenger")
     e2 = evaluate.run(ctx)

@@ -146,7 +146,7 @@ def _ctx(cfg, d, **kw):
 
 @pytest.mark.slow
 def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
-    from mmpipeline.score import job, publish
+    from mmpipeline.score import index, job, publish, search
 
     cfg, versions = scored_env
     set_alias(cfg, versions["good"])
@@ -193,7 +193,7 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
     assert s3["non_finite_scores"] == s3["ranking_rows"] > 0
     with pytest.raises(StageError, match="publish refused"):
         publish.run(_ctx(cfg, D3))
-    cur = publish.current_event(lake)
+    cur = index.current_event(lake)
     assert pd.Timestamp(cur["run_date"]).date() == D2
     served = lake.read_pandas("gold.search_index")
     assert set(pd.to_datetime(served["run_date"]).dt.date) == {D2} and np.isfinite(served["score"]).all()
@@ -202,24 +202,24 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
     assert not d3.loc["scores_finite", "success"] and d3.loc["ranks_dense_unique", "success"]
 
     # rollback (default: the run before the current one), then forward again by run date
-    rb = publish.rollback(cfg)
+    rb = index.rollback(cfg)
     assert rb["run_date"] == str(D1)
     served = lake.read_pandas("gold.search_index")
     assert set(pd.to_datetime(served["run_date"]).dt.date) == {D1}
     assert len(served) == p1["rows"]
-    publish.rollback(cfg, run_date=D2)
+    index.rollback(cfg, run_date=D2)
     assert set(pd.to_datetime(lake.read_pandas("gold.search_index")["run_date"]).dt.date) == {D2}
     with pytest.raises(StageError, match="never published"):
-        publish.rollback(cfg, run_date=D3)
-    publish.rollback(cfg, version=p1["index_version"])
-    assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
+        index.rollback(cfg, run_date=D3)
+    index.rollback(cfg, version=p1["index_version"])
+    assert pd.Timestamp(index.current_event(lake)["run_date"]).date() == D1
 
-    status = publish.index_status(cfg)
+    status = index.index_status(cfg)
     assert status["current"]["run_date"] == str(D1)
     assert [p["run_date"] for p in status["published"]] == [str(D2), str(D1)]
 
     capsys.readouterr()
-    res = publish.search(cfg, "Blue  Shirt", k=10)
+    res = search.search(cfg, "Blue  Shirt", k=10)
     out = capsys.readouterr().out
     assert len(res["results"]) == 10 and "closest" not in out and f"v{versions['good']}" in out
     top = res["results"][0]["title"]
@@ -235,7 +235,7 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
     assert ds["baseline_per_query_calls"]["queries"] == 3 and ds["non_finite_scores"] == 0
     assert {"candidates", "score", "write", "stage_total"} <= set(ds["stage_seconds"])
     # the bench writes to a throw-away lake: the served index is untouched
-    assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
+    assert pd.Timestamp(index.current_event(lake)["run_date"]).date() == D1
 
 
 def _bad(kind: str, good: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +273,7 @@ BAD_KINDS = {"one_query": "covers_query_set", "unknown_ids": "products_in_catalo
 def test_publish_gate_refuses_each_kind_of_bad_ranking_and_old_dates(scored_env, spark, capsys):
     """Bad rankings written straight into gold.search_ranking (no ops.score_runs row for D2): each is
     refused by the check that names its defect; the previous index stays current and is served."""
-    from mmpipeline.score import job, publish
+    from mmpipeline.score import index, job, publish, search
 
     cfg, versions = scored_env
     set_alias(cfg, versions["good"])
@@ -293,11 +293,11 @@ def test_publish_gate_refuses_each_kind_of_bad_ranking_and_old_dates(scored_env,
         assert not val.loc[check, "success"], kind
         # the previous version stays current, untouched, and is what search serves
         assert lake.version("gold.search_index") == index_v, kind
-        cur = publish.current_event(lake)
+        cur = index.current_event(lake)
         assert pd.Timestamp(cur["run_date"]).date() == D1 and int(cur["index_version"]) == p1["index_version"]
         served = lake.read_pandas("gold.search_index").sort_values(["query_id", "rank"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(served, served_before)
-        res = publish.search(cfg, "blue shirt", k=3)
+        res = search.search(cfg, "blue shirt", k=3)
         assert res["run_date"] == str(D1) and len(res["results"]) == 3, kind
     ev = lake.read_pandas("ops.index_versions")
     assert (ev["action"] == "reject").sum() == len(BAD_KINDS)
@@ -308,13 +308,13 @@ def test_publish_gate_refuses_each_kind_of_bad_ranking_and_old_dates(scored_env,
     assert p2["published"] and not p2.get("already_current")
     with pytest.raises(StageError, match=r"older than the served index .*force=true"):
         publish.run(_ctx(cfg, D1))
-    assert pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D2
+    assert pd.Timestamp(index.current_event(lake)["run_date"]).date() == D2
     job.run(_ctx(cfg, D1))  # a new D1 ranking version, so the forced publish really writes
     forced = publish.run(_ctx(cfg, D1, options={"force": True}))
-    assert forced["forced"] and pd.Timestamp(publish.current_event(lake)["run_date"]).date() == D1
+    assert forced["forced"] and pd.Timestamp(index.current_event(lake)["run_date"]).date() == D1
     assert set(pd.to_datetime(lake.read_pandas("gold.search_index")["run_date"]).dt.date) == {D1}
     # rollback keeps working: back to D2
-    assert publish.rollback(cfg)["run_date"] == str(D2)
+    assert index.rollback(cfg)["run_date"] == str(D2)
     assert set(pd.to_datetime(lake.read_pandas("gold.search_index")["run_date"]).dt.date) == {D2}
 
     # the champion moved after scoring: the D3 ranking was made by a version that is no longer it

@@ -8,7 +8,7 @@ import pytest
 
 from mmpipeline.config import RankConfig
 from mmpipeline.rank import data
-from mmpipeline.rank.evaluate import decide
+from mmpipeline.rank.gate import decide
 from mmpipeline.rank.features import FEATURE_COLUMNS, PairFeaturizer
 
 DIM = 6

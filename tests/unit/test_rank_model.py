@@ -8,7 +8,7 @@ import torch
 
 from mmpipeline.rank import losses
 from mmpipeline.rank.features import SCALAR_FEATURES
-from mmpipeline.rank.model import FusionConfig, FusionRanker
+from mmpipeline.rank.fusion import FusionConfig, build_ranker, load_ranker_file
 
 DIM = 8
 
@@ -27,7 +27,7 @@ def _inputs(n: int = 6, seed: int = 0, has_image=None):
 @pytest.mark.parametrize("fusion", ["concat", "weighted", "attention"])
 def test_fusion_variants_score_and_backprop(fusion):
     torch.manual_seed(0)
-    m = FusionRanker(FusionConfig(dim=DIM, fusion=fusion, hidden_dim=8, dropout=0.0))
+    m = build_ranker(FusionConfig(dim=DIM, fusion=fusion, hidden_dim=8, dropout=0.0))
     q, pt, pi, sc = _inputs()
     m.fit_scaler(sc.numpy())
     s = m(q, pt, pi, sc)
@@ -69,7 +69,7 @@ def test_fusion_variants_learn_to_rank_held_out_lists(fusion):
     """Training must improve NDCG@3 on held-out lists, well above the untrained model's."""
     torch.manual_seed(0)
     train, held_out = _lists(96, 8, seed=1), _lists(48, 8, seed=2)
-    m = FusionRanker(FusionConfig(dim=DIM, fusion=fusion, hidden_dim=16, dropout=0.0, use_vectors=True))
+    m = build_ranker(FusionConfig(dim=DIM, fusion=fusion, hidden_dim=16, dropout=0.0, use_vectors=True))
     q, pt, pi, sc, labels = train
     n, k = labels.shape
     m.fit_scaler(sc.reshape(n * k, -1).numpy())
@@ -92,7 +92,7 @@ def test_fusion_variants_learn_to_rank_held_out_lists(fusion):
 def test_product_without_image_scores_soundly(fusion):
     """No image: a finite score that does not depend on whatever sits in the (absent) image vector."""
     torch.manual_seed(0)
-    m = FusionRanker(FusionConfig(dim=DIM, fusion=fusion, hidden_dim=8)).eval()
+    m = build_ranker(FusionConfig(dim=DIM, fusion=fusion, hidden_dim=8)).eval()
     q, pt, pi, sc = _inputs(has_image=[0.0] * 6)
     with torch.no_grad():
         a = m(q, pt, pi, sc)
@@ -104,18 +104,18 @@ def test_product_without_image_scores_soundly(fusion):
 
 
 def test_weighted_fusion_exposes_modality_weights():
-    m = FusionRanker(FusionConfig(dim=DIM, fusion="weighted", hidden_dim=8))
+    m = build_ranker(FusionConfig(dim=DIM, fusion="weighted", hidden_dim=8))
     w = m.modality_weights()
     assert set(w) == {"alpha_text", "beta_image", "gamma_numeric"}
     assert abs(sum(w.values()) - 1) < 1e-6
 
 
 def test_save_load_roundtrip(tmp_path):
-    m = FusionRanker(FusionConfig(dim=DIM, fusion="attention", hidden_dim=8)).eval()
+    m = build_ranker(FusionConfig(dim=DIM, fusion="attention", hidden_dim=8)).eval()
     q, pt, pi, sc = _inputs()
     m.fit_scaler(sc.numpy())
     m.save(str(tmp_path / "m.pt"))
-    m2 = FusionRanker.load(str(tmp_path / "m.pt"))
+    m2 = load_ranker_file(str(tmp_path / "m.pt"))
     with torch.no_grad():
         torch.testing.assert_close(m(q, pt, pi, sc), m2(q, pt, pi, sc))
 
@@ -191,7 +191,7 @@ def test_metrics_match_torchmetrics():
 
 def test_gate_promotes_only_on_a_strict_win():
     from mmpipeline.config import RankConfig
-    from mmpipeline.rank.evaluate import decide
+    from mmpipeline.rank.gate import decide
 
     def m(v):
         return {s: {"ndcg_at_10": v} for s in ("all", "short_queries", "long_queries", "no_image_products")}

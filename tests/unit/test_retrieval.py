@@ -96,7 +96,7 @@ def test_evaluation_and_scoring_draw_the_same_candidates():
 def test_rank_catalog_reranks_the_generator_candidates():
     """The models in evaluation score exactly the generator's candidates (plus judged items at the floor)."""
     from mmpipeline.config import RankConfig
-    from mmpipeline.rank.evaluate import Relevance, rank_catalog
+    from mmpipeline.rank.evaluation import Relevance, rank_catalog
     from mmpipeline.rank.metrics import FLOOR
 
     products, ids, text, image_ids, image = _catalog()

@@ -1,0 +1,157 @@
+"""The interface every fusion kind implements, and what they share.
+
+A :class:`FusionRanker` owns the per-modality towers (one :class:`ModalityBranch` per modality),
+the in-model standardisation of the raw scalar features, the masking of an absent image, batch
+scoring and persistence. A fusion kind (a subclass, one module each in this package) adds its head
+in :meth:`FusionRanker.build_head` and combines the three modality outputs in :meth:`FusionRanker.fuse`.
+
+The branches project each modality's evidence into a shared hidden space:
+
+* text:    (q * p_text) * dim  (the query/title interaction vector) + text scalars (cosine, BM25 ...)
+* image:   (q * p_image) * dim + image scalars (cosine query-image, has_image)
+* numeric: log price, log popularity, rating and their missing indicators
+
+A product without an image gets a sound score in every kind: its image branch output is zeroed
+(masked) here, never fed zeros as if they were evidence, and each kind masks it again in its fusion.
+Parameter names (``branches.*``, ``mean``, ``std`` here; the heads in each kind) are those of the
+former single-class ``rank.model.FusionRanker``, so saved state dicts and registered models load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mmpipeline.retrieval.features import INDICATORS, MODALITY_SCALARS, SCALAR_FEATURES
+
+MODALITIES = ("text", "image", "numeric")
+
+
+@dataclass
+class FusionConfig:
+    dim: int  # embedding dimension of the query/product vectors
+    fusion: str = "attention"  # concat | weighted | attention
+    hidden_dim: int = 64
+    dropout: float = 0.1
+    scalar_features: list[str] = field(default_factory=lambda: list(SCALAR_FEATURES))
+    modality_scalars: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in MODALITY_SCALARS.items()})
+    use_vectors: bool = True  # False: the branches see only the scalar features (an ablation)
+
+
+def mlp(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(n_out, n_out), nn.GELU())
+
+
+class ModalityBranch(nn.Module):
+    """Projects one modality's interaction vector and scalar features into the hidden space."""
+
+    def __init__(self, vec_dim: int, n_scalars: int, hidden: int, dropout: float):
+        super().__init__()
+        self.vec_dim = vec_dim
+        self.vec_proj = nn.Linear(vec_dim, hidden) if vec_dim else None
+        self.mlp = mlp(hidden * (1 if vec_dim else 0) + n_scalars, hidden, dropout)
+
+    def forward(self, vec: torch.Tensor | None, scalars: torch.Tensor) -> torch.Tensor:
+        parts = [scalars]
+        if self.vec_proj is not None and vec is not None:
+            parts.insert(0, self.vec_proj(vec))
+        return self.mlp(torch.cat(parts, dim=-1))
+
+
+class FusionRanker(nn.Module):
+    """Base class of the fusion kinds: towers, scaler, masking, scoring and persistence."""
+
+    kind: str = ""  # the FusionConfig.fusion value a subclass implements
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        if type(self) is FusionRanker:
+            raise TypeError("FusionRanker is the interface: build one with mmpipeline.rank.fusion.build_ranker(cfg)")
+        if cfg.fusion != self.kind:
+            raise ValueError(f"{type(self).__name__} implements fusion {self.kind!r}, the config says {cfg.fusion!r}")
+        self.cfg = cfg
+        h = cfg.hidden_dim
+        names = cfg.scalar_features
+        self.idx = {m: [names.index(c) for c in cfg.modality_scalars[m]] for m in MODALITIES}
+        self.has_image_idx = names.index("has_image")
+        self.register_buffer("mean", torch.zeros(len(names)))
+        self.register_buffer("std", torch.ones(len(names)))
+        vd = cfg.dim if cfg.use_vectors else 0
+        self.branches = nn.ModuleDict({
+            "text": ModalityBranch(vd, len(self.idx["text"]), h, cfg.dropout),
+            "image": ModalityBranch(vd, len(self.idx["image"]), h, cfg.dropout),
+            "numeric": ModalityBranch(0, len(self.idx["numeric"]), h, cfg.dropout),
+        })
+        self.build_head(cfg)  # after the branches: the same parameter init order as before the split
+
+    # ------------------------------------------------------------------------- the interface
+    def build_head(self, cfg: FusionConfig) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fuse(self, h_t: torch.Tensor, h_i: torch.Tensor, h_n: torch.Tensor, has_image: torch.Tensor,
+             q_text: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Scores [n] from the modality outputs [n, h] (``h_i`` already zero where there is no
+        image), ``has_image`` [n, 1] in {0, 1} and the query vectors [n, dim]."""
+        raise NotImplementedError
+
+    def modality_weights(self) -> dict[str, float] | None:
+        """alpha, beta, gamma of a kind with explicit modality weights; None otherwise."""
+        return None
+
+    # ------------------------------------------------------------------------- statistics
+    def fit_scaler(self, scalars: np.ndarray) -> None:
+        x = torch.as_tensor(scalars, dtype=torch.float32)
+        mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+        for i, name in enumerate(self.cfg.scalar_features):
+            if name in INDICATORS:
+                mean[i], std[i] = 0.0, 1.0
+        self.mean.copy_(mean.to(self.mean.device))
+        self.std.copy_(std.to(self.std.device))
+
+    # ------------------------------------------------------------------------- forward
+    def towers(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
+               scalars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(h_text, h_image, h_numeric, has_image): the masked modality outputs."""
+        has_image = scalars[:, self.has_image_idx:self.has_image_idx + 1].clamp(0, 1)
+        z = (scalars - self.mean) / self.std
+        scale = float(self.cfg.dim)
+        vt = vi = None
+        if self.cfg.use_vectors:
+            vt = q_text * p_text * scale
+            vi = q_text * p_image * scale * has_image  # an absent image contributes nothing
+        h_t = self.branches["text"](vt, z[:, self.idx["text"]])
+        h_i = self.branches["image"](vi, z[:, self.idx["image"]]) * has_image
+        h_n = self.branches["numeric"](None, z[:, self.idx["numeric"]])
+        return h_t, h_i, h_n, has_image
+
+    def forward(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
+                scalars: torch.Tensor) -> torch.Tensor:
+        """Scores [n] for n pairs. Vectors are L2-normalised [n, dim]; scalars raw [n, S]."""
+        h_t, h_i, h_n, has_image = self.towers(q_text, p_text, p_image, scalars)
+        return self.fuse(h_t, h_i, h_n, has_image, q_text)
+
+    @torch.no_grad()
+    def score_arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 8192,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+        self.eval()
+        n = len(arrays["scalars"])
+        out = np.empty(n, dtype=np.float64)
+        for s in range(0, n, batch_size):
+            b = {k: torch.as_tensor(v[s:s + batch_size], dtype=torch.float32, device=device) for k, v in arrays.items()}
+            out[s:s + batch_size] = self(b["q_text"], b["p_text"], b["p_image"], b["scalars"]).float().cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------------- persistence
+    def save(self, path: str) -> None:
+        torch.save({"config": asdict(self.cfg), "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> "FusionRanker":
+        """Load a saved model of any kind (the kind is read from the saved config)."""
+        from mmpipeline.rank.fusion import load_ranker_file
+
+        return load_ranker_file(path, map_location)

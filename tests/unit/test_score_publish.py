@@ -1,0 +1,96 @@
+"""The pure parts of publishing: the publish decision, which event is current, which run a rollback
+restores, event details, and the content fingerprint -- on small hand-made frames."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+import pytest
+
+from mmpipeline.context import StageError
+from mmpipeline.score.index import current_of, event_detail, rollback_target
+from mmpipeline.score.publish import publish_decision
+
+D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
+
+
+def _ev(*rows):
+    """An event log: (action, run_date, status, index_version, ranking_version, fingerprint)."""
+    base = pd.Timestamp("2026-11-01T00:00:00Z")
+    return pd.DataFrame([{"event_at": base + pd.Timedelta(minutes=i), "action": a, "run_date": rd, "status": st,
+                          "index_version": iv, "ranking_version": rv, "queries": 2, "rows": 20,
+                          "detail": json.dumps({"fingerprint": fp})}
+                         for i, (a, rd, st, iv, rv, fp) in enumerate(rows)])
+
+
+LOG = _ev(("publish", D1, "pending", None, 1, "f1"), ("publish", D1, "current", 0, 1, "f1"),
+          ("publish", D2, "pending", None, 2, "f2"), ("publish", D2, "current", 1, 2, "f2"),
+          ("reject", D3, "rejected", None, 3, None),
+          ("publish", D3, "pending", None, 4, "f3"),  # killed before it committed
+          ("rollback", D1, "current", 2, 1, "f1"))
+
+
+def test_current_is_the_latest_current_publish_or_rollback():
+    cur = current_of(LOG)
+    assert cur["action"] == "rollback" and cur["index_version"] == 2 and cur["run_date"] == D1
+    assert current_of(LOG.iloc[:5])["index_version"] == 1  # a reject never becomes current
+    assert current_of(LOG.iloc[:1]) is None  # a pending publish is not served
+    assert current_of(LOG.iloc[:0]) is None
+
+
+def test_publish_decision():
+    cur = current_of(LOG.iloc[:4])  # D2 served, from ranking version 2
+    assert publish_decision(D1, None, 0, force=False).action == "publish"
+    older = publish_decision(D1, cur, 9, force=False)
+    assert older.action == "refuse" and "run 2026-11-01 is older than the served index (run 2026-11-02" in older.reason
+    assert "\n" not in older.reason and "force=true" in older.reason
+    forced = publish_decision(D1, cur, 9, force=True)
+    assert forced.action == "publish" and forced.forced
+    assert publish_decision(D2, cur, 2, force=False).action == "noop"  # the same ranking version
+    # a new ranking version of the served date: publish, unless its rows are identical
+    assert publish_decision(D2, cur, 5, force=False).action == "publish"
+    assert publish_decision(D2, cur, 5, force=False, fingerprint="f2").action == "noop"
+    assert publish_decision(D2, cur, 5, force=False, fingerprint="other").action == "publish"
+    newer = publish_decision(D3, cur, 5, force=True)
+    assert newer.action == "publish" and not newer.forced  # force only counts when it replaces a newer run
+    # the same date served by a rollback is published again (a rollback is not that run's publish)
+    assert publish_decision(D1, current_of(LOG), 1, force=False).action == "publish"
+
+
+def test_rollback_target():
+    cur = current_of(LOG.iloc[:4])
+    assert rollback_target(LOG.iloc[:4], cur)["rd"] == D1  # the run published before the served one
+    assert rollback_target(LOG, current_of(LOG), run_date=D2)["index_version"] == 1
+    assert rollback_target(LOG, current_of(LOG), version=0)["rd"] == D1
+    with pytest.raises(StageError, match=r"run 2026-11-03 was never published"):
+        rollback_target(LOG, current_of(LOG), run_date=D3)  # rejected and aborted runs are not targets
+    with pytest.raises(StageError, match=r"index version 7 was never published; published versions: \[0, 1\]"):
+        rollback_target(LOG, current_of(LOG), version=7)
+    with pytest.raises(StageError, match="nothing has been published yet"):
+        rollback_target(LOG.iloc[:1], None)
+    with pytest.raises(StageError, match=r"no published run before the current one \(2026-11-01\)"):
+        rollback_target(LOG.iloc[:2], current_of(LOG.iloc[:2]))
+
+
+def test_event_detail_reads_json_and_plain_text():
+    assert event_detail({"detail": '{"op_id": "x", "base_version": 3}'}) == {"op_id": "x", "base_version": 3}
+    assert event_detail("an old plain note") == {"note": "an old plain note"}
+    assert event_detail("{not json") == {"note": "{not json"}
+    assert event_detail(None) == {} and event_detail({"detail": ""}) == {}
+
+
+def test_content_fingerprint_is_order_independent_and_sees_every_value(spark):
+    from mmpipeline.score.publish import content_fingerprint
+
+    rows = [("q1", "p1", 1, 0.9), ("q1", "p2", 2, 0.5), ("q2", "p1", 1, 0.7)]
+    cols = ["query_id", "product_id", "rank", "score"]
+    fp = content_fingerprint(spark.createDataFrame(rows, cols))
+    assert fp.startswith("3:")
+    assert content_fingerprint(spark.createDataFrame(rows[::-1], cols)) == fp
+    changed = [rows[0], rows[1], ("q2", "p1", 1, 0.71)]
+    assert content_fingerprint(spark.createDataFrame(changed, cols)) != fp
+    # swapping two values between rows keeps every column's multiset but not the rows
+    swapped = [("q1", "p1", 1, 0.5), ("q1", "p2", 2, 0.9), ("q2", "p1", 1, 0.7)]
+    assert content_fingerprint(spark.createDataFrame(swapped, cols)) != fp
