@@ -305,7 +305,7 @@ class AnnStore:
         if self.lake is not None:
             import pandas as pd
 
-            self.lake.merge(OPS_TABLE, pd.DataFrame([{
+            self._record_once(pd.DataFrame([{
                 "run_date": run_date, "modality": "bm25", "model_name": "bm25s", "kind": "bm25",
                 "params": json.dumps({"k1": k1, "b": b}), "vectors": len(ids), "dim": None, "fingerprint": fp,
                 "path": str(folder), "reused": reused, "build_seconds": None if reused else seconds,
@@ -347,7 +347,7 @@ class AnnStore:
         import pandas as pd
 
         i = index.info
-        self.lake.merge(OPS_TABLE, pd.DataFrame([{
+        self._record_once(pd.DataFrame([{
             "run_date": run_date, "modality": modality, "model_name": model, "kind": index.kind,
             "params": json.dumps(index.params, sort_keys=True), "vectors": len(index), "dim": index.dim,
             "fingerprint": i.get("fingerprint"), "path": i.get("path"), "reused": bool(i.get("reused")),
@@ -355,3 +355,14 @@ class AnnStore:
             "recall": i.get("recall"), "recall_k": i.get("tune_k"), "tune_queries": i.get("tune_queries"),
             "recorded_at": dt.datetime.now(dt.timezone.utc),
         }]))
+
+    def _record_once(self, row: "pd.DataFrame") -> None:
+        """Merge the record unless a re-run loaded the very index already recorded for this date and
+        model: a re-run of a date leaves ``ops.retrieval_indexes`` unchanged (no new version)."""
+        r = row.iloc[0]
+        if bool(r["reused"]) and self.lake.exists(OPS_TABLE):
+            old = self.lake.read_pandas(OPS_TABLE, columns=["model_name", "fingerprint"], filters=[
+                ("run_date", "=", r["run_date"]), ("modality", "=", r["modality"])])
+            if ((old["model_name"] == r["model_name"]) & (old["fingerprint"] == r["fingerprint"])).any():
+                return
+        self.lake.merge(OPS_TABLE, row)

@@ -115,10 +115,12 @@ def test_candidate_generator_uses_the_configured_index_and_artifacts(tmp_path):
     ops = lake.read_pandas("ops.retrieval_indexes").sort_values("kind")
     assert ops["kind"].tolist() == ["bm25", "hnsw"] and ops["path"].str.contains("_artifacts").all()
     # a re-run of the date loads both saved indexes and proposes the same candidates
+    v_ops = lake.version("ops.retrieval_indexes")
     again = CandidateGenerator(ids, texts, Vectors(ids, x, "m"), Vectors.empty(), k=30,
                                ann=AnnConfig(kind="hnsw", tune_k=30, tune_queries=200), store=AnnStore.for_lake(lake),
                                run_date=dt.date(2026, 11, 20), tune_vectors=qv.matrix)
-    assert lake.read_pandas("ops.retrieval_indexes")["reused"].all()
+    assert all(i.info["reused"] for i in again.dense.values()) and again.bm25 is not None
+    assert lake.version("ops.retrieval_indexes") == v_ops  # the re-run records nothing new: no new version
     pd.testing.assert_frame_equal(b, again.generate(qs, qv, progress=False))
 
 

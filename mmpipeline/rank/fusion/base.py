@@ -149,9 +149,5 @@ class FusionRanker(nn.Module):
     def save(self, path: str) -> None:
         torch.save({"config": asdict(self.cfg), "state_dict": self.state_dict()}, path)
 
-    @classmethod
-    def load(cls, path: str, map_location: str | torch.device = "cpu") -> "FusionRanker":
-        """Load a saved model of any kind (the kind is read from the saved config)."""
-        from mmpipeline.rank.fusion import load_ranker_file
-
-        return load_ranker_file(path, map_location)
+    # loading a saved model of any kind is mmpipeline.rank.fusion.load_ranker_file (the factory reads the
+    # kind from the saved config; the base class does not import its subclasses)
