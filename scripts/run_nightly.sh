@@ -103,7 +103,7 @@ run_dag() {
     airflow dags test "$dag" "$RUN_DATE" -c "$CONF" >"$log" 2>&1 &
     local pid=$!
     # progress: task starts/ends and the stages' own start/done lines
-    tail -n +1 --pid="$pid" -f "$log" 2>/dev/null | grep --line-buffered -E \
+    tail -n +1 --pid="$pid" -f "$log" 2>/dev/null | grep -a --line-buffered -E \
       '\[DAG TEST\] (starting task_id|end task)|INFO mmpipeline: stage |mmpipeline: task .* failed|Task failed|DagRun Finished' \
       | sed -u -E 's/^[0-9T:.-]+Z \[[a-z ]+\] //; s/ \[airflow[^]]*\] loc=.*$//; s/^\[DAG TEST\] /  /; s/ map_index=-1//; s/^[0-9:]+ INFO mmpipeline: /    /' || true
     wait "$pid" || rc=$?
