@@ -27,7 +27,7 @@ from typing import Any, Callable
 # stage name -> "module:function"; each is run(ctx: RunContext) -> dict (a JSON-able summary)
 STAGES: dict[str, str] = {
     "ingest": "mmpipeline.ingest:run",
-    "clean": "mmpipeline.clean:run",
+    "clean": "mmpipeline.clean.stage:run",
     "validate": "mmpipeline.validate:run",
     "train-image-tower": "mmpipeline.embed.tower.train:run",
     "embed": "mmpipeline.embed.job:run",

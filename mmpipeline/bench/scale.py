@@ -64,7 +64,7 @@ def _input_rows(summary: dict[str, Any], counts: dict[str, Any]) -> int:
 
 
 register("ingest", "mmpipeline.ingest:run", _input_rows)
-register("clean", "mmpipeline.clean:run", _input_rows)
+register("clean", "mmpipeline.clean.stage:run", _input_rows)
 register("validate", "mmpipeline.validate.stage:run",
          lambda s, c: int(sum((t.get("rows") or 0) for t in s.get("tables", {}).values())))
 

@@ -89,7 +89,7 @@ def tag_voice_queries(bronze: "DataFrame") -> "DataFrame":
 
 def run_voice_clean(ctx, lake, src, bronze: "DataFrame", write_snapshot: Callable, write_partition: Callable,
                     account: Callable, cached: list) -> dict[str, Any]:
-    """The voice block of the clean stage (``mmpipeline.clean.run`` passes its writers and accounting)."""
+    """The voice block of the clean stage (``mmpipeline.clean.stage.run`` passes its writers and accounting)."""
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import transforms as T

@@ -32,7 +32,7 @@ def _cfg(make_config, tmp_path: Path, sources: dict, **extra):
 
 
 def _run(cfg, stage: str, run_date=D):
-    from mmpipeline.clean import run as clean_run
+    from mmpipeline.clean.stage import run as clean_run
     from mmpipeline.ingest import run as ingest_run
 
     ctx = RunContext.create(cfg, run_date)

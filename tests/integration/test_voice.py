@@ -63,7 +63,7 @@ def _cfg(make_config, tmp_path: Path, manifest: Path):
 
 def test_voice_clean_quarantines_bad_clips_and_transcribe_is_incremental(spark, make_config, tmp_path,
                                                                          shared_datasets):
-    from mmpipeline.clean import run as clean_run
+    from mmpipeline.clean.stage import run as clean_run
     from mmpipeline.ingest import run as ingest_run
     from mmpipeline.voice.stage import run as transcribe_run
     from mmpipeline.voice.vocab import norm
