@@ -85,6 +85,10 @@ def import_graph() -> dict[str, set[str]]:
                     t = t.rsplit(".", 1)[0]
                 if t in mods and t != mod:
                     graph[mod].add(t)
+                # importing a.b.c also runs the package a.b's __init__ (unless this module is inside it)
+                parent = t.rsplit(".", 1)[0] if "." in t else ""
+                if parent in mods and parent != mod and not mod.startswith(parent + "."):
+                    graph[mod].add(parent)
     return graph
 
 
