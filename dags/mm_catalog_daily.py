@@ -6,11 +6,12 @@ trains the image tower when the config embeds images with it (a no-op when a tow
 inputs is registered, or images are off), recognises new or changed voice clips (``transcribe``:
 Whisper, catalog-aware; a no-op without a ``voice_queries`` source) and embeds only new or changed
 products and queries (the embed task never trains). Emits the ``mmp_silver_catalog``,
-``mmp_image_tower``, ``mmp_voice_transcripts`` and ``mmp_product_embeddings`` assets; the last also
-triggers ``mm_scoring_nightly``, so the scoring run ranks today's voice queries too.
+``mmp_image_tower``, ``mmp_voice_transcripts`` and ``mmp_product_embeddings`` assets; the last
+triggers ``mm_scoring_nightly`` and, with ``mmp_silver_catalog``, ``mm_ranker_weekly``.
 
 Manual trigger (UI "Trigger" form or REST ``conf``): ``config``, ``run_date``, ``full_refresh``,
-``model_alias``, ``overrides``. See ``dags/_mmp_common.py`` for how stages run.
+``model_alias``, ``overrides``, ``allow_empty_source``. The tasks come from the stage registry
+(``mmpipeline/stages.py``); how they run: ``mmpipeline/orchestration/dags.py``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ import datetime as dt
 
 from airflow.sdk import DAG, CronTriggerTimetable, chain
 
-from _mmp_common import (
-    IMAGE_TOWER, PRODUCT_EMBEDDINGS, SILVER_CATALOG, START_DATE, VOICE_TRANSCRIPTS, default_args, log_dag_failure,
-    resolve_task,
-    run_params, stage_task,
-)
+from mmpipeline.orchestration.dags import START_DATE, dag_tasks, default_args, log_dag_failure, run_params
+from mmpipeline.stages import CATALOG_DAG
 
 with DAG(
-    dag_id="mm_catalog_daily",
+    dag_id=CATALOG_DAG,
     description="Catalog: ingest -> clean -> validate -> train-image-tower -> transcribe -> embed (incremental)",
     doc_md=__doc__,
     schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"),
@@ -35,17 +33,8 @@ with DAG(
     max_active_runs=1,  # runs write the same Delta tables
     dagrun_timeout=dt.timedelta(hours=8),
     default_args=default_args(),
-    params=run_params(),
+    params=run_params(CATALOG_DAG),
     tags=["mmpipeline", "catalog", "spark", "daily"],
     on_failure_callback=log_dag_failure,
 ) as dag:
-    resolved = resolve_task()
-    chain(
-        resolved,
-        stage_task("ingest", resolved),
-        stage_task("clean", resolved),
-        stage_task("validate", resolved, outlets=[SILVER_CATALOG]),
-        stage_task("train-image-tower", resolved, outlets=[IMAGE_TOWER]),
-        stage_task("transcribe", resolved, outlets=[VOICE_TRANSCRIPTS]),
-        stage_task("embed", resolved, outlets=[PRODUCT_EMBEDDINGS], inlets=[IMAGE_TOWER]),
-    )
+    chain(*dag_tasks(CATALOG_DAG))

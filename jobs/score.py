@@ -1,13 +1,3 @@
-"""spark-submit entry point for the 'score' stage.
-
-    spark-submit jobs/score.py --config configs/homedepot.yaml [--run-date YYYY-MM-DD]
-
-Thin on purpose: parse arguments, run the stage from mmpipeline, exit non-zero on failure.
-"""
-
-import sys
-
-from mmpipeline.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(["run", "score", *sys.argv[1:]]))
+"""spark-submit jobs/score.py --config FILE [--run-date YYYY-MM-DD]: the stage named by this file (mmpipeline/stages.py)."""
+from mmpipeline.cli import job_main
+if __name__ == "__main__": job_main(__file__)  # noqa: E701

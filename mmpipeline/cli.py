@@ -9,8 +9,8 @@
     mmpipeline rollback --config FILE (--to-run-date D | --to-version V)
     mmpipeline summary --config FILE
 
-Every stage is ``run(ctx: RunContext) -> dict`` in its module (see STAGES); ``jobs/*.py`` call the
-same entry point under spark-submit.
+Every stage is ``run(ctx: RunContext) -> dict`` in its module (see the registry, mmpipeline/stages.py);
+``jobs/*.py`` call the same entry point under spark-submit.
 """
 
 from __future__ import annotations
@@ -24,20 +24,11 @@ import sys
 import time
 from typing import Any, Callable
 
-# stage name -> "module:function"; each is run(ctx: RunContext) -> dict (a JSON-able summary)
-STAGES: dict[str, str] = {
-    "ingest": "mmpipeline.ingest:run",
-    "clean": "mmpipeline.clean.stage:run",
-    "validate": "mmpipeline.validate:run",
-    "train-image-tower": "mmpipeline.embed.tower.train:run",
-    "embed": "mmpipeline.embed.job:run",
-    "build-training-data": "mmpipeline.rank.data:run",
-    "train": "mmpipeline.rank.train:run",
-    "evaluate": "mmpipeline.rank.evaluate:run",  # evaluates the challenger and gates promotion
-    "transcribe": "mmpipeline.voice.stage:run",  # voice queries -> transcripts + audio features
-    "score": "mmpipeline.score.job:run",
-    "publish": "mmpipeline.score.publish:run",  # validates the ranking, then marks it current
-}
+from mmpipeline.stages import STAGES as _REGISTRY
+
+# stage name -> "module:function" (from the stage registry, mmpipeline/stages.py); each is
+# run(ctx: RunContext) -> dict (a JSON-able summary)
+STAGES: dict[str, str] = {name: stage.entry for name, stage in _REGISTRY.items()}
 
 # benchmark name -> "module:function"; each is main(cfg: Config | None, params: dict) -> dict
 BENCHES: dict[str, str] = {
@@ -158,6 +149,14 @@ def describe_error(e: BaseException, config: str | None = None) -> str:
         return f"file not found: {e.filename or e}: check the path in the config or on the command line"
     first = (str(e).strip().splitlines() or [""])[0][:500]
     return f"{type(e).__name__}: {first} (run with --log-level DEBUG for the full traceback)"
+
+
+def job_main(job_file: str) -> None:
+    """Body of every ``jobs/<stage>.py``: ``mmpipeline run <stage> ARGS`` with spark-submit's arguments;
+    the stage is the one whose job file is ``job_file`` in the registry."""
+    from mmpipeline.stages import by_job
+
+    sys.exit(main(["run", by_job(job_file).name, *sys.argv[1:]]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -113,7 +113,7 @@ run_dag() {
     echo
     echo "run: $dag FAILED after ${DAG_SECONDS[$dag]}s; last lines of $log:"
     tail -40 "$log" | cut -c1-600
-    python -m mmpipeline.airflow_support timings --db "$AIRFLOW_HOME/airflow.db" --logical-date "$RUN_DATE" \
+    python -m mmpipeline.orchestration.timings timings --db "$AIRFLOW_HOME/airflow.db" --logical-date "$RUN_DATE" \
       mm_catalog_daily mm_ranker_weekly mm_scoring_nightly || true
     exit "$rc"
   fi
@@ -131,7 +131,7 @@ for o in "${OVERRIDES[@]}"; do SET_ARGS+=(--set "$o"); done
 mmpipeline --log-level WARNING summary --config "$CONFIG" --run-date "$RUN_DATE" "${SET_ARGS[@]}" \
   || echo "run: summary failed (see above)"
 echo
-python -m mmpipeline.airflow_support timings --db "$AIRFLOW_HOME/airflow.db" --logical-date "$RUN_DATE" \
+python -m mmpipeline.orchestration.timings timings --db "$AIRFLOW_HOME/airflow.db" --logical-date "$RUN_DATE" \
   --dag-seconds "mm_catalog_daily=${DAG_SECONDS[mm_catalog_daily]}" \
   --dag-seconds "mm_ranker_weekly=${DAG_SECONDS[mm_ranker_weekly]}" \
   --dag-seconds "mm_scoring_nightly=${DAG_SECONDS[mm_scoring_nightly]}" \

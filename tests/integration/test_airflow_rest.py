@@ -2,7 +2,7 @@
 port: the DAG files parse in the dag-processor without import errors, and a DAG run triggered through
 the REST API v2 (JWT from the simple auth manager first) with params succeeds.
 
-The triggered DAG is a small one written here with the project's own helper (``dags/_mmp_common.py``):
+The triggered DAG is a small one written here with the project's own helpers (``mmpipeline.orchestration``):
 the real ``resolve_run`` task (params -> stage arguments, validated config file) and a real
 ``SparkSubmitOperator`` on the ``mmp_spark`` local-mode connection running a tiny PySpark job. The
 pipeline DAGs themselves need the whole data pipeline; they are exercised by ``make run`` (``airflow
@@ -41,13 +41,14 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG
 
-from _mmp_common import SPARK_CONN_ID, START_DATE, _child_env, default_args, resolve_task, run_params
+from mmpipeline.orchestration.dags import SPARK_CONN_ID, START_DATE, default_args, resolve_task, run_params
+from mmpipeline.orchestration.runner import child_env
 
 with DAG(dag_id="mm_smoke_test", schedule=None, start_date=START_DATE, catchup=False, params=run_params(),
          default_args=default_args(retries=0), tags=["mmpipeline", "test"]) as dag:
     resolved = resolve_task()
     SparkSubmitOperator(task_id="spark_job", application=str(Path(__file__).with_name("spark_job.py")),
-                        application_args=resolved["argv"], conn_id=SPARK_CONN_ID, env_vars=_child_env(),
+                        application_args=resolved["argv"], conn_id=SPARK_CONN_ID, env_vars=child_env(),
                         execution_timeout=dt.timedelta(minutes=5), name="mmp-smoke")
 '''
 
@@ -140,7 +141,7 @@ def airflow_server(tmp_path):
     home = tmp_path / "airflow"
     dags = home / "dags"
     dags.mkdir(parents=True)
-    for f in ["_mmp_common.py", ".airflowignore", *(p.name for p in (REPO / "dags").glob("mm_*.py"))]:
+    for f in [".airflowignore", *(p.name for p in (REPO / "dags").glob("mm_*.py"))]:
         shutil.copy(REPO / "dags" / f, dags / f)
     (dags / "mm_smoke_test.py").write_text(SMOKE_DAG)
     (dags / "spark_job.py").write_text(SPARK_JOB)

@@ -1,6 +1,6 @@
-"""Helpers around the Airflow runs that need no Airflow import (used by scripts/run_nightly.sh).
+"""Wall time per task of the latest Airflow runs, read without importing Airflow (scripts/run_nightly.sh).
 
-    python -m mmpipeline.airflow_support timings --db var/airflow/airflow.db --logical-date 2026-11-20 \
+    python -m mmpipeline.orchestration.timings timings --db var/airflow/airflow.db --logical-date 2026-11-20 \
         mm_catalog_daily mm_ranker_weekly mm_scoring_nightly
 
 prints the wall time of every task of each DAG's run for that logical date, read from the SQLite
@@ -88,7 +88,7 @@ def print_timings(rows: list[dict[str, Any]], dag_seconds: dict[str, float] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmpipeline.airflow_support")
+    p = argparse.ArgumentParser(prog="python -m mmpipeline.orchestration.timings")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("timings", help="wall time per task of the latest run of each DAG")
     t.add_argument("dag_ids", nargs="+")

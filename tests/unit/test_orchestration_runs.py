@@ -1,4 +1,4 @@
-"""The DAGs' shared helper: run-argument resolution, failure summaries, and the CLI stage runner."""
+"""Run resolution, failure text and the CLI stage runner (mmpipeline.orchestration), as plain modules."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from _mmp_common import (
-    REPO_ROOT, STAGES, brings_news, failure_paragraph, resolve_run_args, run_cli_stage,
-)
+from mmpipeline.orchestration.failures import failure_paragraph
+from mmpipeline.orchestration.runner import run_cli_stage
+from mmpipeline.orchestration.runs import REPO_ROOT, brings_news, resolve_run_args, stage_argv
 
 CFG = "configs/homedepot.yaml"
 
@@ -20,6 +20,8 @@ def test_defaults_take_the_logical_date_and_the_default_config():
     assert r["config"] == str(REPO_ROOT / CFG) and r["run_date"] == "2026-03-04"
     assert r["argv"] == ["--config", str(REPO_ROOT / CFG), "--run-date", "2026-03-04"]
     assert r["full_refresh"] is False and r["model_alias"] is None
+    assert r["force"] is False and r["allow_empty_source"] is False
+    assert stage_argv(r, "publish") == r["argv"] and stage_argv(r, "clean") == r["argv"]
 
 
 def test_params_win_and_become_cli_flags():
@@ -30,6 +32,40 @@ def test_params_win_and_become_cli_flags():
     assert r["argv"] == ["--config", str(REPO_ROOT / "configs/fashion.yaml"), "--run-date", "2026-01-02",
                          "--full-refresh", "--model-alias", "challenger", "--set", "embed.batch_size=64"]
     assert r["cli"].startswith("mmpipeline run STAGE --config ")
+
+
+def test_force_and_allow_empty_source_reach_only_the_stages_that_take_them():
+    r = resolve_run_args({"run_date": "2026-01-02", "force": True, "allow_empty_source": True}, default_config=CFG)
+    base = ["--config", str(REPO_ROOT / CFG), "--run-date", "2026-01-02"]
+    assert r["argv"] == base  # score, embed, ... get no stage options they would not understand
+    assert stage_argv(r, "publish") == base + ["--param", "force=true"]
+    assert stage_argv(r, "clean") == base + ["--allow-empty-source"]
+    assert stage_argv(r, "score") == base
+
+
+def test_the_extra_flags_are_accepted_by_the_cli():
+    """The flags resolve_run adds parse in `mmpipeline run` (the parser, not a stage run)."""
+    import argparse
+
+    from mmpipeline import cli
+
+    seen = {}
+
+    def fake_run_stage(stage, config, run_date, full_refresh, model_alias, overrides, options):
+        seen.update(stage=stage, overrides=overrides, options=options)
+        return {}
+
+    r = resolve_run_args({"force": True, "allow_empty_source": True, "run_date": "2026-01-02"}, default_config=CFG)
+    orig = cli.run_stage
+    cli.run_stage = fake_run_stage
+    try:
+        assert cli.main(["run", "publish", *stage_argv(r, "publish")]) == 0
+        assert seen["options"] == {"force": True}
+        assert cli.main(["run", "clean", *stage_argv(r, "clean")]) == 0
+        assert "clean.allow_empty_source=true" in seen["overrides"]
+    finally:
+        cli.run_stage = orig
+    assert isinstance(argparse, object)
 
 
 def test_asset_triggered_runs_follow_the_upstream_run_then_variable_then_run_after():
@@ -74,10 +110,14 @@ def test_failure_paragraph_is_one_actionable_paragraph():
     assert "will retry" in p and "run parameters unresolved" in p
 
 
-def test_every_stage_has_its_spark_submit_job():
-    for st in STAGES.values():
-        assert st.job.is_file(), st.job
-        assert st.timeout <= dt.timedelta(hours=12)
+def test_failure_paragraph_names_the_stage_behind_a_renamed_task_with_its_own_flags():
+    resolved = resolve_run_args({"run_date": "2026-01-02", "force": True}, default_config=CFG)
+    p = failure_paragraph(dag_id="mm_ranker_weekly", task_id="evaluate_and_promote", run_id="r", try_number=1,
+                          max_tries=1, error="x", resolved=resolved, will_retry=False)
+    assert "mmpipeline run evaluate --config" in p
+    p = failure_paragraph(dag_id="mm_scoring_nightly", task_id="publish", run_id="r", try_number=1,
+                          max_tries=1, error="x", resolved=resolved, will_retry=False)
+    assert p.rstrip(".").endswith("--param force=true")
 
 
 def test_cli_stage_failure_carries_the_output_tail():
