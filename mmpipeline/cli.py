@@ -37,6 +37,7 @@ BENCHES: dict[str, str] = {
     "quality": "mmpipeline.bench.quality:main",
     "scale": "mmpipeline.bench.scale:main",
     "score": "mmpipeline.bench.score:main",
+    "validate": "mmpipeline.bench.validate:main",  # GE suites on generated silver tables (was validate/timing.py)
     "voice": "mmpipeline.bench.voice:main",
 }
 

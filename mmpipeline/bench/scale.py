@@ -262,7 +262,7 @@ def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, An
             res["images"] = image_check_bench(ctx, lake)
             progress(f"size {n:,}: images {res['images']}")
         if "validate" in stages:
-            from mmpipeline.validate.timing import ge_vs_spark
+            from mmpipeline.bench.validate import ge_vs_spark
 
             res["validate_ge_vs_spark"] = ge_vs_spark(ctx, lake, "silver.products")
             progress(f"size {n:,}: GE vs Spark {res['validate_ge_vs_spark']}")

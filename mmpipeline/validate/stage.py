@@ -12,7 +12,9 @@ from typing import Any
 from mmpipeline.context import RunContext, StageError
 from mmpipeline.ops import print_table
 from mmpipeline.schemas import table
-from mmpipeline.validate.api import GXProject, ValidationReport, store_reports
+from mmpipeline.validate.checks import ValidationReport
+from mmpipeline.validate.project import GXProject
+from mmpipeline.validate.store import store_reports
 from mmpipeline.validate.suites import ROW_COUNT_CHECK, quarantine_check, silver_checks
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The expectation suites: one per silver table (thresholds from ``cfg.quality``), the quarantine
 share check, and reusable checks for a ranking table (publish).
 
-Everything here is pure: it builds :class:`~mmpipeline.validate.api.Check` lists from the config and
+Everything here is pure: it builds :class:`~mmpipeline.validate.checks.Check` lists from the config and
 a few facts (the previous run's row count, rows in); running them is the caller's business.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from mmpipeline.config import Config
 from mmpipeline.schemas import TableSpec
-from mmpipeline.validate.api import Check
+from mmpipeline.validate.checks import Check
 
 # name of the row-count check; the stage reads its previous observed value from ops.validation
 ROW_COUNT_CHECK = "row_count"

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from mmpipeline.validate import Check, ValidationReport, format_observed
-from mmpipeline.validate.api import CheckResult
+from mmpipeline.validate import CheckResult
 
 
 def test_check_severity_is_validated():

@@ -11,7 +11,7 @@ def _jobs(spark) -> int:
 def test_passing_suite_skips_example_scans_and_failures_keep_examples(spark):
     import great_expectations.expectations as gxe
 
-    from mmpipeline.validate.api import Check, GXProject
+    from mmpipeline.validate import Check, GXProject
 
     df = spark.createDataFrame([(str(i), float(i % 7), "ok" if i % 9 else "bad") for i in range(300)],
                                "id string, price double, status string").cache()

@@ -1,6 +1,7 @@
 """How long the validate stage takes on silver tables of realistic size (JSON on stdout).
 
-    python -m mmpipeline.validate.timing --rows 50000 [--lake /tmp/validate-timing]
+    python -m mmpipeline.bench.validate --rows 50000 [--lake /tmp/validate-timing]
+    mmpipeline bench validate --param rows=50000 [--param lake=/tmp/validate-timing]
 
 Builds silver.products (``rows``), silver.judgments (``rows``) and silver.queries (``rows // 5``)
 with Spark in a scratch lake, then runs the stage for two run dates (the second one also checks the
@@ -68,7 +69,7 @@ def plain_spark_checks(lake, cfg) -> float:
     return time.perf_counter() - t
 
 
-def main(rows: int = 50_000, lake_root: str | None = None) -> dict:
+def timing(rows: int = 50_000, lake_root: str | None = None) -> dict:
     from mmpipeline.config import load_config
     from mmpipeline.context import RunContext
     from mmpipeline.validate import run
@@ -92,18 +93,6 @@ def main(rows: int = 50_000, lake_root: str | None = None) -> dict:
                             "failed_critical": summary["failed_critical"], "warnings": summary["warnings"],
                             "plain_spark_products_seconds": round(plain_spark_checks(lake, cfg), 2)})
     return out
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, default=50_000)
-    p.add_argument("--lake")
-    a = p.parse_args()
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    print(json.dumps(main(a.rows, a.lake), indent=2))
 
 
 # ------------------------------------------------------------------------ GE vs one Spark scan
@@ -145,7 +134,7 @@ def ge_vs_spark(ctx, lake, table_name: str = "silver.products") -> dict:
     same (cached) frame, with both verdicts per check. Each runs twice; the second run is reported
     (the first pays one-off costs: GE context and expectation classes, Spark code generation)."""
     from mmpipeline.schemas import table
-    from mmpipeline.validate.api import GXProject
+    from mmpipeline.validate import GXProject
     from mmpipeline.validate.suites import silver_checks
 
     cfg = ctx.cfg
@@ -173,3 +162,21 @@ def ge_vs_spark(ctx, lake, table_name: str = "silver.products") -> dict:
             "ge_over_spark": round(ge_s[-1] / sp_s[-1], 2) if sp_s[-1] else None,
             "ge_summary_format_seconds": round(summary_s[-1], 2),
             "same_verdicts": all(same.values()) and bool(same), "verdicts_compared": len(same)}
+
+
+def main(cfg, params: dict) -> dict:
+    """``mmpipeline bench validate [--param rows=N] [--param lake=DIR]`` (the config is not used: the
+    benchmark builds its own scratch lake)."""
+    return timing(int(params.get("rows", 50_000)), params.get("lake"))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=50_000)
+    p.add_argument("--lake")
+    a = p.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    print(json.dumps(timing(a.rows, a.lake), indent=2))
