@@ -92,7 +92,8 @@ cat <<EOF
   Airflow is up:  $BASE        user: admin   password: $PASSWORD
   DAGs (from $AIRFLOW__CORE__DAGS_FOLDER): mm_catalog_daily, mm_ranker_weekly, mm_scoring_nightly
   They start paused: switch a DAG on, then "Trigger" -> the form takes config, run_date, full_refresh,
-  model_alias and overrides (e.g. config = configs/sample.yaml).
+  model_alias and overrides (e.g. config = configs/sample.yaml), plus allow_empty_source (catalog) and
+  force (ranker, scoring: run even when the inputs did not change since the last successful run).
 
   REST API v2 (JWT first):
     TOKEN=\$(curl -s -X POST $BASE/auth/token -H 'Content-Type: application/json' \\

@@ -16,7 +16,10 @@
 #   MMP_RUN_DATE=YYYY-MM-DD  logical date of the three runs (default: today, UTC)
 #   MMP_FULL=1               no demo subsampling: the whole dataset (default: a subsample sized for ~10 min)
 #   MMP_OVERRIDES="k=v ..."  extra config overrides for every stage (as `--set k=v`)
-#   MMP_FULL_REFRESH=1       recompute everything (embed re-encodes all)
+#   MMP_FULL_REFRESH=1       recompute everything (embed re-encodes all; the ranker and scoring DAGs run
+#                            even when their inputs did not change)
+#   MMP_FORCE=1              the ranker and scoring DAGs run even when their inputs did not change since
+#                            their last successful run (default: such a re-run skips them, see check_inputs)
 #   MMP_VERBOSE=1            stream Airflow's whole output (default: progress lines; full logs under
 #                            var/airflow/runs/<date>/)
 #   MMP_TASK_RETRIES=N       task retries (default 0 here, to fail fast; the DAGs' own default is 2)
@@ -78,10 +81,10 @@ fi
 LOG_DIR="$AIRFLOW_HOME/runs/$RUN_DATE"
 mkdir -p "$LOG_DIR"
 
-CONF="$(python - "$CONFIG" "${MMP_FULL_REFRESH:-0}" "${OVERRIDES[@]}" <<'PY'
+CONF="$(python - "$CONFIG" "${MMP_FULL_REFRESH:-0}" "${MMP_FORCE:-0}" "${OVERRIDES[@]}" <<'PY'
 import json, sys
-config, full, *overrides = sys.argv[1:]
-print(json.dumps({"config": config, "full_refresh": full == "1", "overrides": overrides}))
+config, full, force, *overrides = sys.argv[1:]
+print(json.dumps({"config": config, "full_refresh": full == "1", "force": force == "1", "overrides": overrides}))
 PY
 )"
 
@@ -102,10 +105,11 @@ run_dag() {
   else
     airflow dags test "$dag" "$RUN_DATE" -c "$CONF" >"$log" 2>&1 &
     local pid=$!
-    # progress: task starts/ends and the stages' own start/done lines
+    # progress: task starts/ends, the stages' own start/done lines, and why a task was skipped
+    # (check_inputs: the inputs did not change since the DAG's last successful run)
     tail -n +1 --pid="$pid" -f "$log" 2>/dev/null | grep -a --line-buffered -E \
-      '\[DAG TEST\] (starting task_id|end task)|INFO mmpipeline: stage |mmpipeline: task .* failed|Task failed|DagRun Finished' \
-      | sed -u -E 's/^[0-9T:.-]+Z \[[a-z ]+\] //; s/ \[airflow[^]]*\] loc=.*$//; s/^\[DAG TEST\] /  /; s/ map_index=-1//; s/^[0-9:]+ INFO mmpipeline: /    /' || true
+      '\[DAG TEST\] (starting task_id|end task)|INFO mmpipeline: stage |mmpipeline: task .* failed|Task failed|Skipping task|DagRun Finished' \
+      | sed -u -E 's/^[0-9T:.-]+Z \[[a-z ]+\] //; s/^Skipping task\. +\[task\] loc=[^ ]+ reason=/    skipped: /; s/ \[airflow[^]]*\] loc=.*$//; s/^\[DAG TEST\] /  /; s/ map_index=-1//; s/^[0-9:]+ INFO mmpipeline: /    /' || true
     wait "$pid" || rc=$?
   fi
   DAG_SECONDS[$dag]=$(( $(date +%s) - t0 ))
