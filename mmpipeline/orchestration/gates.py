@@ -84,10 +84,15 @@ def input_components(cfg: Any, dag_id: str, model_alias: str | None = None,
 
 def registered_version(cfg: Any, alias: str) -> str | None:
     """The version of the configured ranker behind ``alias`` in the MLflow registry (None: no such alias)."""
-    from mmpipeline.rank.registry import alias_version
+    from mlflow.exceptions import MlflowException
 
-    mv = alias_version(cfg, alias)
-    return None if mv is None else str(mv.version)
+    from mmpipeline.tracking import client
+
+    try:
+        mv = client(cfg).get_model_version_by_alias(cfg.mlflow.model_name, alias)
+    except MlflowException:  # no such model or alias
+        return None
+    return str(mv.version)
 
 
 def fingerprint(components: Mapping[str, str]) -> str:

@@ -208,3 +208,13 @@ def test_inference_never_imports_tower_training(module):
         while chain[-1] != module:
             chain.append(seen[chain[-1]])
         raise AssertionError(f"{module} imports the tower's training code: " + " -> ".join(reversed(chain)))
+
+
+def test_orchestration_sits_on_top_and_the_registry_at_the_bottom():
+    """Only the orchestration package imports itself (stages never reach back into Airflow wiring),
+    and the stage registry imports no other mmpipeline module (the DAG files load it at parse time)."""
+    g = import_graph()
+    users = sorted(m for m, deps in g.items() if not m.startswith("mmpipeline.orchestration")
+                   and any(d.startswith("mmpipeline.orchestration") for d in deps))
+    assert users == [], f"modules outside mmpipeline.orchestration import it: {users}"
+    assert g["mmpipeline.stages"] <= {"mmpipeline"}, g["mmpipeline.stages"]

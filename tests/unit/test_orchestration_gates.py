@@ -121,3 +121,4 @@ def test_unreadable_state_means_run_and_writes_are_atomic(tmp_path):
     assert [q.name for q in p.parent.iterdir()] == [p.name]  # no temp file left behind
     p.write_text("{not json")
     assert gates.read_state(tmp_path, RANKER) is None
+
