@@ -49,9 +49,6 @@ def _fmt_ts(ms_or_ts: Any) -> str:
 # ------------------------------------------------------------------------------------------ tables
 def table_rows(cfg: Config, run_date: dt.date | None = None) -> list[dict[str, Any]]:
     """One dict per registered table that exists in the lake (name, version, rows, rows_run_date, updated)."""
-    import pyarrow.dataset as pds
-    from deltalake import DeltaTable
-
     from mmpipeline.schemas import TABLES
 
     lake = _lake(cfg)
@@ -60,14 +57,12 @@ def table_rows(cfg: Config, run_date: dt.date | None = None) -> list[dict[str, A
         if not lake.exists(name):
             continue
         row: dict[str, Any] = {"table": name, "version": None, "rows": None, "rows_run_date": None, "updated": ""}
-        try:
-            t = DeltaTable(lake.uri(name))
-            row["version"] = t.version()
-            ds = t.to_pyarrow_dataset()
-            row["rows"] = ds.count_rows()
+        try:  # through the lake layer: the same filtered read (string_view-safe) and commit shape as the stages
+            row["version"] = lake.version(name)
+            row["rows"] = lake.count(name)
             if run_date is not None and "run_date" in spec.column_names:
-                row["rows_run_date"] = ds.count_rows(filter=pds.field("run_date") == run_date)
-            hist = t.history(1)
+                row["rows_run_date"] = lake.count(name, filters=[("run_date", "=", run_date)])
+            hist = lake.history(name, 1)
             if hist:
                 row["updated"] = _fmt_ts(hist[0].get("timestamp"))
         except Exception as e:  # a broken table is reported, not fatal
