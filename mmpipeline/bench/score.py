@@ -102,7 +102,7 @@ def bench_dataset(cfg, params: dict[str, Any]) -> dict[str, Any]:
         ann_used = out.read_pandas("ops.retrieval_indexes").to_dict("records") if out.exists("ops.retrieval_indexes") else []
         t1 = time.perf_counter()
         out.write("gold.search_ranking", ranking, mode="overwrite", partition={"run_date": run_date})
-        out.write("gold.product_vectors", res.vectors, mode="overwrite", partition={"run_date": run_date})
+        job.merge_product_vectors(out, res.vectors, run_date)
         write_s = time.perf_counter() - t1
     n_pairs = len(res.candidates)
     score_s = res.timings.get("score", 0.0)

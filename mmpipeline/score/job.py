@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,79 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings)
 
 
+# ------------------------------------------------------------------------------ product vectors
+
+
+def vector_hashes(vectors: pd.DataFrame) -> np.ndarray:
+    """sha256 (32 hex) per row of fused product vectors: the vector's float32 bytes and how it was
+    made (modalities, fusion, models, dim); the run date is not part of it."""
+    import hashlib
+
+    out = np.empty(len(vectors), dtype=object)
+    meta = vectors[["modalities", "fusion", "text_model", "image_model", "dim"]].astype(str).agg("|".join, axis=1)
+    for i, (m, v) in enumerate(zip(meta.to_numpy(), vectors["vector"].to_numpy())):
+        h = hashlib.sha256(m.encode("utf-8"))
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+        out[i] = h.hexdigest()[:32]
+    return out
+
+
+def merge_product_vectors(lake, vectors: pd.DataFrame, run_date: dt.date,
+                          metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Bring ``gold.product_vectors`` (one row per product) to ``vectors`` by content hash, in one
+    commit: new products inserted, products whose vector changed updated (their ``run_date`` becomes
+    this run's), vanished products deleted, unchanged rows untouched. When nothing changed no commit
+    is made (a re-run of a date writes no new version). A table in the old layout (one full copy per
+    run-date partition) is rewritten once in the new layout."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from mmpipeline.lake import _rs_engine, conform_arrow
+    from mmpipeline.schemas import table
+
+    spec = table(VECTORS)
+    new = vectors.drop(columns=[c for c in ("run_date",) if c in vectors.columns]).copy()
+    new["content_hash"] = vector_hashes(new)
+    uri = lake.uri(VECTORS)
+    stats = {"products": len(new), "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 0, "committed": False}
+    old_layout = lake.exists(VECTORS) and list(DeltaTable(uri).metadata().partition_columns) != list(spec.partition_by)
+    if not lake.exists(VECTORS) or old_layout:
+        if old_layout:
+            log.warning("%s is in the old per-run-date layout: rewriting it once as one row per product", VECTORS)
+        data = conform_arrow(new.assign(run_date=run_date), spec)
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        write_deltalake(uri, data, mode="overwrite", schema_mode="overwrite" if old_layout else None,
+                        partition_by=list(spec.partition_by), commit_properties=_rs_engine._commit_props(metadata))
+        stats.update(inserted=len(new), committed=True, version=DeltaTable(uri).version())
+        return stats
+    cur = lake.read_arrow(VECTORS, columns=["product_id", "content_hash"]).to_pandas()
+    known = dict(zip(cur["product_id"], cur["content_hash"]))
+    old_hash = new["product_id"].map(known)
+    is_new = old_hash.isna().to_numpy()
+    changed = (~is_new) & (old_hash.to_numpy(object) != new["content_hash"].to_numpy(object))
+    gone = sorted(set(known) - set(new["product_id"]))
+    stats.update(inserted=int(is_new.sum()), updated=int(changed.sum()), deleted=len(gone),
+                 unchanged=int(len(new) - is_new.sum() - changed.sum()))
+    if not (is_new.any() or changed.any() or gone):
+        stats["version"] = lake.version(VECTORS)
+        log.info("%s: all %d product vectors unchanged; no commit", VECTORS, len(new))
+        return stats
+    diff = conform_arrow(new[is_new | changed].assign(run_date=run_date), spec)
+    diff = diff.append_column("_delete", pa.array([False] * diff.num_rows))
+    if gone:
+        dead = pa.table({c: pa.nulls(len(gone), diff.schema.field(c).type) for c in spec.column_names})
+        dead = dead.set_column(dead.schema.get_field_index("product_id"), "product_id", pa.array(gone, pa.string()))
+        diff = pa.concat_tables([diff, dead.append_column("_delete", pa.array([True] * len(gone)))])
+    (DeltaTable(uri).merge(diff, predicate="t.product_id = s.product_id", source_alias="s", target_alias="t",
+                           commit_properties=_rs_engine._commit_props(metadata))
+     .when_matched_delete(predicate="s._delete")
+     .when_matched_update_all(predicate="NOT s._delete", except_cols=["_delete"])
+     .when_not_matched_insert_all(predicate="NOT s._delete", except_cols=["_delete"])
+     .execute())
+    stats.update(committed=True, version=lake.version(VECTORS))
+    log.info("%s: %s", VECTORS, stats)
+    return stats
+
+
 def _voice_ids(lake) -> set[str] | None:
     """Ids of the current voice queries (silver.voice_queries); None when there is no such table."""
     v = _read(lake, "silver.voice_queries", ["query_id"])
@@ -241,7 +315,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     part = {"run_date": ctx.run_date}
     meta = {"stage": "score", "model": f"{res.model_name}/{res.model_version}"}
     ranking_version = lake.write(RANKING, res.ranking, mode="overwrite", partition=part, metadata=meta)
-    vectors_version = ctx.lake.write(VECTORS, res.vectors, mode="overwrite", partition=part, metadata=meta)
+    vec_stats = merge_product_vectors(ctx.lake, res.vectors, ctx.run_date, metadata=meta)
+    vectors_version = vec_stats["version"]
     if not isinstance(res.ranking, pd.DataFrame):
         res.ranking.unpersist()
     res.timings["write"] = time.perf_counter() - t0
@@ -275,4 +350,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "non_finite_scores": non_finite, "product_vectors": len(res.vectors),
             "model": f"{res.model_name}/{res.model_version}", "candidate_recall": res.recall,
             "pairs_per_second": round(pps, 1) if pps else None, "ranking_version": ranking_version,
-            "vectors_version": vectors_version, "seconds_by_step": {k: round(v, 2) for k, v in res.timings.items()}}
+            "vectors_version": vectors_version,
+            "product_vectors_merge": {k: v for k, v in vec_stats.items() if k != "version"}, "seconds_by_step": {k: round(v, 2) for k, v in res.timings.items()}}
