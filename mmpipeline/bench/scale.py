@@ -67,6 +67,8 @@ register("ingest", "mmpipeline.ingest:run", _input_rows)
 register("clean", "mmpipeline.clean.stage:run", _input_rows)
 register("validate", "mmpipeline.validate.stage:run",
          lambda s, c: int(sum((t.get("rows") or 0) for t in s.get("tables", {}).values())))
+for _later in __import__("mmpipeline.bench.scale_stages", fromlist=["LATER_STAGES"]).LATER_STAGES:
+    register(*_later)  # embed, build-training-data, train, score, publish (mmpipeline.bench.scale_stages)
 
 
 def _load(ref: str):

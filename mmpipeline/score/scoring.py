@@ -215,6 +215,14 @@ def worker_state(cfg_json: str, alias: str, version: str, artifacts: dict[str, s
 STATE_COLUMN = "_worker_state"
 
 
+def _forget_query_scores(featurize: Any) -> None:
+    """Drop the featuriser's per-query whole-catalog BM25 score rows (one float per product per
+    query) once a block of queries is scored: a worker keeps one block's rows, not thousands."""
+    cache = getattr(getattr(featurize, "featurizer", None), "_bm25_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
 def score_queries_spark(spark, queries: pd.DataFrame, query_vectors: Any, cfg: Config, alias: str, version: str,
                         artifacts: dict[str, str], versions: dict[str, int | None], partitions: int | None = None):
     """Retrieve and score on Spark, partitioned by query: a DataFrame of the query set (with each
@@ -226,6 +234,7 @@ def score_queries_spark(spark, queries: pd.DataFrame, query_vectors: Any, cfg: C
 
     cfg_json = cfg.model_dump_json()
     batch_size = cfg.score.batch_size
+    qblock = max(1, int(cfg.score.query_batch_size))
     schema_in = T.StructType([T.StructField("query_id", T.StringType()), T.StructField("query", T.StringType()),
                               T.StructField("vector", T.ArrayType(T.FloatType()))])
     schema_out = T.StructType([T.StructField(c, T.StringType()) for c in SCORED_COLUMNS[:4]]
@@ -249,16 +258,19 @@ def score_queries_spark(spark, queries: pd.DataFrame, query_vectors: Any, cfg: C
                 continue
             if st is None:  # only for a partition with rows; cached across partitions
                 st = _scoring.worker_state(cfg_json, alias, version, artifacts, versions)
-            has = batch["vector"].notna().to_numpy()
-            qids = batch["query_id"].to_numpy(object)
-            qv = (_Vectors(qids[has], np.stack([np.asarray(v, np.float32) for v in batch["vector"][has]]))
-                  if has.any() else _Vectors.empty())
-            cands = st.generator.generate(batch[["query_id", "query"]], qv, progress=False)
-            if not len(cands):
-                continue
-            out = _scoring.score_pairs(cands, st.featurize, st.ranker, batch_size, progress=False)[SCORED_COLUMNS]
-            out[STATE_COLUMN] = st.load_id
-            yield out
+            for s in range(0, len(batch), qblock):  # bounded: one block's pairs and BM25 rows at a time
+                block = batch.iloc[s:s + qblock]
+                has = block["vector"].notna().to_numpy()
+                qids = block["query_id"].to_numpy(object)
+                qv = (_Vectors(qids[has], np.stack([np.asarray(v, np.float32) for v in block["vector"][has]]))
+                      if has.any() else _Vectors.empty())
+                cands = st.generator.generate(block[["query_id", "query"]], qv, progress=False)
+                if not len(cands):
+                    continue
+                out = _scoring.score_pairs(cands, st.featurize, st.ranker, batch_size, progress=False)[SCORED_COLUMNS]
+                _forget_query_scores(st.featurize)
+                out[STATE_COLUMN] = st.load_id
+                yield out
 
     return sdf.mapInPandas(_score_partition, schema=schema_out)
 
