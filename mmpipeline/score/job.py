@@ -5,11 +5,19 @@ and writes, for ``ctx.run_date``:
 
 * ``gold.search_ranking``: top ``score.output_k`` products per query with score, rank, model name and
   version and the retrieval sources that proposed each product;
-* ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`);
+* ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`), merged
+  by content hash (:func:`merge_product_vectors`: only new / changed / vanished products are written);
 * ``ops.score_runs``: sizes, candidate recall@K against the judgments, stage timings.
 
-Both gold tables are overwritten by run-date partition in one commit each, so re-running a date
-gives the same rows and never duplicates. Publishing is a separate stage (``publish``).
+``gold.search_ranking`` is overwritten by run-date partition in one commit, so re-running a date
+gives the same rows and never duplicates; a re-run leaves ``gold.product_vectors`` at its version.
+
+Engines: ``local`` generates the candidates and scores them in this process; ``spark`` distributes
+the query set (:func:`mmpipeline.score.scoring.score_queries_spark`): the driver builds or loads the
+nightly FAISS / BM25 index artifacts, and each Python worker loads them, the pinned model version
+and the featuriser once, then retrieves and scores its queries; only the judged pairs among the
+candidates (for candidate recall) come back to the driver. Both give the same rows.
+Publishing is a separate stage (``publish``).
 """
 
 from __future__ import annotations
