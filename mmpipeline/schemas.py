@@ -269,8 +269,10 @@ register(TableSpec("gold.product_vectors", [
     ("run_date", "date"), ("product_id", "string"), ("modalities", "string"),  # text | image | text+image
     ("fusion", "string"),  # how the vector was fused, e.g. "wsum(text=0.5,image=0.5)"
     ("text_model", "string"), ("image_model", "string"), ("dim", "int"), ("vector", "array<float>"),
-], keys=["run_date", "product_id"], partition_by=["run_date"],
-    description="one fused, L2-normalised vector per product for the online ANN index"))
+    ("content_hash", "string"),  # sha256 of the row's content (vector, models, fusion): the merge key's payload
+], keys=["product_id"],
+    description="one fused, L2-normalised vector per product for the online ANN index; merged by content "
+                "hash each night (run_date = the run that last changed the row; vanished products deleted)"))
 
 register(TableSpec("gold.search_index", _RANKING_COLUMNS, keys=["query_id", "rank"],
                    description="the served feed: the currently published ranking (each publish = one Delta "

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from mmpipeline.bench.scale_stages import LATER_STAGES
+
 log = logging.getLogger(__name__)
 
 RUN_DATE = dt.date(2026, 1, 31)
@@ -67,6 +69,8 @@ register("ingest", "mmpipeline.ingest:run", _input_rows)
 register("clean", "mmpipeline.clean.stage:run", _input_rows)
 register("validate", "mmpipeline.validate.stage:run",
          lambda s, c: int(sum((t.get("rows") or 0) for t in s.get("tables", {}).values())))
+for _later in LATER_STAGES:  # embed, build-training-data, train, score, publish (mmpipeline.bench.scale_stages)
+    register(*_later)
 
 
 def _load(ref: str):

@@ -102,15 +102,25 @@ def bench_dataset(cfg, params: dict[str, Any]) -> dict[str, Any]:
         ann_used = out.read_pandas("ops.retrieval_indexes").to_dict("records") if out.exists("ops.retrieval_indexes") else []
         t1 = time.perf_counter()
         out.write("gold.search_ranking", ranking, mode="overwrite", partition={"run_date": run_date})
-        out.write("gold.product_vectors", res.vectors, mode="overwrite", partition={"run_date": run_date})
+        job.merge_product_vectors(out, res.vectors, run_date)
         write_s = time.perf_counter() - t1
-    n_pairs = len(res.candidates)
+    n_pairs = res.n_pairs
     score_s = res.timings.get("score", 0.0)
 
-    # plain baseline in the same run: one model call per query, on a sample of queries
+    # plain baseline in the same run: one model call per query, on a sample of queries (the local
+    # engine's candidates; on the spark engine the pairs stay on the executors and are drawn again here)
     nb = int(params.get("baseline_queries", 50))
     sample_q = res.query_set["query_id"].head(nb)
-    pairs = res.candidates[res.candidates["query_id"].isin(set(sample_q))]
+    pairs = res.candidates
+    if pairs is None:
+        from mmpipeline.retrieval.candidates import CandidateGenerator
+        from mmpipeline.retrieval.embeddings import load_vectors
+
+        gen = CandidateGenerator.from_artifacts(res.stats.get("artifacts", {}), cfg.score.candidates_k,
+                                                list(cfg.score.candidate_sources), cfg.score.query_batch_size)
+        qv = load_vectors(lake, "gold.query_embeddings", "query_id", "text", cfg.rank.text_model_name)
+        pairs = gen.generate(res.query_set[res.query_set["query_id"].isin(set(sample_q))], qv, progress=False)
+    pairs = pairs[pairs["query_id"].isin(set(sample_q))]
     ranker = load_ranker(cfg, cfg.score.model_alias, expect_version=res.model_version)
     featurize = make_featurizer(cfg, lake)
     tb = time.perf_counter()

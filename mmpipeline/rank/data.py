@@ -95,8 +95,13 @@ def graded_pairs(judgments: pd.DataFrame, interactions: pd.DataFrame | None, rc:
 
 
 def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankConfig") -> pd.DataFrame:
-    """Random and hard negatives per query from the whole catalog (never a judged product)."""
-    from mmpipeline.retrieval.dense import DenseIndex
+    """Random and hard negatives per query from the whole catalog (never a judged product).
+
+    The nearest products come from FAISS exact search (:class:`~mmpipeline.retrieval.ann.AnnIndex`,
+    ``IndexFlatIP``), which scans the catalog in blocks with a top-k heap per query: memory holds the
+    catalog vectors and k results per query, never a (queries x catalog) score matrix."""
+    from mmpipeline.config import AnnConfig
+    from mmpipeline.retrieval.ann import AnnIndex
 
     n_cat = len(featurizer.ids)
     queries = pairs[["query_id", "query_norm"]].drop_duplicates("query_id").reset_index(drop=True)
@@ -110,7 +115,7 @@ def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankC
             if hv.sum() == 0:
                 continue
             sel = np.flatnonzero(hv > 0)
-            idx = DenseIndex(featurizer.ids[sel], mat[sel])
+            idx = AnnIndex.build(featurizer.ids[sel], mat[sel], AnnConfig(kind="exact"))
             k = min(rc.hard_pool_k, len(sel))
             ids, _ = idx.search(qv, k)
             pools.append(ids)
@@ -151,6 +156,33 @@ def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankC
     return neg.assign(grade=np.nan, label=0.0)
 
 
+def scalar_features_by_query_block(featurizer: PairFeaturizer, df: pd.DataFrame, block: int = 128) -> pd.DataFrame:
+    """``featurizer.scalar_features`` for every row of ``df`` (query_norm, query_id, product_id), in
+    row order, ``block`` queries at a time: the featuriser's whole-catalog BM25 score row per query
+    (one float per product) is dropped after each block, so memory holds ``block`` of them at most."""
+    df = df.reset_index(drop=True)
+    codes, uniq = pd.factorize(df["query_id"], sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(0, len(uniq) + block, block))
+    parts, rows = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if a >= b:
+            continue
+        r = order[a:b]
+        sub = df.iloc[r]
+        parts.append(featurizer.scalar_features(sub["query_norm"].fillna("").tolist(), sub["query_id"].tolist(),
+                                                sub["product_id"].tolist()))
+        rows.append(r)
+        cache = getattr(featurizer, "_bm25_cache", None)
+        if cache is not None:
+            cache.clear()
+    if not parts:
+        return featurizer.scalar_features([], [], [])
+    out = pd.concat(parts, ignore_index=True)
+    out.index = np.concatenate(rows)
+    return out.sort_index()
+
+
 def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer: PairFeaturizer,
           rc: "RankConfig", run_date: Any) -> tuple[pd.DataFrame, dict[str, int]]:
     """The training table for ``run_date`` and row counts per step. Judged pairs whose product is
@@ -170,8 +202,7 @@ def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer
     counts["random_negatives"] = int((neg["source"] == "random_negative").sum())
     df = pd.concat([pairs, neg[pairs.columns]], ignore_index=True)
     df["split"] = assign_split(df["query_id"], rc.split)
-    feats = featurizer.scalar_features(df["query_norm"].fillna("").tolist(), df["query_id"].tolist(),
-                                       df["product_id"].tolist())
+    feats = scalar_features_by_query_block(featurizer, df)
     df = pd.concat([df.reset_index(drop=True), feats], axis=1)
     df["run_date"] = pd.Timestamp(run_date).date()
     df["text_model"] = featurizer.meta.get("text_model")

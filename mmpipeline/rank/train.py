@@ -254,15 +254,16 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
     if not lake.exists(name):
         raise StageError(f"{name} does not exist: run 'mmpipeline run build-training-data' first")
     version = lake.version(name)
-    df = lake.read_pandas(name, version=version)
-    if df.empty:
+    # the partition column first, then only the chosen night's partition (files pruned by run_date):
+    # memory holds one night's training rows, not the table's whole history
+    dates = lake.read_arrow(name, version=version, columns=["run_date"]).column("run_date").unique().to_pylist()
+    if not dates:
         raise StageError(f"{name} is empty")
-    dates = pd.to_datetime(df["run_date"]).dt.date
-    known = sorted(d for d in dates.unique() if d <= ctx.run_date)
+    known = sorted(d for d in (pd.Timestamp(x).date() for x in dates) if d <= ctx.run_date)
     if not known:
         raise StageError(f"{name} has no partition on or before {ctx.run_date}")
     use = known[-1]
-    df = df[dates == use].reset_index(drop=True)
+    df = lake.read_pandas(name, version=version, filters=[("run_date", "=", use)]).reset_index(drop=True)
     meta: dict[str, Any] = {"training_run_date": str(use)}
     for h in lake.history(name):  # commit metadata in one shape for both engines (Lake.history)
         m = h.get("metadata") or {}

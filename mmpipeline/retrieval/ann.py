@@ -300,6 +300,7 @@ class AnnStore:
                 os.replace(tmp, folder)
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
+        index.path = folder  # where workers load it from (CandidateGenerator.from_artifacts)
         seconds = time.perf_counter() - t0
         log.info("bm25 index: %s %s (%d products, %.1fs)", "loaded" if reused else "saved", folder, len(ids), seconds)
         if self.lake is not None:

@@ -30,6 +30,7 @@ class BM25Index:
 
         self.ids = np.asarray(list(ids), dtype=object)
         self._pos = {pid: i for i, pid in enumerate(self.ids)}
+        self.path: Path | None = None  # the folder it was saved to / loaded from
         if retriever is not None:
             self.retriever = retriever
             return
@@ -54,7 +55,9 @@ class BM25Index:
 
         p = Path(path)
         ids = json.loads((p / "ids.json").read_text(encoding="utf-8"))
-        return cls(ids, None, retriever=bm25s.BM25.load(str(p), mmap=mmap, show_progress=False))
+        out = cls(ids, None, retriever=bm25s.BM25.load(str(p), mmap=mmap, show_progress=False))
+        out.path = p
+        return out
 
     def _query_tokens(self, queries: Sequence[str]) -> list[list[str]]:
         return [tokenize(q) or ["__empty__"] for q in queries]

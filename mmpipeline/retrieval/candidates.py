@@ -64,10 +64,19 @@ class CandidateGenerator:
     store: AnnStore | None = None
     run_date: dt.date | None = None
     tune_vectors: np.ndarray | None = None
+    dense: dict[str, AnnIndex] | None = None  # prebuilt dense indexes (loaded artifacts): nothing is built
 
     def __post_init__(self) -> None:
         from mmpipeline.config import AnnConfig
 
+        if self.dense is not None:  # from saved artifacts (see from_artifacts): no vectors, no build
+            self.product_ids = np.asarray(self.product_ids, dtype=object)
+            self.ann = self.ann if self.ann is not None else AnnConfig()
+            self.dense = {m: ix for m, ix in self.dense.items() if m in self.sources}
+            if "bm25" not in self.sources:
+                self.bm25 = None
+            self._dims = {m: ix.dim for m, ix in self.dense.items()}
+            return
         t0 = time.perf_counter()
         self.product_ids = np.asarray(self.product_ids, dtype=object)
         self.ann = self.ann if self.ann is not None else AnnConfig()
@@ -84,7 +93,7 @@ class CandidateGenerator:
             else:
                 self.bm25 = BM25Index(self.product_ids, list(self.texts))
         self.timings["bm25_build"] = time.perf_counter() - t0
-        self.dense: dict[str, AnnIndex] = {}
+        self.dense = {}
         self._vecs = {"text": self.text_vectors, "image": self.image_vectors}
         for name, vec in self._vecs.items():
             if name in self.sources and len(vec):
@@ -94,6 +103,7 @@ class CandidateGenerator:
                 else:
                     self.dense[name] = AnnIndex.build(vec.ids, vec.matrix, self.ann, tune)
         self.timings["index_build"] = time.perf_counter() - t0
+        self._dims = {m: self._vecs[m].dim for m in self.dense}
         log.info("candidate indexes: %d products; bm25=%s, text vectors %d, image vectors %d (dense: %s)",
                  len(self.product_ids), self.bm25 is not None, len(self.text_vectors), len(self.image_vectors),
                  {m: ix.kind for m, ix in self.dense.items()} or "none")
@@ -114,6 +124,27 @@ class CandidateGenerator:
                    sources=list(sources or SOURCE_ORDER), query_batch_size=query_batch_size, ann=ann,
                    bm25=featurizer.bm25)
 
+    def artifacts(self) -> dict[str, str]:
+        """Folders of the saved indexes this generator uses ({"text"|"image"|"bm25": path}); complete
+        only when every index came from an :class:`AnnStore` (see :meth:`from_artifacts`)."""
+        out = {m: str(ix.info["path"]) for m, ix in self.dense.items() if ix.info.get("path")}
+        if self.bm25 is not None and getattr(self.bm25, "path", None):
+            out["bm25"] = str(self.bm25.path)
+        return out
+
+    @classmethod
+    def from_artifacts(cls, paths: dict[str, str], k: int, sources: list[str],
+                       query_batch_size: int = 256) -> "CandidateGenerator":
+        """The generator over indexes saved by an :class:`AnnStore` (``artifacts()`` of the driver's
+        generator): FAISS indexes read from disk, BM25 memory-mapped; the same candidates."""
+        from mmpipeline.retrieval.bm25 import BM25Index
+
+        dense = {m: AnnIndex.load(p) for m, p in paths.items() if m in ("text", "image") and m in sources}
+        bm25 = BM25Index.load(paths["bm25"], mmap=True) if "bm25" in paths and "bm25" in sources else None
+        ids = bm25.ids if bm25 is not None else (next(iter(dense.values())).ids if dense else np.array([], object))
+        return cls(ids, None, Vectors.empty(), Vectors.empty(), k, sources=list(sources),
+                   query_batch_size=query_batch_size, bm25=bm25, dense=dense)
+
     def candidate_lists(self, query_ids: list[str], queries: list[str], query_vectors: np.ndarray,
                         has_vector: np.ndarray) -> list[np.ndarray]:
         """Per query (in order), the candidate product ids (sorted, unique): the same union as
@@ -130,10 +161,10 @@ class CandidateGenerator:
         from tqdm.auto import tqdm
 
         qdim = query_vectors.dim
-        usable = {m: ix for m, ix in self.dense.items() if qdim and self._vecs[m].dim == qdim}
+        usable = {m: ix for m, ix in self.dense.items() if qdim and self._dims[m] == qdim}
         for m in set(self.dense) - set(usable):
             log.warning("candidates: %s vectors have dim %d but query vectors %d; %s retrieval skipped",
-                        m, self._vecs[m].dim, qdim, m)
+                        m, self._dims[m], qdim, m)
         frames = []
         t_dense = t_bm25 = 0.0
         n_novec = 0

@@ -5,11 +5,19 @@ and writes, for ``ctx.run_date``:
 
 * ``gold.search_ranking``: top ``score.output_k`` products per query with score, rank, model name and
   version and the retrieval sources that proposed each product;
-* ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`);
+* ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`), merged
+  by content hash (:func:`merge_product_vectors`: only new / changed / vanished products are written);
 * ``ops.score_runs``: sizes, candidate recall@K against the judgments, stage timings.
 
-Both gold tables are overwritten by run-date partition in one commit each, so re-running a date
-gives the same rows and never duplicates. Publishing is a separate stage (``publish``).
+``gold.search_ranking`` is overwritten by run-date partition in one commit, so re-running a date
+gives the same rows and never duplicates; a re-run leaves ``gold.product_vectors`` at its version.
+
+Engines: ``local`` generates the candidates and scores them in this process; ``spark`` distributes
+the query set (:func:`mmpipeline.score.scoring.score_queries_spark`): the driver builds or loads the
+nightly FAISS / BM25 index artifacts, and each Python worker loads them, the pinned model version
+and the featuriser once, then retrieves and scores its queries; only the judged pairs among the
+candidates (for candidate recall) come back to the driver. Both give the same rows.
+Publishing is a separate stage (``publish``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +42,8 @@ from mmpipeline.retrieval.dense import Vectors
 from mmpipeline.retrieval.embeddings import load_vectors
 from mmpipeline.retrieval.text import product_text
 from mmpipeline.score.queries import add_voice_queries, build_query_set, read_query_list
-from mmpipeline.score.scoring import (load_ranker, make_featurizer, make_query_encoder, rank_top, resolve_version,
-                                      score_pairs, score_spark)
+from mmpipeline.score.scoring import (STATE_COLUMN, load_ranker, make_featurizer, make_query_encoder, rank_spark,
+                                      rank_top, resolve_version, score_pairs, score_queries_spark)
 from mmpipeline.score.vectors import fuse_product_vectors
 
 log = logging.getLogger(__name__)
@@ -61,9 +70,11 @@ class ScoreInputs:
     text: Vectors
     image: Vectors
     query_text: Vectors
+    versions: dict[str, int | None] = field(default_factory=dict)  # table versions read (workers pin them)
 
 
 def load_inputs(lake, cfg: Config) -> ScoreInputs:
+    versions = {n: lake.version(n) for n in ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}
     products = _read(lake, "silver.products")
     if products is None or not len(products):
         raise StageError("silver.products is missing or empty: run ingest and clean first")
@@ -80,7 +91,7 @@ def load_inputs(lake, cfg: Config) -> ScoreInputs:
     log.info("inputs: %d products, %s queries, %s judgments, %s interactions; vectors: text %d (%s), "
              "image %d (%s), query %d", len(products), _n(queries), _n(judgments), _n(interactions),
              len(text), text.model_name, len(image), image.model_name, len(qtext))
-    return ScoreInputs(products, queries, judgments, interactions, text, image, qtext)
+    return ScoreInputs(products, queries, judgments, interactions, text, image, qtext, versions)
 
 
 def _n(df: pd.DataFrame | None) -> int | str:
@@ -113,7 +124,7 @@ def encode_missing_queries(cfg: Config, query_set: pd.DataFrame, qvec: Vectors) 
 @dataclass
 class ScoreResult:
     query_set: pd.DataFrame
-    candidates: pd.DataFrame
+    candidates: pd.DataFrame | None  # None on the spark engine (the pairs never reach the driver)
     ranking: Any  # pandas (local) or Spark DataFrame (spark engine)
     vectors: pd.DataFrame
     recall: dict[str, Any]
@@ -121,6 +132,8 @@ class ScoreResult:
     model_version: str
     model_run_id: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    n_pairs: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None = None, spark=None,
@@ -145,32 +158,44 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     timings["load_inputs"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    store = ann_store or (AnnStore.for_lake(lake) if sc.ann.save or engine == "spark" else None)
     gen = CandidateGenerator(inputs.products["product_id"].to_numpy(object), product_text(inputs.products),
                              inputs.text, inputs.image, k=sc.candidates_k, sources=list(sc.candidate_sources),
                              query_batch_size=sc.query_batch_size, ann=sc.ann, run_date=run_date,
-                             store=ann_store or (AnnStore.for_lake(lake) if sc.ann.save else None),
-                             tune_vectors=qvec.matrix if len(qvec) else None)
-    cands = gen.generate(qset, qvec, progress=progress)
+                             store=store, tune_vectors=qvec.matrix if len(qvec) else None)
     timings.update({f"candidates_{k}": v for k, v in gen.timings.items()})
-    timings["candidates"] = time.perf_counter() - t0
-    recall = candidate_recall(cands, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
-    log.info("candidate recall@%d vs judgments: %s", sc.candidates_k, recall)
-
-    t0 = time.perf_counter()
+    stats: dict[str, Any] = {}
     if engine == "spark":
+        # retrieval and scoring partitioned by query on the executors (indexes from the saved artifacts)
         spark = spark or lake.spark
         if spark is None:
             from mmpipeline.spark import get_spark
 
             spark = get_spark(cfg)
-        ranked = score_spark(spark, cands, cfg, alias, version, sc.output_k)
+        cands = None
+        timings["candidates"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stats["artifacts"] = gen.artifacts()
+        scored = score_queries_spark(spark, qset, qvec, cfg, alias, version, stats["artifacts"], inputs.versions).persist()
+        n_pairs = scored.count()  # materialise here so the timing covers retrieval + scoring
+        stats["worker_state_loads"] = scored.select(STATE_COLUMN).distinct().count()
+        recall = _spark_recall(spark, scored, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
+        ranked = rank_spark(scored.drop(STATE_COLUMN), sc.output_k)
         ranked = ranked.withColumns({"run_date": _lit_date(run_date), "model_name": _lit(name),
                                      "model_version": _lit(version)})
         voice_ids = sorted(qset.loc[qset["modality"] == "voice", "query_id"])
         ranked = ranked.withColumn("modality", _modality_col(voice_ids)).cache()
-        n = ranked.count()  # materialise here so the timing covers scoring
-        log.info("scored on spark: %d ranked rows", n)
+        n = ranked.count()
+        scored.unpersist()
+        log.info("scored on spark: %d candidate pairs, %d ranked rows; worker states loaded: %d",
+                 n_pairs, n, stats["worker_state_loads"])
     else:
+        cands = gen.generate(qset, qvec, progress=progress)
+        n_pairs = len(cands)
+        timings.update({f"candidates_{k}": v for k, v in gen.timings.items()})
+        timings["candidates"] = time.perf_counter() - t0
+        recall = candidate_recall(cands, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
+        t0 = time.perf_counter()
         ranker = load_ranker(cfg, alias, expect_version=version)
         featurize = make_featurizer(cfg, lake)
         scored = score_pairs(cands, featurize, ranker, sc.batch_size, progress=progress, timings=timings)
@@ -178,6 +203,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         ranked.insert(0, "run_date", run_date)
         ranked["model_name"], ranked["model_version"] = name, version
         ranked["modality"] = ranked["query_id"].map(dict(zip(qset["query_id"], qset["modality"]))).fillna("text")
+    log.info("candidate recall@%d vs judgments: %s", sc.candidates_k, recall)
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -185,7 +211,101 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
                                    sc.fusion_weights)
     vectors.insert(0, "run_date", run_date)
     timings["product_vectors"] = time.perf_counter() - t0
-    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings)
+    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings, n_pairs, stats)
+
+
+# ------------------------------------------------------------------------------ product vectors
+
+
+def vector_hashes(vectors: pd.DataFrame) -> np.ndarray:
+    """sha256 (32 hex) per row of fused product vectors: the vector's float32 bytes and how it was
+    made (modalities, fusion, models, dim); the run date is not part of it."""
+    import hashlib
+
+    out = np.empty(len(vectors), dtype=object)
+    meta = vectors[["modalities", "fusion", "text_model", "image_model", "dim"]].astype(str).agg("|".join, axis=1)
+    for i, (m, v) in enumerate(zip(meta.to_numpy(), vectors["vector"].to_numpy())):
+        h = hashlib.sha256(m.encode("utf-8"))
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+        out[i] = h.hexdigest()[:32]
+    return out
+
+
+def merge_product_vectors(lake, vectors: pd.DataFrame, run_date: dt.date,
+                          metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Bring ``gold.product_vectors`` (one row per product) to ``vectors`` by content hash, in one
+    commit: new products inserted, products whose vector changed updated (their ``run_date`` becomes
+    this run's), vanished products deleted, unchanged rows untouched. When nothing changed no commit
+    is made (a re-run of a date writes no new version). A table in the old layout (one full copy per
+    run-date partition) is rewritten once in the new layout."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from mmpipeline.lake import _rs_engine, conform_arrow
+    from mmpipeline.schemas import table
+
+    spec = table(VECTORS)
+    new = vectors.drop(columns=[c for c in ("run_date",) if c in vectors.columns]).copy()
+    new["content_hash"] = vector_hashes(new)
+    uri = lake.uri(VECTORS)
+    stats = {"products": len(new), "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 0, "committed": False}
+    old_layout = lake.exists(VECTORS) and list(DeltaTable(uri).metadata().partition_columns) != list(spec.partition_by)
+    if not lake.exists(VECTORS) or old_layout:
+        if old_layout:
+            log.warning("%s is in the old per-run-date layout: rewriting it once as one row per product", VECTORS)
+        data = conform_arrow(new.assign(run_date=run_date), spec)
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        write_deltalake(uri, data, mode="overwrite", schema_mode="overwrite" if old_layout else None,
+                        partition_by=list(spec.partition_by), commit_properties=_rs_engine._commit_props(metadata))
+        stats.update(inserted=len(new), committed=True, version=DeltaTable(uri).version())
+        return stats
+    cur = lake.read_arrow(VECTORS, columns=["product_id", "content_hash"]).to_pandas()
+    known = dict(zip(cur["product_id"], cur["content_hash"]))
+    old_hash = new["product_id"].map(known)
+    is_new = old_hash.isna().to_numpy()
+    changed = (~is_new) & (old_hash.to_numpy(object) != new["content_hash"].to_numpy(object))
+    gone = sorted(set(known) - set(new["product_id"]))
+    stats.update(inserted=int(is_new.sum()), updated=int(changed.sum()), deleted=len(gone),
+                 unchanged=int(len(new) - is_new.sum() - changed.sum()))
+    if not (is_new.any() or changed.any() or gone):
+        stats["version"] = lake.version(VECTORS)
+        log.info("%s: all %d product vectors unchanged; no commit", VECTORS, len(new))
+        return stats
+    diff = conform_arrow(new[is_new | changed].assign(run_date=run_date), spec)
+    diff = diff.append_column("_delete", pa.array([False] * diff.num_rows))
+    if gone:
+        dead = pa.table({c: pa.nulls(len(gone), diff.schema.field(c).type) for c in spec.column_names})
+        dead = dead.set_column(dead.schema.get_field_index("product_id"), "product_id", pa.array(gone, pa.string()))
+        diff = pa.concat_tables([diff, dead.append_column("_delete", pa.array([True] * len(gone)))])
+    (DeltaTable(uri).merge(diff, predicate="t.product_id = s.product_id", source_alias="s", target_alias="t",
+                           commit_properties=_rs_engine._commit_props(metadata))
+     .when_matched_delete(predicate="s._delete")
+     .when_matched_update_all(predicate="NOT s._delete", except_cols=["_delete"])
+     .when_not_matched_insert_all(predicate="NOT s._delete", except_cols=["_delete"])
+     .execute())
+    stats.update(committed=True, version=lake.version(VECTORS))
+    log.info("%s: %s", VECTORS, stats)
+    return stats
+
+
+def _spark_recall(spark, scored, judgments: pd.DataFrame | None, k: int, min_grade: float | None) -> dict[str, Any]:
+    """:func:`candidate_recall` of the Spark scored pairs, collecting only the judged pairs among them,
+    the ids of the queries with candidates and the source labels (never the pairs themselves)."""
+    from pyspark.sql import functions as F
+
+    qids = [r[0] for r in scored.select("query_id").distinct().collect()]
+    srcs = [r[0] for r in scored.select("candidate_source").distinct().collect()]
+    if judgments is None or not len(judgments) or not qids:
+        return candidate_recall(pd.DataFrame(columns=["query_id", "product_id", "candidate_source"]), judgments, k,
+                                min_grade)
+    jp = judgments[judgments["query_id"].isin(set(qids))][["query_id", "product_id"]].drop_duplicates()
+    hits = pd.DataFrame(columns=["query_id", "product_id", "candidate_source"])
+    if len(jp):
+        jdf = spark.createDataFrame(jp.astype(str))
+        hits = (scored.select("query_id", "product_id", "candidate_source").join(F.broadcast(jdf), ["query_id", "product_id"])
+                .toPandas())
+    # one placeholder row per query with candidates (no product): the same query set and sources as locally
+    marks = pd.DataFrame({"query_id": qids, "product_id": "\x00", "candidate_source": "+".join(srcs)})
+    return candidate_recall(pd.concat([hits, marks], ignore_index=True), judgments, k, min_grade)
 
 
 def _voice_ids(lake) -> set[str] | None:
@@ -241,12 +361,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     part = {"run_date": ctx.run_date}
     meta = {"stage": "score", "model": f"{res.model_name}/{res.model_version}"}
     ranking_version = lake.write(RANKING, res.ranking, mode="overwrite", partition=part, metadata=meta)
-    vectors_version = ctx.lake.write(VECTORS, res.vectors, mode="overwrite", partition=part, metadata=meta)
+    vec_stats = merge_product_vectors(ctx.lake, res.vectors, ctx.run_date, metadata=meta)
+    vectors_version = vec_stats["version"]
     if not isinstance(res.ranking, pd.DataFrame):
         res.ranking.unpersist()
     res.timings["write"] = time.perf_counter() - t0
     res.timings["total"] = time.perf_counter() - t_start
-    n_pairs = len(res.candidates)
+    n_pairs = res.n_pairs
     scoring_s = res.timings.get("score", 0.0)
     pps = n_pairs / scoring_s if scoring_s > 0 else None
     ctx.lake.merge("ops.score_runs", pd.DataFrame([{
@@ -274,5 +395,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return {"queries": len(res.query_set), "candidate_pairs": n_pairs, "ranking_rows": rows,
             "non_finite_scores": non_finite, "product_vectors": len(res.vectors),
             "model": f"{res.model_name}/{res.model_version}", "candidate_recall": res.recall,
+            **{k: v for k, v in res.stats.items() if k != "artifacts"},
             "pairs_per_second": round(pps, 1) if pps else None, "ranking_version": ranking_version,
-            "vectors_version": vectors_version, "seconds_by_step": {k: round(v, 2) for k, v in res.timings.items()}}
+            "vectors_version": vectors_version,
+            "product_vectors_merge": {k: v for k, v in vec_stats.items() if k != "version"}, "seconds_by_step": {k: round(v, 2) for k, v in res.timings.items()}}

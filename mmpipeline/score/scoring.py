@@ -2,8 +2,9 @@
 
 The model is the MLflow registered model ``cfg.mlflow.model_name`` under ``cfg.score.model_alias``
 (default ``champion``). Its version is resolved once on the driver and pinned: every output row
-carries that version, and Spark workers load exactly that version (once per partition) and refuse
-to score if the alias moved to another version mid-run.
+carries that version, and Spark workers load exactly that version (once per Python worker, with the
+featuriser and the saved candidate indexes: :func:`worker_state`) and refuse to score if the alias
+moved to another version mid-run.
 
 Model input comes from the ranker's featuriser (``mmpipeline.retrieval.features.PairFeaturizer``:
 ``from_lake(lake, cfg).transform(queries, query_ids, product_ids)``), the same code that built the
@@ -158,38 +159,127 @@ def rank_top(scored: pd.DataFrame, k: int) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------ spark
 
 
-def score_spark(spark, pairs: pd.DataFrame, cfg: Config, alias: str, version: str, k: int,
-                partitions: int | None = None):
-    """Score and rank on Spark: ``mapInPandas`` loads the featuriser and the pinned model once per
-    partition; a window ranks per query. Returns a Spark DataFrame (query_id, query, product_id,
-    candidate_source, score, rank)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+@dataclass
+class WorkerState:
+    """What one Python worker needs to retrieve and score: loaded once, reused by every partition."""
+
+    ranker: Ranker
+    featurize: Callable[[pd.DataFrame], pd.DataFrame]
+    generator: Any  # CandidateGenerator over the saved index artifacts
+    load_id: str
+    seconds: float
+
+
+_WORKER_STATE: dict[str, WorkerState] = {}
+
+
+def worker_state(cfg_json: str, alias: str, version: str, artifacts: dict[str, str],
+                 versions: dict[str, int | None]) -> WorkerState:
+    """The pinned model version, the featuriser (tables at the driver's ``versions``) and the
+    candidate indexes (the driver's saved ``artifacts``), cached at module level in this process,
+    keyed by all of them: a worker that runs many partitions of a night loads them once."""
+    import hashlib
+    import json
+    import os
+    import uuid
+
+    key = hashlib.sha256(json.dumps([cfg_json, alias, version, artifacts, versions], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    st = _WORKER_STATE.get(key)
+    if st is not None:
+        return st
+    from mmpipeline.config import Config as _Config
+    from mmpipeline.lake import Lake
+    from mmpipeline.retrieval.candidates import CandidateGenerator
+    from mmpipeline.retrieval.features import PairFeaturizer
+
+    t0 = time.perf_counter()
+    cfg = _Config.model_validate_json(cfg_json)
+    ranker = load_ranker(cfg, alias, expect_version=version)
+    lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only, pinned versions
+    try:
+        fz = PairFeaturizer.from_lake(lake, cfg, query_encoder=make_query_encoder(cfg),
+                                      versions={k: v for k, v in versions.items() if v is not None})
+    except ValueError as e:
+        raise StageError(f"cannot featurise candidates: {e}") from e
+    gen = CandidateGenerator.from_artifacts(artifacts, cfg.score.candidates_k, list(cfg.score.candidate_sources),
+                                            cfg.score.query_batch_size)
+    _WORKER_STATE.clear()  # one night's state per worker
+    st = _WORKER_STATE[key] = WorkerState(ranker, RankFeaturizer(fz), gen, f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                                          time.perf_counter() - t0)
+    log.info("score worker %d: loaded %s v%s, featuriser and indexes %s in %.1fs", os.getpid(), ranker.name,
+             version, sorted(artifacts), st.seconds)
+    return st
+
+
+STATE_COLUMN = "_worker_state"
+
+
+def _forget_query_scores(featurize: Any) -> None:
+    """Drop the featuriser's per-query whole-catalog BM25 score rows (one float per product per
+    query) once a block of queries is scored: a worker keeps one block's rows, not thousands."""
+    cache = getattr(getattr(featurize, "featurizer", None), "_bm25_cache", None)
+    if cache is not None:
+        cache.clear()
+
+
+def score_queries_spark(spark, queries: pd.DataFrame, query_vectors: Any, cfg: Config, alias: str, version: str,
+                        artifacts: dict[str, str], versions: dict[str, int | None], partitions: int | None = None):
+    """Retrieve and score on Spark, partitioned by query: a DataFrame of the query set (with each
+    query's vector) is split by ``query_id``; each partition generates its queries' candidates from
+    the saved indexes and scores them with the pinned model (:func:`worker_state`: loaded once per
+    Python worker). Returns the Spark DataFrame of scored pairs (``SCORED_COLUMNS`` plus
+    ``STATE_COLUMN``, the id of the worker state that scored the row); the driver never holds pairs."""
     from pyspark.sql import types as T
 
     cfg_json = cfg.model_dump_json()
     batch_size = cfg.score.batch_size
-    schema_in = T.StructType([T.StructField(c, T.StringType()) for c in SCORED_COLUMNS[:4]])
-    schema_out = T.StructType(list(schema_in.fields) + [T.StructField("score", T.DoubleType())])
-    pdf = pairs[SCORED_COLUMNS[:4]]
-    sdf = spark.createDataFrame(pdf, schema=schema_in)
+    qblock = max(1, int(cfg.score.query_batch_size))
+    schema_in = T.StructType([T.StructField("query_id", T.StringType()), T.StructField("query", T.StringType()),
+                              T.StructField("vector", T.ArrayType(T.FloatType()))])
+    schema_out = T.StructType([T.StructField(c, T.StringType()) for c in SCORED_COLUMNS[:4]]
+                              + [T.StructField("score", T.DoubleType()), T.StructField(STATE_COLUMN, T.StringType())])
+    pos = query_vectors.pos if len(query_vectors) else {}
+    rows = [pos.get(q, -1) for q in queries["query_id"]]
+    pdf = pd.DataFrame({"query_id": queries["query_id"].astype(str).to_numpy(object),
+                        "query": queries["query"].astype(str).to_numpy(object),
+                        "vector": [query_vectors.matrix[r].astype(np.float32).tolist() if r >= 0 else None
+                                   for r in rows]})
     n_parts = partitions or cfg.score.spark_partitions or spark.sparkContext.defaultParallelism
-    sdf = sdf.repartition(max(1, int(n_parts)), "query_id")
+    sdf = spark.createDataFrame(pdf, schema=schema_in).repartition(max(1, int(n_parts)), "query_id")
 
     def _score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from mmpipeline.config import Config as _Config
+        from mmpipeline.retrieval.dense import Vectors as _Vectors
+        from mmpipeline.score import scoring as _scoring  # the worker's module: its cache survives tasks
 
-        c = _Config.model_validate_json(cfg_json)
-        featurize = ranker = None
+        st = None
         for batch in batches:
             if not len(batch):
                 continue
-            if ranker is None:  # once per partition, only when it has rows
-                ranker = load_ranker(c, alias, expect_version=version)
-                featurize = make_featurizer(c)
-            yield score_pairs(batch, featurize, ranker, batch_size, progress=False)[SCORED_COLUMNS]
+            if st is None:  # only for a partition with rows; cached across partitions
+                st = _scoring.worker_state(cfg_json, alias, version, artifacts, versions)
+            for s in range(0, len(batch), qblock):  # bounded: one block's pairs and BM25 rows at a time
+                block = batch.iloc[s:s + qblock]
+                has = block["vector"].notna().to_numpy()
+                qids = block["query_id"].to_numpy(object)
+                qv = (_Vectors(qids[has], np.stack([np.asarray(v, np.float32) for v in block["vector"][has]]))
+                      if has.any() else _Vectors.empty())
+                cands = st.generator.generate(block[["query_id", "query"]], qv, progress=False)
+                if not len(cands):
+                    continue
+                out = _scoring.score_pairs(cands, st.featurize, st.ranker, batch_size, progress=False)[SCORED_COLUMNS]
+                _forget_query_scores(st.featurize)
+                out[STATE_COLUMN] = st.load_id
+                yield out
 
-    scored = sdf.mapInPandas(_score_partition, schema=schema_out)
+    return sdf.mapInPandas(_score_partition, schema=schema_out)
+
+
+def rank_spark(scored, k: int):
+    """Top ``k`` per query of a Spark DataFrame of scored pairs (the order of :func:`rank_top`)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     bad = F.isnan(F.col("score")) | F.col("score").isNull() | (F.abs(F.col("score")) == float("inf"))
     w = Window.partitionBy("query_id").orderBy(bad.asc(), F.col("score").desc(), F.col("product_id").asc())
     return scored.withColumn("rank", F.row_number().over(w).cast("int")).where(F.col("rank") <= k)

@@ -174,10 +174,16 @@ def test_score_publish_nan_rejected_and_rollback(scored_env, spark, capsys):
     assert p1["published"] and p1["rows"] == len(r1)
     assert publish.run(_ctx(cfg, D1)).get("already_current")  # publishing again is a no-op
 
-    # D2 on the Spark engine (mapInPandas, model loaded per partition): the same rows as the local path
+    # D2 on the Spark engine (queries partitioned; each Python worker loads the model, featuriser and the
+    # saved indexes once, whatever the number of partitions): the same candidates, recall and rows
+    cfg.score.spark_partitions = 6
     ctx2 = _ctx(cfg, D2, options={"engine": "spark"})
     ctx2.__dict__["spark"] = spark
-    assert job.run(ctx2)["ranking_rows"] == len(r1)
+    s2 = job.run(ctx2)
+    cfg.score.spark_partitions = None
+    assert s2["ranking_rows"] == len(r1)
+    assert s2["candidate_pairs"] == s1["candidate_pairs"] and s2["candidate_recall"] == s1["candidate_recall"]
+    assert 1 <= s2["worker_state_loads"] <= spark.sparkContext.defaultParallelism < 6
     r2 = lake.read_pandas("gold.search_ranking")
     r2 = r2[pd.to_datetime(r2["run_date"]).dt.date == D2]
     a, b = r1.sort_values(key).reset_index(drop=True), r2.sort_values(key).reset_index(drop=True)

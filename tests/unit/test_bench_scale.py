@@ -6,7 +6,8 @@ from __future__ import annotations
 def test_bench_scale_small(spark, tmp_path, shared_datasets):
     from mmpipeline.bench import scale
 
-    out = scale.main(None, {"sizes": "300,600", "datasets": str(shared_datasets), "workdir": str(tmp_path)})
+    out = scale.main(None, {"sizes": "300,600", "datasets": str(shared_datasets), "workdir": str(tmp_path),
+                            "stages": "ingest,clean,validate"})  # the later stages: bench only (minutes)
     assert out["sizes"] == [300, 600] and list(out["results"]) == ["300", "600"]
     for n, r in out["results"].items():
         assert r["catalog"]["products"] == int(n)
@@ -38,3 +39,33 @@ def test_stage_registry_takes_new_stages():
         assert list(scale.STAGES)[-1] == "noop_test"
     finally:
         scale.STAGES.pop("noop_test")
+
+
+def test_later_stages_registered_in_order_and_text_cache_encodes_each_text_once():
+    import numpy as np
+
+    from mmpipeline.bench import scale
+    from mmpipeline.bench.scale_stages import CachingTextEncoder
+
+    names = list(scale.STAGES)
+    assert names[:3] == ["ingest", "clean", "validate"]
+    assert names[3:8] == ["embed", "build-training-data", "train", "score", "publish"]
+
+    class Model:
+        name = "m"
+        calls: list[list[str]] = []
+
+        def encode(self, texts, **kw):
+            self.calls.append(list(texts))
+            return np.array([[len(t), t.count("a")] for t in texts], np.float32)
+
+    inner = Model()
+    a = CachingTextEncoder(inner, "spec-test-1")
+    v1 = a.encode(["aa", "b", "aa"], progress=False)
+    b = CachingTextEncoder(inner, "spec-test-1")  # the next size: same model spec, shared cache
+    v2 = b.encode(["b", "aaa"])
+    assert inner.calls == [["aa", "b"], ["aaa"]] and a.encoded == 2 and a.hits == 1 and b.encoded == 1
+    np.testing.assert_array_equal(v1, [[2, 2], [1, 0], [2, 2]])
+    np.testing.assert_array_equal(v2, [[1, 0], [3, 3]])
+    assert a.name == "m"  # everything else is the wrapped encoder's
+    assert CachingTextEncoder(inner, "spec-test-2").encode(["b"]).shape == (1, 2) and len(inner.calls) == 3

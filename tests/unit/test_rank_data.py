@@ -115,3 +115,33 @@ def test_gate_decisions():
     assert ok
     ok, _ = decide(m(float("nan")), m(0.6), rc)
     assert not ok
+
+
+def test_training_data_bounded_memory_paths_equal_the_one_shot_ones():
+    """Scalar features by query block = one shot, with at most one block of whole-catalog BM25 rows held;
+    hard-negative neighbours from FAISS exact search = the numpy exact search they replace."""
+    from mmpipeline.config import AnnConfig
+    from mmpipeline.retrieval.ann import AnnIndex
+    from mmpipeline.retrieval.dense import DenseIndex
+
+    rc = RankConfig(negatives_random=3, negatives_hard=3, hard_pool_k=8)
+    fz = _featurizer()
+    df, _ = data.build(_judgments(), None, fz, rc, "2026-01-01")
+    ref = fz.scalar_features(df["query_norm"].fillna("").tolist(), df["query_id"].tolist(), df["product_id"].tolist())
+    fz2 = _featurizer()
+    held: list[int] = []
+    orig = fz2.bm25_scores
+
+    def spy(q):
+        held.append(len(fz2._bm25_cache))
+        return orig(q)
+
+    fz2.bm25_scores = spy
+    got = data.scalar_features_by_query_block(fz2, df.sample(frac=1.0, random_state=1).sort_index(), block=4)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ref)
+    assert df["query_id"].nunique() > 4 and max(held) <= 4
+
+    qv, _ = fz.query_matrix(["x"] * 30, [f"q{i}" for i in range(30)])
+    exact, _ = DenseIndex(fz.ids, fz.p_text).search(qv, 8)
+    faiss_ids, _ = AnnIndex.build(fz.ids, fz.p_text, AnnConfig(kind="exact")).search(qv, 8)
+    assert (exact == faiss_ids).all()

@@ -135,3 +135,72 @@ def test_catalog_without_images():
     assert "image" not in "+".join(c["candidate_source"]) and len(c) >= 4
     v = fuse_product_vectors(ids, Vectors(ids, tv, "t"), Vectors.empty(), {"text": 0.5, "image": 0.5})
     assert len(v) == 40 and set(v["modalities"]) == {"text"} and v["dim"][0] == 6
+
+
+def _vectors(ids, mat, run_date=None):
+    t = Vectors(np.asarray(ids, dtype=object), np.asarray(mat, np.float32), "txt")
+    v = fuse_product_vectors(np.asarray(ids, dtype=object), t, Vectors.empty(), {"text": 1.0, "image": 0.0})
+    return v if run_date is None else v.assign(run_date=run_date)
+
+
+def test_product_vectors_merged_by_content_hash(tmp_path):
+    """A re-run writes no version; a changed product updates only its row; a vanished one is deleted in
+    the same commit; an old per-run-date table is rewritten once as one row per product."""
+    import datetime as dt
+
+    from deltalake import DeltaTable, write_deltalake
+
+    from mmpipeline.lake import Lake
+    from mmpipeline.score.job import VECTORS, merge_product_vectors
+
+    d1, d2, d3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
+    lake = Lake(tmp_path / "lake", engine="delta-rs")
+    rng = np.random.default_rng(0)
+    ids = [f"p{i}" for i in range(6)]
+    mat = rng.normal(size=(6, 4))
+    s1 = merge_product_vectors(lake, _vectors(ids, mat), d1)
+    assert s1["inserted"] == 6 and s1["committed"]
+    t1 = lake.read_pandas(VECTORS).sort_values("product_id").reset_index(drop=True)
+    assert len(t1) == 6 and t1["content_hash"].notna().all()
+    assert set(pd.to_datetime(t1["run_date"]).dt.date) == {d1}
+
+    v = lake.version(VECTORS)
+    for d in (d1, d2):  # same vectors (a re-run, or the next night with no change): no new version
+        s = merge_product_vectors(lake, _vectors(ids, mat), d)
+        assert not s["committed"] and s["unchanged"] == 6 and lake.version(VECTORS) == v
+
+    mat2 = mat.copy()
+    mat2[2] += 1.0  # p2 changes, p5 vanishes, p9 is new
+    ids3, mat3 = ids[:5] + ["p9"], np.vstack([mat2[:5], rng.normal(size=(1, 4))])
+    s3 = merge_product_vectors(lake, _vectors(ids3, mat3), d3)
+    assert (s3["inserted"], s3["updated"], s3["deleted"], s3["unchanged"]) == (1, 1, 1, 4)
+    assert lake.version(VECTORS) == v + 1  # one commit
+    t3 = lake.read_pandas(VECTORS).sort_values("product_id").reset_index(drop=True)
+    assert list(t3["product_id"]) == ["p0", "p1", "p2", "p3", "p4", "p9"]
+    same = ["p0", "p1", "p3", "p4"]
+    a, b = t1.set_index("product_id").loc[same], t3.set_index("product_id").loc[same]
+    pd.testing.assert_frame_equal(a.drop(columns="vector"), b.drop(columns="vector"))
+    assert all(np.array_equal(x, y) for x, y in zip(a["vector"], b["vector"]))
+    row = t3.set_index("product_id").loc["p2"]
+    assert pd.Timestamp(row["run_date"]).date() == d3 and row["content_hash"] != t1.set_index("product_id").loc["p2", "content_hash"]
+    np.testing.assert_allclose(row["vector"], mat2[2] / np.linalg.norm(mat2[2]), atol=1e-6)
+
+    # the old layout (one full copy per run-date partition) is migrated once
+    old = tmp_path / "old" / "gold" / "product_vectors"
+    old.mkdir(parents=True)
+    o = _vectors(ids, mat, d1).drop(columns=[])
+    write_deltalake(str(old), pa_table(o), partition_by=["run_date"])
+    write_deltalake(str(old), pa_table(_vectors(ids, mat, d2)), mode="append", partition_by=["run_date"])
+    lake2 = Lake(tmp_path / "old", engine="delta-rs")
+    s = merge_product_vectors(lake2, _vectors(ids, mat), d3)
+    assert s["committed"] and DeltaTable(str(old)).metadata().partition_columns == []
+    assert len(lake2.read_pandas(VECTORS)) == 6
+    assert not merge_product_vectors(lake2, _vectors(ids, mat), d3)["committed"]
+
+
+def pa_table(df):
+    import pyarrow as pa
+
+    df = df.copy()
+    df["vector"] = [np.asarray(x, np.float32).tolist() for x in df["vector"]]
+    return pa.Table.from_pandas(df, preserve_index=False)

@@ -1,0 +1,153 @@
+"""The later stages in ``bench scale``: embed, build-training-data, train, score and publish.
+
+Registered after ingest -> clean -> validate (:mod:`mmpipeline.bench.scale`), on the same scratch
+lake, in this order. Each runs the real stage (``run(ctx)``) with these bench settings, applied to
+the run's config before the first of them (:func:`prepare`):
+
+* MLflow: a scratch sqlite store and artifact folder next to the scratch lake (never ``var/mlflow``);
+* embed: text only (``embed.embed_images: false``: training the image tower is its own stage and
+  benchmark), local engine, and -- because encoding hundreds of thousands of unique texts on a
+  2-core machine takes hours -- the text encoder is wrapped in a process-wide cache keyed by the
+  model spec and a sha256 of the exact text, so a text encoded at a smaller size is reused at the
+  larger ones. The summary says how many texts the model really encoded (``really_encoded``) and
+  how many came from the cache (``cache_hits``); the stage itself (plan, hashing, merges) is timed
+  in full;
+* train: ``rank.epochs`` capped (``--param train_epochs``, default 2), the new version is the
+  ``challenger``;
+* score: the Spark engine (queries partitioned, state loaded once per Python worker), scoring with
+  the challenger (``score.model_alias: challenger``: the bench does not run the promotion gate);
+* publish: the publish gate and the served index; a refusal by the gate is recorded
+  (``published: false`` and the reason), not raised, so the timing is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# spec json -> {sha256(text): vector}: the text vectors encoded so far in this process (all sizes)
+_TEXT_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+class CachingTextEncoder:
+    """Wraps a text encoder: ``encode`` asks the model only for texts it has not seen before."""
+
+    def __init__(self, inner: Any, namespace: str):
+        self.inner = inner
+        self.cache = _TEXT_CACHE.setdefault(namespace, {})
+        self.encoded = 0
+        self.hits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def encode(self, texts: list[str], **kw: Any) -> np.ndarray:
+        keys = [hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in texts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if todo:
+            first = {k: t for k, t in zip(keys, texts) if k in set(todo)}
+            vecs = np.asarray(self.inner.encode([first[k] for k in todo], **kw), dtype=np.float32)
+            for k, v in zip(todo, vecs):
+                self.cache[k] = v
+        self.encoded += len(todo)
+        self.hits += len(keys) - len(todo)
+        if not keys:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([self.cache[k] for k in keys])
+
+
+def prepare(ctx) -> None:
+    """Bench settings for the later stages (idempotent; see the module docstring)."""
+    cfg = ctx.cfg
+    if ctx.options.get("_later_stages_ready"):
+        return
+    work = Path(cfg.lake.root).parent
+    cfg.mlflow.tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    cfg.mlflow.registry_uri = None
+    cfg.mlflow.artifact_root = str(work / "mlflow-artifacts")
+    cfg.mlflow.experiment = "bench-scale"
+    cfg.embed.embed_images = False
+    cfg.embed.engine = "local"
+    cfg.embed.progress = False
+    cfg.rank.epochs = int(ctx.options.get("train_epochs", 2))
+    cfg.score.engine = "spark"
+    cfg.score.model_alias = "challenger"
+    ctx.options["_later_stages_ready"] = True
+
+
+def embed(ctx) -> dict[str, Any]:
+    from mmpipeline.embed import job
+
+    prepare(ctx)
+    made: list[CachingTextEncoder] = []
+    real_build = job.build_encoder
+
+    def build(spec):
+        enc = real_build(spec)
+        if getattr(spec, "modality", "text") == "image":
+            return enc
+        made.append(CachingTextEncoder(enc, spec.to_json()))
+        return made[-1]
+
+    job.build_encoder = build
+    try:
+        out = job.run(ctx) or {}
+    finally:
+        job.build_encoder = real_build
+    out["really_encoded"] = sum(e.encoded for e in made)
+    out["cache_hits"] = sum(e.hits for e in made)
+    return out
+
+
+def build_training_data(ctx) -> dict[str, Any]:
+    from mmpipeline.rank import data
+
+    prepare(ctx)
+    return data.run(ctx)
+
+
+def train(ctx) -> dict[str, Any]:
+    from mmpipeline.rank import train as rtrain
+
+    prepare(ctx)
+    return rtrain.run(ctx)
+
+
+def score(ctx) -> dict[str, Any]:
+    from mmpipeline.score import job
+
+    prepare(ctx)
+    ctx.options["engine"] = "spark"
+    return job.run(ctx)
+
+
+def publish(ctx) -> dict[str, Any]:
+    from mmpipeline.context import StageError
+    from mmpipeline.score import publish as pub
+
+    prepare(ctx)
+    try:
+        return pub.run(ctx)
+    except StageError as e:
+        log.warning("bench scale: publish refused: %s", str(e).splitlines()[0])
+        return {"published": False, "refused": str(e).splitlines()[0][:500]}
+
+
+def _embedded(s: dict[str, Any], c: dict[str, Any]) -> int:
+    return int(c["products"] + c["queries"])
+
+
+# (name, "module:function", rows) in order; bench/scale.py registers them after validate
+LATER_STAGES = [
+    ("embed", "mmpipeline.bench.scale_stages:embed", _embedded),
+    ("build-training-data", "mmpipeline.bench.scale_stages:build_training_data", lambda s, c: int(s.get("rows") or 0)),
+    ("train", "mmpipeline.bench.scale_stages:train", lambda s, c: int(s.get("train_pairs") or 0)),
+    ("score", "mmpipeline.bench.scale_stages:score", lambda s, c: int(s.get("candidate_pairs") or 0)),
+    ("publish", "mmpipeline.bench.scale_stages:publish", lambda s, c: int(s.get("rows") or 0)),
+]
