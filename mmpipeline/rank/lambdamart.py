@@ -112,7 +112,7 @@ def fit_lambdamart(featurizer: "PairFeaturizer", train: "ListData", valid: "List
                         valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
     best = int(booster.best_iteration or booster.current_iteration())
     score = (booster.best_score or {}).get("valid", {}).get(f"ndcg@{rc.eval_k}")
-    info = {"rounds": best, "features": len(features) + (dtrain.num_feature() - len(features)),
+    info = {"rounds": best, "features": dtrain.num_feature(), "features_used": list(features),
             "valid_ndcg_at_10_lightgbm": round(float(score), 4) if score is not None else None,
             "seconds": round(time.perf_counter() - t0, 1)}
     log.info("lambdamart: %d rounds, %d features (%s), %.1fs", best, info["features"], features, info["seconds"])

@@ -191,12 +191,24 @@ def test_quality_bench_reports_every_system(rank_cfg):
 
     build_world(RunContext.create(rank_cfg, D1).lake)
     rank_cfg.run_date = D1
-    out = main(rank_cfg, {"epochs": 2, "bench_fusions": ["concat", "weighted"], "colour_free": False})
-    systems = out["titles_as_given"]["systems"]
-    assert set(systems) == {"bm25", "text_cosine", "image_cosine", "fusion_concat", "fusion_weighted"}
+    out = main(rank_cfg, {"epochs": 2, "bench_fusions": ["concat", "weighted"], "colour_free": False,
+                          "fusion": "concat", "lambdamart_rounds": 20})
+    v = out["titles_as_given"]
+    systems = v["systems"]
+    assert set(systems) == {"bm25", "text_cosine", "image_cosine", "fusion_concat", "fusion_weighted", "lambdamart"}
     for s in systems.values():
         assert set(s) >= {"ndcg_at_10", "mrr", "recall_at_20", "slices"}
     assert "rmse_grade" in systems["fusion_concat"] and "modality_weights" in systems["fusion_weighted"]["training"]
+    assert "rmse_grade" in systems["lambdamart"] and systems["lambdamart"]["training"]["rounds"] >= 1
+    # the LambdaMART peer learns on exactly the ranker's features (images present here)
+    assert v["ranker_features"] == systems["lambdamart"]["training"]["features_used"]
+    assert {"cos_image", "has_image"} <= set(v["ranker_features"])
+    # per-slice wins / losses of the default model against every baseline and the peer
+    assert set(v["default_versus"]) == {"bm25", "text_cosine", "image_cosine", "lambdamart", "fusion_weighted"}
+    c = v["default_versus"]["bm25"]["all"]
+    assert c["wins"] + c["losses"] + c["ties"] == c["queries"] == v["queries"]
+    assert v["summary"]["default_model"] == "fusion_concat" and "default_minus_lambdamart" in v["summary"]
+    assert len(v["table"]) == 2 + len(systems)
     assert "colour_words_removed" not in out
 
 
