@@ -183,6 +183,14 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
     dec = ctx.lake.read_pandas("ops.rank_decisions")
     assert dec["promoted"].tolist().count(True) == 1 and len(dec) == 3
+    # the evaluate stage hands the baselines to the gate: with rank.slice_regression_max configured, the
+    # untrained model is refused for trailing BM25 / text cosine, slice by slice, and the MLflow run
+    # records the challenger's per-slice wins / losses against every baseline
+    strict = rank_cfg.model_copy(update={"rank": rank_cfg.rank.model_copy(update={"slice_regression_max": 0.0})})
+    e3 = evaluate.run(RunContext.create(strict, D1, full_refresh=True))
+    assert not e3["promoted"] and any("regresses against baseline" in r for r in e3["reasons"]), e3["reasons"]
+    logged = mlflow.get_run(e3["mlflow_run_id"]).data.metrics
+    assert {"challenger_vs_bm25.all.wins", "challenger_vs_text_cosine.short_queries.losses"} <= set(logged)
 
 
 @pytest.mark.slow
