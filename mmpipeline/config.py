@@ -190,6 +190,14 @@ class RankConfig(_Model):
     primary_metric: str = "ndcg_at_10"
     promote_margin: float = 0.0
     slice_tolerance: float = 0.02
+    # slices the gate checks (against the champion with slice_tolerance, against the baselines with
+    # slice_regression_max); a slice with fewer than slice_min_queries queries is not gated
+    gate_slices: list[Literal["short_queries", "long_queries", "no_image_products", "image_products"]] = Field(
+        default_factory=lambda: ["short_queries", "long_queries", "no_image_products", "image_products"])
+    # refuse promotion when the challenger trails any baseline (BM25, text / image cosine) on a gated
+    # slice (or overall) by more than this (primary metric); None: no baseline check
+    slice_regression_max: float | None = None
+    slice_min_queries: int = 0
     eval_k: int = 10
     recall_k: int = 100
     candidates_k: int = 100  # evaluate() without a candidate generator (bench quality); the evaluate stage uses score.candidates_k
@@ -197,8 +205,14 @@ class RankConfig(_Model):
     long_query_tokens: int = 4  # slices: short = fewer tokens, long = at least this many
     max_eval_queries: int | None = None
     eval_batch_queries: int = 64
+    # text fields besides the title whose BM25 / token coverage enter the ranker's features (where the
+    # source maps them): any of brand, category_path, description, attributes; [] = title-only features
+    text_fields: list[Literal["brand", "category_path", "description", "attributes"]] = Field(
+        default_factory=lambda: ["brand", "category_path", "description", "attributes"])
     # quality benchmark
     bench_fusions: list[str] = Field(default_factory=lambda: ["concat", "weighted", "attention"])
+    bench_lambdamart: bool = True  # the LightGBM lambdarank peer on the ranker's own features
+    lambdamart_rounds: int = 500  # boosting rounds at most (early stopping on validation NDCG@eval_k)
     colour_attribute: str = "colour"  # attribute whose values are removed from titles in the colour-free run
 
 

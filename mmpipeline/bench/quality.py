@@ -10,8 +10,15 @@ When the catalog carries a colour attribute (``rank.colour_attribute``), the ben
 time with colour words removed from the titles (titles re-embedded with the configured text model,
 BM25 rebuilt), the situation where only the image still knows the colour.
 
-Params: any ``rank.*`` field (``epochs=5``, ``max_eval_queries=300``, ``bench_fusions=[concat]``),
-``colour_free`` (``auto`` | true | false), ``run_date``.
+Next to them, the LambdaMART peer (``rank.bench_lambdamart``): LightGBM lambdarank on exactly the
+ranker's features, trained on the same lists (:mod:`mmpipeline.rank.lambdamart`). A baseline the
+catalog cannot have (image cosine without images) is ``null`` (n/a). ``default_versus`` holds the
+default model's (``rank.fusion``) per-query wins / losses / ties against every baseline and the
+peer, per slice; ``table`` is a readable markdown table of every system.
+
+Params: any ``rank.*`` field (``epochs=5``, ``max_eval_queries=300``, ``bench_fusions=[concat]``,
+``text_fields=[]`` for title-only features, ``bench_lambdamart=false``), ``colour_free`` (``auto`` |
+true | false), ``run_date``.
 """
 
 from __future__ import annotations
@@ -48,6 +55,13 @@ def strip_words(titles: list[str], vocab: list[str]) -> list[str]:
     return [re.sub(r"\s+", " ", pat.sub(" ", t or "")).strip() for t in titles]
 
 
+BASELINES = ("bm25", "text_cosine", "image_cosine")
+
+
+def _r(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
+
+
 def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> dict[str, Any]:
     from mmpipeline.rank import data, train
     from mmpipeline.rank.evaluation import evaluate
@@ -70,13 +84,20 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
         if model.modality_weights():
             fit_info[name]["modality_weights"] = {k: round(v, 3) for k, v in model.modality_weights().items()}
         log.info("%s: trained %s in %.0fs (%s)", label, name, time.perf_counter() - t1, fit_info[name])
+    if rc.bench_lambdamart:  # the LambdaMART peer: same features, same lists, same evaluation
+        from mmpipeline.rank.lambdamart import fit_lambdamart
+
+        lm = fit_lambdamart(featurizer, tr, va, rc)
+        models["lambdamart"] = lm
+        fit_info["lambdamart"] = {**lm.info, "feature_importance": lm.feature_importance()}
+        log.info("%s: trained lambdamart (%s)", label, lm.info)
     t2 = time.perf_counter()
     res = evaluate(featurizer, df, models, rc)
     keys = (f"ndcg_at_{rc.eval_k}", "mrr", f"recall_at_{rc.recall_k}")
-    systems = {}
+    systems: dict[str, Any] = {b: None for b in BASELINES}  # a baseline the catalog cannot have stays n/a (null)
     for system, slices in res["metrics"].items():
-        entry = {k: round(v, 4) for k, v in slices["all"].items() if k in keys}
-        entry["slices"] = {sl: {k: round(v, 4) for k, v in ms.items() if k in keys} | {"queries": ms["queries"]}
+        entry = {k: _r(v) for k, v in slices["all"].items() if k in keys}
+        entry["slices"] = {sl: {k: _r(v) for k, v in ms.items() if k in keys} | {"queries": ms["queries"]}
                            for sl, ms in slices.items() if sl != "all"}
         if system in res["rmse"] and res["rmse"][system]:
             entry["rmse_grade"] = round(res["rmse"][system]["rmse"], 4)
@@ -84,26 +105,73 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
         if system in fit_info:
             entry["training"] = fit_info[system]
         systems[system] = entry
-    baselines = ("bm25", "text_cosine", "image_cosine")
+    nd = f"ndcg_at_{rc.eval_k}"
+
+    def ndcg(sysname: str) -> float:
+        e = systems.get(sysname)
+        return -1.0 if e is None or e.get(nd) is None else e[nd]
+
     fusions = [s for s in systems if s.startswith("fusion_")]
-    best_base = max(baselines, key=lambda b: np.nan_to_num(systems[b]["ndcg_at_10"], nan=-1))
-    best_fusion = max(fusions, key=lambda f: systems[f]["ndcg_at_10"]) if fusions else None
+    applicable = [b for b in BASELINES if systems.get(b) is not None]
     out = {"queries": res["queries"], "products": int(len(featurizer.ids)),
-           "products_with_image": int(featurizer.has_image.sum()), "training_rows": counts["rows"],
+           "products_with_image": int(featurizer.has_image.sum()),
+           "products_with_text_fields": int(featurizer.has_fields.sum()), "text_fields": list(featurizer.text_fields),
+           "ranker_features": featurizer.active_features(), "training_rows": counts["rows"],
            "train_queries": counts["train_queries"], "mean_candidates": round(res["mean_candidates"], 1),
            "candidate_recall": round(res["candidate_recall"], 4), "systems": systems,
            "seconds": {"build": round(build_s, 1), "evaluate": round(time.perf_counter() - t2, 1)}}
-    if best_fusion:
-        f_ndcg = systems[best_fusion]["ndcg_at_10"]
-        out["summary"] = {
+    default = f"fusion_{rc.fusion}" if f"fusion_{rc.fusion}" in systems else (fusions[0] if fusions else None)
+    if default:
+        # per-slice wins / losses of the default model against every baseline and the LambdaMART peer
+        others = applicable + [s for s in systems if s == "lambdamart" or (s.startswith("fusion_") and s != default)]
+        out["default_versus"] = {o: {sl: {k: (_r(v) if k == "delta" else v) for k, v in c.items()}
+                                     for sl, c in res["versus"][default].get(o, {}).items()}
+                                 for o in others if o in res["versus"][default]}
+    if fusions:
+        best_base = max(applicable, key=ndcg)
+        best_fusion = max(fusions, key=ndcg)
+        f_ndcg = ndcg(best_fusion)
+        summary = {
+            "default_model": default, "default_ndcg_at_10": ndcg(default),
             "best_fusion": best_fusion, "best_fusion_ndcg_at_10": f_ndcg,
-            "best_baseline": best_base, "best_baseline_ndcg_at_10": systems[best_base]["ndcg_at_10"],
-            "every_fusion_beats_every_baseline": all(
-                systems[f]["ndcg_at_10"] > np.nan_to_num(systems[b]["ndcg_at_10"], nan=-1) for f in fusions for b in baselines),
-            "best_fusion_minus_text_only": round(f_ndcg - systems["text_cosine"]["ndcg_at_10"], 4),
-            "best_fusion_minus_bm25": round(f_ndcg - systems["bm25"]["ndcg_at_10"], 4),
+            "best_baseline": best_base, "best_baseline_ndcg_at_10": ndcg(best_base),
+            "default_minus_best_baseline": round(ndcg(default) - ndcg(best_base), 4),
+            "every_fusion_beats_every_baseline": all(ndcg(f) > ndcg(b) for f in fusions for b in applicable),
+            "best_fusion_minus_text_only": round(f_ndcg - ndcg("text_cosine"), 4),
+            "best_fusion_minus_bm25": round(f_ndcg - ndcg("bm25"), 4),
         }
+        if systems.get("lambdamart") is not None:
+            summary["default_minus_lambdamart"] = round(ndcg(default) - ndcg("lambdamart"), 4)
+            summary["best_fusion_minus_lambdamart"] = round(f_ndcg - ndcg("lambdamart"), 4)
+        out["summary"] = summary
+    out["table"] = table_lines(systems, rc)
     return out
+
+
+def table_lines(systems: dict[str, Any], rc) -> list[str]:
+    """A readable (markdown) table: one row per system, n/a where the catalog lacks the modality."""
+    nd, rk = f"ndcg_at_{rc.eval_k}", f"recall_at_{rc.recall_k}"
+    lines = [f"| system | NDCG@{rc.eval_k} | MRR | Recall@{rc.recall_k} | grade RMSE |", "| --- | --- | --- | --- | --- |"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    for name, e in systems.items():
+        if e is None:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a |")
+        else:
+            lines.append(f"| {name} | {f(e.get(nd))} | {f(e.get('mrr'))} | {f(e.get(rk))} | {f(e.get('rmse_grade'))} |")
+    return lines
+
+
+def strip_attribute(attrs: pd.Series, attribute: str) -> pd.Series:
+    """The attributes without ``attribute`` (the colour-free run: only the image still knows it)."""
+    def drop(a):
+        if a is None or (isinstance(a, float) and np.isnan(a)):
+            return a
+        items = a.items() if isinstance(a, dict) else a
+        return [(k, v) for k, v in items if k != attribute]
+    return attrs.map(drop)
 
 
 def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
@@ -127,14 +195,16 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     lake = Lake.from_config(cfg)
     t0 = time.perf_counter()
     judgments, interactions = data.load_inputs(lake, run_date)
-    fz = PairFeaturizer.from_lake(lake, cfg, as_of=run_date)
+    fz = PairFeaturizer.from_lake(lake, cfg.model_copy(update={"rank": rc}), as_of=run_date)
     result: dict[str, Any] = {
         "bench": "quality", "dataset": cfg.name, "run_date": str(run_date), "text_model": fz.meta.get("text_model"),
         "image_model": fz.meta.get("image_model"),
-        "settings": {k: getattr(rc, k) for k in ("loss", "epochs", "hidden_dim", "negatives_random", "negatives_hard",
-                                                  "candidates_k", "max_eval_queries", "max_train_queries", "bench_fusions")},
+        "settings": {k: getattr(rc, k) for k in ("fusion", "loss", "epochs", "hidden_dim", "use_vectors", "negatives_random",
+                                                  "negatives_hard", "candidates_k", "max_eval_queries", "max_train_queries",
+                                                  "bench_fusions", "bench_lambdamart", "text_fields")},
     }
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given")
+    log.info("titles as given:\n%s", "\n".join(result["titles_as_given"]["table"]))
 
     attrs = lake.read_pandas("silver.products", columns=["product_id", "attributes"])
     vocab = colour_vocabulary(attrs["attributes"], rc.colour_attribute)
@@ -145,6 +215,12 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         from mmpipeline.embed.models import text_spec
 
         titles = strip_words(fz.titles, vocab)
+        products = fz.products.assign(title=titles)
+        if "attributes" in products.columns:  # nor may the colour attribute tell it
+            products["attributes"] = strip_attribute(products["attributes"], rc.colour_attribute)
+        for col in ("description", "brand"):
+            if col in products.columns:
+                products[col] = strip_words(products[col].fillna("").astype(str).tolist(), vocab)
         changed = sum(a != b for a, b in zip(titles, fz.titles))
         log.info("colour-free titles: %d of %d titles changed (%d colour words)", changed, len(titles), len(vocab))
         t1 = time.perf_counter()
@@ -152,14 +228,15 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         text_vecs = encoder.encode(titles, progress=True, desc="re-embed colour-free titles")
         enc_s = time.perf_counter() - t1
         image = (list(fz.ids[fz.has_image > 0]), fz.p_image[fz.has_image > 0])
-        products = fz.products.assign(title=titles)
         qv = (list(fz.q_pos), fz.q_mat)
         fz2 = PairFeaturizer(products, {"text": (list(fz.ids), text_vecs), "image": image}, qv,
-                             meta={**fz.meta, "text_model": f"{fz.meta.get('text_model')} (colour-free titles)"})
+                             meta={**fz.meta, "text_model": f"{fz.meta.get('text_model')} (colour-free titles)"},
+                             text_fields=list(rc.text_fields))
         res = _variant(fz2, judgments, interactions, rc, run_date, "colour words removed")
         res["titles_changed"] = int(changed)
         res["colour_words"] = len(vocab)
         res["seconds"]["re_embed_titles"] = round(enc_s, 1)
         result["colour_words_removed"] = res
+        log.info("colour words removed:\n%s", "\n".join(res["table"]))
     result["seconds_total"] = round(time.perf_counter() - t0, 1)
     return result

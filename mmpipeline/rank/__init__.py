@@ -5,7 +5,8 @@ Modules (pure computation apart from the two stages):
 * :mod:`~mmpipeline.rank.fusion`     the model: one module per fusion kind behind ``FusionRanker``, ``build_ranker``;
 * :mod:`~mmpipeline.rank.losses`, :mod:`~mmpipeline.rank.metrics`  ranking losses and metrics;
 * :mod:`~mmpipeline.rank.evaluation` whole-catalog metrics per system and slice, grade calibration;
-* :mod:`~mmpipeline.rank.gate`       the promotion decision (champion vs challenger metrics);
+* :mod:`~mmpipeline.rank.gate`       the promotion decision (challenger vs champion and baselines, per slice);
+* :mod:`~mmpipeline.rank.lambdamart` the LightGBM lambdarank peer on the ranker's own features (bench quality);
 * :mod:`~mmpipeline.rank.plots`      evaluation figures;
 * :mod:`~mmpipeline.rank.model`      the MLflow pyfunc wrapper of the registered model;
 * :mod:`~mmpipeline.rank.train`, :mod:`~mmpipeline.rank.evaluate`  the stages (lake, MLflow, registry I/O).

@@ -133,8 +133,9 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         raise StageError("no held-out (test split) queries with judgments to evaluate on")
     m = result["metrics"]
     pm = rc.primary_metric
+    baselines = {b: m[b] for b in result.get("baselines", ()) if b in m}
     promote, reasons = gate_decision(m["challenger"], m.get("champion"), rc, challenger.version,
-                                     None if champ_mv is None else str(champ_mv.version))
+                                     None if champ_mv is None else str(champ_mv.version), baselines)
     with mlflow.start_run(run_name=f"evaluate-{ctx.run_date}-v{challenger.version}") as mrun:
         run_id = mrun.info.run_id
         mlflow.set_tags({"stage": "evaluate", "run_date": str(ctx.run_date), "challenger_version": challenger.version,
@@ -142,16 +143,20 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                          "decision": "promote" if promote else "keep champion"})
         mlflow.log_params({"primary_metric": pm, "promote_margin": rc.promote_margin,
                            "slice_tolerance": rc.slice_tolerance, "eval_queries": result["queries"],
+                           "slice_regression_max": rc.slice_regression_max, "gate_slices": ",".join(rc.gate_slices),
                            "candidates_k": sc.candidates_k, "training_table_version": table_version,
                            "challenger_run_id": challenger.run_id})
         flat = {f"{system}.{sl}.{metric}": v for system, sls in m.items() for sl, ms in sls.items()
                 for metric, v in ms.items() if metric != "queries" and np.isfinite(v)}
         flat.update({f"{system}.{k}": v for system, r in result["rmse"].items() for k, v in r.items() if k != "rmse_pairs"})
         flat.update({"mean_candidates": result["mean_candidates"], "candidate_recall": result["candidate_recall"]})
+        # per-slice wins / losses / ties of the challenger against every other system (baselines, champion)
+        flat.update({f"challenger_vs_{other}.{sl}.{k_}": v for other, sls in result["versus"].get("challenger", {}).items()
+                     for sl, c in sls.items() for k_, v in c.items() if k_ != "queries"})
         mlflow.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
         decision = {"promoted": promote, "reasons": reasons, "challenger_version": challenger.version,
                     "champion_version": versions.get("champion"), "primary_metric": pm,
-                    "metrics": m, "rmse": result["rmse"]}
+                    "metrics": m, "rmse": result["rmse"], "versus": result["versus"].get("challenger", {})}
         mlflow.log_dict(decision, "decision.json")
         with tempfile.TemporaryDirectory() as td:
             table = pd.DataFrame([{"system": s, "slice": sl, **ms} for s, sls in m.items() for sl, ms in sls.items()])
@@ -182,6 +187,11 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                 ["system", "slice", f"ndcg@{k}", "mrr", f"recall@{rk}", "queries"],
                 [[s, sl, ms[f"ndcg_at_{k}"], ms["mrr"], ms[f"recall_at_{rk}"], ms["queries"]]
                  for s, sls in m.items() for sl, ms in sls.items()])
+    vs_rows = [[other, sl, c["wins"], c["losses"], c["ties"], c["delta"]]
+               for other, sls in result["versus"].get("challenger", {}).items() for sl, c in sls.items() if c["queries"]]
+    if vs_rows:
+        print_table(f"challenger vs every system, per slice (per-query ndcg@{rc.eval_k})",
+                    ["versus", "slice", "wins", "losses", "ties", "mean delta"], vs_rows)
     print_table("gate: " + ("PROMOTE" if promote else "KEEP CHAMPION"), ["reason"], [[r] for r in reasons])
     return {"challenger_version": challenger.version, "champion_version_before": versions.get("champion"),
             "promoted": promote, "reasons": reasons, "mlflow_run_id": run_id, "queries": result["queries"],

@@ -9,9 +9,14 @@ For every held-out (test-split) query, each system ranks the **whole catalog**:
   :class:`~mmpipeline.retrieval.candidates.CandidateGenerator` with ``score.candidates_k``,
   ``score.candidate_sources`` and ``score.ann``, so the gate measures the candidate set that is published.
 
+A baseline the catalog cannot have is not applicable: without any product image there is no
+``image_cosine`` system at all (absent from the metrics, reported as n/a), never a row of zeros.
+
 Metrics (definitions of torchmetrics' retrieval metrics, see mmpipeline.rank.metrics): NDCG@k with graded gains, MRR and Recall@K with binary relevance
 (normalised grade >= ``rank.relevant_min_label``), overall and per slice: short / long queries and
-products without images (relevance restricted to products that have no image). RMSE of predicted
+products with / without images (relevance restricted to products that have / have no image).
+:func:`versus` counts per-query wins, losses and ties of each model against every other system per
+slice (``evaluate``'s ``versus``). RMSE of predicted
 grades on judged test pairs, with a linear score->grade calibration fitted on the validation split,
 next to the RMSE of predicting the mean training grade.
 
@@ -54,6 +59,8 @@ def scorer_for(model: Any, batch_size: int = 8192) -> Scorer:
             inner = model
     if isinstance(inner, FusionRanker):
         return lambda a: inner.score_arrays(a, batch_size)
+    if not hasattr(model, "pyfunc") and callable(getattr(model, "score_arrays", None)):  # e.g. the LambdaMART peer
+        return lambda a: np.asarray(model.score_arrays(a, batch_size), dtype=np.float64)
     return lambda a: np.asarray(model.predict(arrays_to_frame(a)), dtype=np.float64).reshape(-1)
 
 
@@ -121,6 +128,7 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
     n_cand: list[int] = []
     depth = max(rc.recall_k, rc.eval_k)
     has_t, has_i = featurizer.has_text > 0, featurizer.has_image > 0
+    baselines = applicable_baselines(featurizer)
     bar = tqdm(total=len(rel.query_ids), desc="evaluate", unit="query", disable=not progress, leave=False)
     for s in range(0, len(rel.query_ids), rc.eval_batch_queries):
         qids = rel.query_ids[s:s + rc.eval_batch_queries]
@@ -129,18 +137,21 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
         full = {
             "bm25": np.stack([featurizer.bm25_scores(q) for q in qtexts]).astype(np.float64),
             "text_cosine": np.where(has_t[None, :], qvec @ featurizer.p_text.T, -np.inf).astype(np.float64),
-            "image_cosine": np.where(has_i[None, :], qvec @ featurizer.p_image.T, -np.inf).astype(np.float64),
         }
+        if "image_cosine" in baselines:
+            full["image_cosine"] = np.where(has_i[None, :], qvec @ featurizer.p_image.T, -np.inf).astype(np.float64)
         full["bm25"][full["bm25"] <= 0] = -np.inf  # no query token in the title: not retrieved
         for b in range(len(qids)):
             if not has_q[b]:
-                full["text_cosine"][b] = full["image_cosine"][b] = -np.inf
+                for name in ("text_cosine", "image_cosine"):
+                    if name in full:
+                        full[name][b] = -np.inf
         cand_rows, cand_q = [], []
         cand_ids = candidates.candidate_lists(qids, qtexts, qvec, has_q)
         for b in range(len(qids)):
             judged = rel.rows[s + b]
-            tops = {name: _topk(full[name][b], max(depth, rc.candidates_k)) for name in BASELINES}
-            for name in BASELINES:
+            tops = {name: _topk(full[name][b], max(depth, rc.candidates_k)) for name in baselines}
+            for name in baselines:
                 items = np.unique(np.concatenate([tops[name][:depth], judged]))
                 sc = full[name][b][items]
                 out.add(name, items, np.where(np.isfinite(sc), sc, FLOOR))
@@ -168,6 +179,11 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
                  "candidate_recall": _candidate_recall(out, rel, rc, models)}
 
 
+def applicable_baselines(featurizer: PairFeaturizer) -> tuple[str, ...]:
+    """The baselines this catalog can have: no ``image_cosine`` without any product image."""
+    return tuple(b for b in BASELINES if b != "image_cosine" or bool((featurizer.has_image > 0).any()))
+
+
 def _candidate_recall(r: Rankings, rel: Relevance, rc: "RankConfig", models: dict) -> float:
     if not models:
         return float("nan")
@@ -188,24 +204,35 @@ def slice_queries(rel: Relevance, rc: "RankConfig") -> dict[str, np.ndarray]:
             "long_queries": ntok >= rc.long_query_tokens}
 
 
+def _slice_lists(r: Rankings, rel: Relevance, no_image: np.ndarray, rc: "RankConfig", system: str, slice_name: str,
+                 sl: dict[str, np.ndarray]):
+    """(query index, items, scores, gains) of ``system``'s queries in ``slice_name``. The product
+    slices restrict relevance to products without / with an image and keep the queries that still
+    have a relevant product."""
+    for qi, (items, scores) in enumerate(zip(r.items[system], r.scores[system])):
+        gmap = dict(zip(rel.rows[qi].tolist(), rel.gains[qi].tolist()))
+        g = np.array([gmap.get(int(i), 0.0) for i in items])
+        if slice_name in ("no_image_products", "image_products"):
+            keep = no_image[items] if slice_name == "no_image_products" else ~no_image[items]
+            g = np.where(keep, g, 0.0)
+            if not (g >= rc.relevant_min_label).any():
+                continue
+        elif not sl[slice_name][qi]:
+            continue
+        yield qi, items, scores, g
+
+
 def compute_metrics(r: Rankings, rel: Relevance, no_image: np.ndarray, rc: "RankConfig") -> dict[str, dict[str, dict[str, float]]]:
     """system -> slice -> metric -> value. ``no_image``: per catalog row, True when the product has no
-    image (the ``no_image_products`` slice counts only those products as relevant)."""
+    image (the ``no_image_products`` slice counts only those products as relevant, ``image_products``
+    only the others)."""
     sl = slice_queries(rel, rc)
     result: dict[str, dict[str, dict[str, float]]] = {}
     for system in r.items:
         result[system] = {}
         for slice_name in SLICES:
             idx, preds, gains = [], [], []
-            for qi, (items, scores) in enumerate(zip(r.items[system], r.scores[system])):
-                gmap = dict(zip(rel.rows[qi].tolist(), rel.gains[qi].tolist()))
-                g = np.array([gmap.get(int(i), 0.0) for i in items])
-                if slice_name == "no_image_products":
-                    g = np.where(no_image[items], g, 0.0)
-                    if not (g >= rc.relevant_min_label).any():
-                        continue
-                elif not sl[slice_name][qi]:
-                    continue
+            for qi, items, scores, g in _slice_lists(r, rel, no_image, rc, system, slice_name, sl):
                 idx.append(np.full(len(items), qi))
                 preds.append(scores)
                 gains.append(g)
@@ -217,6 +244,45 @@ def compute_metrics(r: Rankings, rel: Relevance, no_image: np.ndarray, rc: "Rank
                      "queries": 0}
             result[system][slice_name] = m
     return result
+
+
+def per_query(r: Rankings, rel: Relevance, no_image: np.ndarray, rc: "RankConfig",
+              metric: str | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    """system -> slice -> {query index: ``metric``} (default NDCG@eval_k) for the queries of each slice."""
+    from mmpipeline.rank.metrics import query_metrics
+
+    metric = metric or f"ndcg_at_{rc.eval_k}"
+    sl = slice_queries(rel, rc)
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for system in r.items:
+        out[system] = {}
+        for slice_name in SLICES:
+            vals = {}
+            for qi, items, scores, g in _slice_lists(r, rel, no_image, rc, system, slice_name, sl):
+                m = query_metrics(np.asarray(scores, np.float64), g, rc.relevant_min_label, rc.eval_k, rc.recall_k)
+                if m is not None:
+                    vals[qi] = m[metric]
+            out[system][slice_name] = vals
+    return out
+
+
+def versus(pq: dict[str, dict[str, dict[int, float]]], system: str, others: list[str],
+           eps: float = 1e-9) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-query wins / losses / ties of ``system`` against each of ``others`` per slice, with the
+    mean difference (``delta``) over the slice's queries: other -> slice -> counts."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for other in others:
+        if other == system or other not in pq:
+            continue
+        out[other] = {}
+        for slice_name, mine in pq[system].items():
+            theirs = pq[other].get(slice_name, {})
+            common = sorted(set(mine) & set(theirs))
+            d = np.array([mine[q] - theirs[q] for q in common], dtype=np.float64)
+            out[other][slice_name] = {"queries": len(common), "wins": int((d > eps).sum()),
+                                      "losses": int((d < -eps).sum()), "ties": int((np.abs(d) <= eps).sum()),
+                                      "delta": float(d.mean()) if len(d) else float("nan")}
+    return out
 
 
 def calibrated_rmse(valid_scores: np.ndarray, valid_grades: np.ndarray, test_scores: np.ndarray,
@@ -254,6 +320,10 @@ def evaluate(featurizer: PairFeaturizer, df: pd.DataFrame, models: dict[str, Any
     rel = Relevance.from_training_data(df, featurizer, split, rc.max_eval_queries)
     scorers = {name: scorer_for(m, rc.score_batch_size) for name, m in models.items()}
     rankings, info = rank_catalog(featurizer, rel, scorers, rc, progress, candidates)
-    metrics = compute_metrics(rankings, rel, featurizer.has_image <= 0, rc)
+    no_image = featurizer.has_image <= 0
+    metrics = compute_metrics(rankings, rel, no_image, rc)
+    pq = per_query(rankings, rel, no_image, rc)
+    vs = {name: versus(pq, name, list(rankings.items)) for name in scorers}
     rmse = {name: grade_rmse(s, featurizer, df) for name, s in scorers.items()}
-    return {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), **info}
+    return {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), "versus": vs,
+            "baselines": list(applicable_baselines(featurizer)), **info}

@@ -101,7 +101,7 @@ def make_lists(df: pd.DataFrame, featurizer: PairFeaturizer) -> ListData:
     groups = [g for g in np.split(order, bounds) if len(g)]
     return ListData(
         q_vec=q_vec, q_index=q_index, p_row=rows,
-        scalars=df[SCALAR_FEATURES].to_numpy(dtype=np.float32),
+        scalars=featurizer.stored_scalars(df),
         labels=df["label"].to_numpy(dtype=np.float32),
         grades=pd.to_numeric(df["grade"], errors="coerce").to_numpy(dtype=np.float64),
         groups=groups, query_ids=[str(qdf["query_id"][q_index[g[0]]]) for g in groups])
@@ -122,8 +122,9 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
     """Train one model; returns the best (by validation NDCG@k) model and the per-epoch history."""
     set_seed(rc.seed)
     device = resolve_device(rc.device)
-    model = build_ranker(FusionConfig(dim=featurizer.dim, fusion=fusion or rc.fusion, hidden_dim=rc.hidden_dim,
-                                      dropout=rc.dropout, use_vectors=rc.use_vectors))
+    model = build_ranker(FusionConfig.for_features(featurizer.dim, featurizer.active_features(),
+                                                   fusion=fusion or rc.fusion, hidden_dim=rc.hidden_dim,
+                                                   dropout=rc.dropout, use_vectors=rc.use_vectors))
     model.fit_scaler(train.scalars)
     model.to(device)
     loss_fn = get_loss(loss or rc.loss, rc.pointwise)
@@ -277,7 +278,9 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
 # rank.* settings that only matter to evaluation, gating or benchmarks: changing them does not retrain
 _NOT_TRAINING = frozenset({"primary_metric", "promote_margin", "slice_tolerance", "recall_k", "candidates_k",
                            "relevant_min_label", "long_query_tokens", "max_eval_queries", "eval_batch_queries",
-                           "bench_fusions", "colour_attribute", "score_batch_size", "device"})
+                           "bench_fusions", "colour_attribute", "score_batch_size", "device",
+                           "bench_lambdamart", "lambdamart_rounds", "slice_regression_max", "slice_min_queries",
+                           "gate_slices"})
 TRAIN_KEY_TAG = "mmp_train_key"
 
 

@@ -10,7 +10,14 @@ modality and the query vectors, plus a BM25 index over the product text
   missing modality is a zero vector with its ``has_*`` indicator at 0;
 * scalar columns (``SCALAR_FEATURES``): cosine query-title and query-image, BM25 over the product
   text (raw and relative to the query's best catalog score), query-token coverage of the title, log price / popularity,
-  rating, and missing-modality / missing-value indicators.
+  rating, and missing-modality / missing-value indicators;
+* per-field text columns (``FIELD_FEATURES``): BM25 over the title alone, BM25 over the product's
+  other text fields (``rank.text_fields``: brand, category path, description and attribute values,
+  where the source maps them) and the query-token coverage of those fields.
+
+A model uses the subset :func:`active_features` picks: a modality or a text field the catalog does
+not have is absent (no all-zero column for a model to learn on); the model input frame always
+carries every column, so one frame feeds any registered model.
 
 That DataFrame is exactly what the registered model's ``predict`` takes. Training (rank), evaluation
 (rank) and scoring (score) all build it here.
@@ -37,18 +44,25 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 VECTOR_FEATURES = ["q_text", "p_text", "p_image"]
-SCALAR_FEATURES = [
+# the scalar columns gold.training_data stores (its schema)
+STORED_FEATURES = [
     "cos_text", "cos_image", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens",
     "log_price", "log_popularity", "rating",
     "has_query_vec", "has_text", "has_image", "has_price", "has_popularity", "has_rating",
 ]
+# per-field text features: recomputed from the catalog when a stored table lacks them
+FIELD_FEATURES = ["bm25_title", "bm25_fields", "fields_coverage", "has_fields"]
+SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES
+IMAGE_FEATURES = ["cos_image", "has_image"]
 # which scalar features feed which modality branch of the fusion model
 MODALITY_SCALARS = {
     "text": ["cos_text", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens", "has_text",
-             "has_query_vec"],
-    "image": ["cos_image", "has_image"],
+             "has_query_vec", *FIELD_FEATURES],
+    "image": list(IMAGE_FEATURES),
     "numeric": ["log_price", "log_popularity", "rating", "has_price", "has_popularity", "has_rating"],
 }
+# the text fields (silver.products columns) besides the title that can enter the field features
+TEXT_FIELDS = ("brand", "category_path", "description", "attributes")
 # indicator columns are not standardised
 INDICATORS = [c for c in SCALAR_FEATURES if c.startswith("has_")]
 FEATURE_COLUMNS = VECTOR_FEATURES + SCALAR_FEATURES
@@ -80,6 +94,7 @@ class PairFeaturizer:
     query_encoder: Callable[[list[str]], np.ndarray] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     bm25: BM25Index | None = None
+    text_fields: Sequence[str] | None = None  # fields besides the title in the field features (None: all TEXT_FIELDS)
 
     def __post_init__(self) -> None:
         p = self.products.drop_duplicates("product_id", keep="last").reset_index(drop=True)
@@ -91,6 +106,14 @@ class PairFeaturizer:
         self.titles = titles
         self.title_tokens = [set(tokenize(t)) for t in titles]
         self.title_len = np.array([len(tokenize(t)) for t in titles], dtype=np.float32)
+        fields = list(TEXT_FIELDS if self.text_fields is None else self.text_fields)
+        unknown = sorted(set(fields) - set(TEXT_FIELDS))
+        if unknown:
+            raise ValueError(f"rank.text_fields: unknown fields {unknown}; choose from {list(TEXT_FIELDS)}")
+        self.text_fields = fields
+        self.fields_text = fields_text(p, fields).tolist()
+        self.fields_tokens = [set(tokenize(t)) for t in self.fields_text]
+        self.has_fields = np.array([1.0 if t else 0.0 for t in self.fields_tokens], dtype=np.float32)
 
         def num(col: str) -> tuple[np.ndarray, np.ndarray]:
             if col not in p.columns:
@@ -124,9 +147,17 @@ class PairFeaturizer:
             self.q_pos = {str(q): i for i, q in enumerate(qids)}
         if self.bm25 is None:
             self.bm25 = BM25Index(self.ids, product_text(p).tolist())
+        self.bm25_title = BM25Index(self.ids, titles)
+        self.bm25_fields = BM25Index(self.ids, self.fields_text) if self.has_fields.any() else None
         self._bm25_cache: dict[str, np.ndarray] = {}
-        log.info("featurizer: %d products (%d with text vectors, %d with image vectors), %d query vectors, dim %d",
-                 n, int(self.has_text.sum()), int(self.has_image.sum()), len(self.q_pos), self.dim)
+        self._field_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        log.info("featurizer: %d products (%d with text vectors, %d with image vectors, %d with text fields %s), "
+                 "%d query vectors, dim %d", n, int(self.has_text.sum()), int(self.has_image.sum()),
+                 int(self.has_fields.sum()), fields, len(self.q_pos), self.dim)
+
+    def active_features(self) -> list[str]:
+        """The scalar features a model trained on this catalog uses (see :func:`active_features`)."""
+        return active_features(bool(self.has_image.any()), bool(self.has_fields.any()))
 
     def _align(self, pv: tuple[Sequence[str], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.ids)
@@ -158,7 +189,8 @@ class PairFeaturizer:
                 df = df[pd.to_datetime(df["run_date"]).dt.date <= pd.Timestamp(as_of).date()]
             return df
 
-        prod_cols = ["product_id", *BM25_FIELDS, "price", "popularity", "rating", "run_date"]
+        prod_cols = ["product_id", *dict.fromkeys([*BM25_FIELDS, *TEXT_FIELDS]), "price", "popularity", "rating",
+                     "run_date"]
         products = read("silver.products", prod_cols)
         emb = read("gold.product_embeddings",
                    ["product_id", "modality", "model_name", "vector", "run_date", "embedded_at"])
@@ -178,7 +210,7 @@ class PairFeaturizer:
         meta = {"text_model": text_model, "image_model": image_model,
                 "versions": {n: versions.get(n, lake.version(n)) for n in
                              ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}}
-        return cls(products, pv, qv, query_encoder, meta)
+        return cls(products, pv, qv, query_encoder, meta, text_fields=list(cfg.rank.text_fields))
 
     # ------------------------------------------------------------------------------ lookups
     def product_rows(self, product_ids: Sequence[str]) -> np.ndarray:
@@ -217,6 +249,17 @@ class PairFeaturizer:
             self._bm25_cache[query] = s
         return s
 
+    def field_scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """(BM25 over the titles, BM25 over the other text fields) of ``query`` against every product."""
+        s = self._field_cache.get(query)
+        if s is None:
+            t = self.bm25_title.scores_all(query)
+            f = self.bm25_fields.scores_all(query) if self.bm25_fields is not None else np.zeros(len(self.ids), np.float32)
+            if len(self._field_cache) > 4096:
+                self._field_cache.clear()
+            s = self._field_cache[query] = (t, f)
+        return s
+
     # ------------------------------------------------------------------------------ features
     def scalar_features(self, queries: Sequence[str], query_ids: Sequence[str], product_ids: Sequence[str],
                         qvec: np.ndarray | None = None, has_q: np.ndarray | None = None) -> pd.DataFrame:
@@ -234,6 +277,9 @@ class PairFeaturizer:
         bm25_rel = np.zeros(len(queries), np.float32)
         coverage = np.zeros(len(queries), np.float32)
         qtok = np.zeros(len(queries), np.float32)
+        bm25_title = np.zeros(len(queries), np.float32)
+        bm25_fields = np.zeros(len(queries), np.float32)
+        f_coverage = np.zeros(len(queries), np.float32)
         by_query: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             by_query.setdefault(q, []).append(i)
@@ -244,10 +290,15 @@ class PairFeaturizer:
             sc = np.where(known[idx_a], s[r[idx_a]], 0.0)
             bm25[idx_a] = sc
             bm25_rel[idx_a] = sc / top if top > 0 else 0.0
+            st, sf = self.field_scores(q)
+            bm25_title[idx_a] = np.where(known[idx_a], st[r[idx_a]], 0.0)
+            bm25_fields[idx_a] = np.where(known[idx_a], sf[r[idx_a]], 0.0)
             toks = set(tokenize(q))
             qtok[idx_a] = len(toks)
             if toks:
                 coverage[idx_a] = [len(toks & self.title_tokens[r[i]]) / len(toks) if known[i] else 0.0 for i in idx]
+                f_coverage[idx_a] = [len(toks & self.fields_tokens[r[i]]) / len(toks) if known[i] else 0.0
+                                     for i in idx]
         return pd.DataFrame({
             "cos_text": cos_text.astype(np.float32), "cos_image": cos_image.astype(np.float32),
             "bm25": bm25, "bm25_rel": bm25_rel, "title_coverage": coverage, "query_tokens": qtok,
@@ -257,7 +308,24 @@ class PairFeaturizer:
             "has_query_vec": has_q.astype(np.float32), "has_text": self.has_text[r] * kn,
             "has_image": self.has_image[r] * kn, "has_price": self.has_price[r] * kn,
             "has_popularity": self.has_pop[r] * kn, "has_rating": self.has_rating[r] * kn,
+            "bm25_title": bm25_title, "bm25_fields": bm25_fields, "fields_coverage": f_coverage,
+            "has_fields": self.has_fields[r] * kn,
         })[SCALAR_FEATURES]
+
+    def stored_scalars(self, df: pd.DataFrame) -> np.ndarray:
+        """``SCALAR_FEATURES`` of training rows (``query_norm``, ``query_id``, ``product_id`` plus the
+        stored feature columns): the stored columns as they are, the ones a stored table lacks
+        (``FIELD_FEATURES`` of a table written before they existed) computed here."""
+        missing = [c for c in SCALAR_FEATURES if c not in df.columns]
+        if not missing:
+            return df[SCALAR_FEATURES].to_numpy(dtype=np.float32)
+        fresh = self.scalar_features(df["query_norm"].fillna("").tolist(), df["query_id"].tolist(),
+                                     df["product_id"].tolist())
+        out = fresh.copy()
+        for c in SCALAR_FEATURES:
+            if c in df.columns:
+                out[c] = df[c].to_numpy(dtype=np.float32)
+        return out[SCALAR_FEATURES].to_numpy(dtype=np.float32)
 
     def arrays(self, queries: Sequence[str], query_ids: Sequence[str], product_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The model input as arrays: {"q_text", "p_text", "p_image": [n, dim], "scalars": [n, S]}."""
@@ -279,6 +347,50 @@ class PairFeaturizer:
         return arrays_to_frame(self.arrays(queries, query_ids, product_ids))
 
 
+def active_features(has_image: bool, has_fields: bool, field_features: bool = True) -> list[str]:
+    """The scalar features a model uses on a catalog: without any product image the image columns
+    are absent (the dataset lacks the modality: n/a, not a zero column), and the per-field text
+    features only when some product has text besides its title (and ``field_features``)."""
+    drop: set[str] = set()
+    if not has_image:
+        drop.update(IMAGE_FEATURES)
+    if not (has_fields and field_features):
+        drop.update(FIELD_FEATURES)
+    return [c for c in SCALAR_FEATURES if c not in drop]
+
+
+def _attribute_values(a: Any) -> str:
+    if a is None or (isinstance(a, float) and np.isnan(a)):
+        return ""
+    items = a.items() if isinstance(a, dict) else a
+    vals = []
+    for kv in items:
+        v = kv[1] if isinstance(kv, (tuple, list)) and len(kv) == 2 else kv
+        v = "" if v is None else str(v).strip()
+        if v and v.lower() not in ("na", "n/a", "none", "null", "nan"):
+            vals.append(v)
+    return " ".join(vals)
+
+
+def fields_text(products: pd.DataFrame, fields: Sequence[str]) -> pd.Series:
+    """Per product, the text of ``fields`` (besides the title): brand, category path, description and
+    the attribute values, where present, joined by spaces."""
+    parts = []
+    for f in fields:
+        if f not in products.columns:
+            continue
+        if f == "attributes":
+            parts.append(products[f].map(_attribute_values))
+        else:
+            parts.append(products[f].fillna("").astype(str))
+    if not parts:
+        return pd.Series([""] * len(products), index=products.index, dtype=object)
+    text = parts[0]
+    for x in parts[1:]:
+        text = text + " " + x
+    return text.str.strip()
+
+
 def arrays_to_frame(a: dict[str, np.ndarray]) -> pd.DataFrame:
     out = pd.DataFrame({c: list(a[c]) for c in VECTOR_FEATURES})
     sc = pd.DataFrame(a["scalars"], columns=SCALAR_FEATURES)
@@ -287,10 +399,12 @@ def arrays_to_frame(a: dict[str, np.ndarray]) -> pd.DataFrame:
 
 def frame_to_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Model-input DataFrame -> {"q_text", "p_text", "p_image": [n, dim], "scalars": [n, S]} float32."""
-    missing = [c for c in FEATURE_COLUMNS if c not in df.columns]
+    missing = [c for c in VECTOR_FEATURES + STORED_FEATURES if c not in df.columns]
     if missing:
         raise ValueError(f"model input lacks feature columns {missing}")
     out = {c: np.stack([np.asarray(v, np.float32) for v in df[c].to_numpy()]) if len(df) else np.zeros((0, 0), np.float32)
            for c in VECTOR_FEATURES}
-    out["scalars"] = df[SCALAR_FEATURES].to_numpy(dtype=np.float32)
+    # a frame made for a model registered before the per-field features (its signature drops them):
+    # zeros, which that model never reads (a model selects its own columns by name)
+    out["scalars"] = df.reindex(columns=SCALAR_FEATURES, fill_value=0.0).to_numpy(dtype=np.float32)
     return out

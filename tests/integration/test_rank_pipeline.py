@@ -183,6 +183,14 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     assert str(alias_version(rank_cfg, "champion").version) == t1["version"]
     dec = ctx.lake.read_pandas("ops.rank_decisions")
     assert dec["promoted"].tolist().count(True) == 1 and len(dec) == 3
+    # the evaluate stage hands the baselines to the gate: with rank.slice_regression_max configured, the
+    # untrained model is refused for trailing BM25 / text cosine, slice by slice, and the MLflow run
+    # records the challenger's per-slice wins / losses against every baseline
+    strict = rank_cfg.model_copy(update={"rank": rank_cfg.rank.model_copy(update={"slice_regression_max": 0.0})})
+    e3 = evaluate.run(RunContext.create(strict, D1, full_refresh=True))
+    assert not e3["promoted"] and any("regresses against baseline" in r for r in e3["reasons"]), e3["reasons"]
+    logged = mlflow.get_run(e3["mlflow_run_id"]).data.metrics
+    assert {"challenger_vs_bm25.all.wins", "challenger_vs_text_cosine.short_queries.losses"} <= set(logged)
 
 
 @pytest.mark.slow
@@ -191,12 +199,24 @@ def test_quality_bench_reports_every_system(rank_cfg):
 
     build_world(RunContext.create(rank_cfg, D1).lake)
     rank_cfg.run_date = D1
-    out = main(rank_cfg, {"epochs": 2, "bench_fusions": ["concat", "weighted"], "colour_free": False})
-    systems = out["titles_as_given"]["systems"]
-    assert set(systems) == {"bm25", "text_cosine", "image_cosine", "fusion_concat", "fusion_weighted"}
+    out = main(rank_cfg, {"epochs": 2, "bench_fusions": ["concat", "weighted"], "colour_free": False,
+                          "fusion": "concat", "lambdamart_rounds": 20})
+    v = out["titles_as_given"]
+    systems = v["systems"]
+    assert set(systems) == {"bm25", "text_cosine", "image_cosine", "fusion_concat", "fusion_weighted", "lambdamart"}
     for s in systems.values():
         assert set(s) >= {"ndcg_at_10", "mrr", "recall_at_20", "slices"}
     assert "rmse_grade" in systems["fusion_concat"] and "modality_weights" in systems["fusion_weighted"]["training"]
+    assert "rmse_grade" in systems["lambdamart"] and systems["lambdamart"]["training"]["rounds"] >= 1
+    # the LambdaMART peer learns on exactly the ranker's features (images present here)
+    assert v["ranker_features"] == systems["lambdamart"]["training"]["features_used"]
+    assert {"cos_image", "has_image"} <= set(v["ranker_features"])
+    # per-slice wins / losses of the default model against every baseline and the peer
+    assert set(v["default_versus"]) == {"bm25", "text_cosine", "image_cosine", "lambdamart", "fusion_weighted"}
+    c = v["default_versus"]["bm25"]["all"]
+    assert c["wins"] + c["losses"] + c["ties"] == c["queries"] == v["queries"]
+    assert v["summary"]["default_model"] == "fusion_concat" and "default_minus_lambdamart" in v["summary"]
+    assert len(v["table"]) == 2 + len(systems)
     assert "colour_words_removed" not in out
 
 

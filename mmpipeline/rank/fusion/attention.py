@@ -36,18 +36,25 @@ class AttentionFusion(FusionRanker):
         self.cls = nn.Parameter(torch.randn(h) * 0.02)
         self.q_proj = nn.Linear(cfg.dim, h) if cfg.use_vectors else None
         self.attn = ModalityAttention(h)
-        self.head = nn.Sequential(nn.Linear(2 * h + 1, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 1))
+        n_in = 2 * h + 1 if "image" in cfg.modalities else 2 * h  # has_image only where images exist
+        self.head = nn.Sequential(nn.Linear(n_in, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 1))
 
     def attend(self, h_t, h_i, h_n, has_image, q_text) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attended output [n, h], attention weights [n, 3] over text, image, numeric)."""
-        tokens = torch.stack([h_t, h_i, h_n], dim=1) + self.modality_emb.unsqueeze(0)
+        """(attended output [n, h], attention weights [n, 3] over text, image, numeric; [n, 2] over
+        text, numeric when the catalog has no images)."""
+        if self.has_image_branch:
+            tokens = torch.stack([h_t, h_i, h_n], dim=1) + self.modality_emb.unsqueeze(0)
+        else:  # no image token at all
+            tokens = torch.stack([h_t, h_n], dim=1) + self.modality_emb[[0, 2]].unsqueeze(0)
         query = self.cls.unsqueeze(0).expand(len(tokens), -1)
         if self.q_proj is not None:
             query = query + self.q_proj(q_text)
-        missing = torch.zeros(len(tokens), 3, dtype=torch.bool, device=tokens.device)
-        missing[:, 1] = has_image.squeeze(-1) < 0.5
+        missing = torch.zeros(len(tokens), tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        if self.has_image_branch:
+            missing[:, 1] = has_image.squeeze(-1) < 0.5
         return self.attn(query, tokens, missing)
 
     def fuse(self, h_t, h_i, h_n, has_image, q_text) -> torch.Tensor:
         out, _ = self.attend(h_t, h_i, h_n, has_image, q_text)
-        return self.head(torch.cat([out, h_t, has_image], dim=-1)).squeeze(-1)
+        parts = [out, h_t, has_image] if self.has_image_branch else [out, h_t]
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)

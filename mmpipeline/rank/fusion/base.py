@@ -13,6 +13,12 @@ The branches project each modality's evidence into a shared hidden space:
 
 A product without an image gets a sound score in every kind: its image branch output is zeroed
 (masked) here, never fed zeros as if they were evidence, and each kind masks it again in its fusion.
+A catalog without any image (``FusionConfig.modalities`` without ``image``) gets no image branch at
+all: no image columns, no image weight, nothing learned on a constant.
+
+The model reads the full ``SCALAR_FEATURES`` array and selects its own columns by name
+(``FusionConfig.scalar_features``), so a model trained on a subset (no image, no text fields) and a
+model saved before features were added both take the same input.
 Parameter names (``branches.*``, ``mean``, ``std`` here; the heads in each kind) are those of the
 former single-class ``rank.model.FusionRanker``, so saved state dicts and registered models load.
 """
@@ -39,6 +45,15 @@ class FusionConfig:
     scalar_features: list[str] = field(default_factory=lambda: list(SCALAR_FEATURES))
     modality_scalars: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in MODALITY_SCALARS.items()})
     use_vectors: bool = True  # False: the branches see only the scalar features (an ablation)
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # without "image": no image branch
+
+    @classmethod
+    def for_features(cls, dim: int, active: list[str], **kw) -> "FusionConfig":
+        """A config over the scalar features ``active`` (a subset of SCALAR_FEATURES); the image
+        modality is present only when its ``has_image`` column is."""
+        mods = [m for m in MODALITIES if m != "image" or "has_image" in active]
+        ms = {m: [c for c in MODALITY_SCALARS[m] if c in active] for m in MODALITIES}
+        return cls(dim=dim, scalar_features=list(active), modality_scalars=ms, modalities=mods, **kw)
 
 
 def mlp(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
@@ -76,16 +91,22 @@ class FusionRanker(nn.Module):
         self.cfg = cfg
         h = cfg.hidden_dim
         names = cfg.scalar_features
-        self.idx = {m: [names.index(c) for c in cfg.modality_scalars[m]] for m in MODALITIES}
-        self.has_image_idx = names.index("has_image")
+        unknown = [c for c in names if c not in SCALAR_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown scalar features {unknown}")
+        self.has_image_branch = "image" in cfg.modalities
+        # columns of the full SCALAR_FEATURES input this model reads, in its own order
+        self.input_cols = [SCALAR_FEATURES.index(c) for c in names]
+        self.idx = {m: [names.index(c) for c in cfg.modality_scalars.get(m, [])] for m in MODALITIES}
+        self.has_image_idx = SCALAR_FEATURES.index("has_image")  # in the full input
         self.register_buffer("mean", torch.zeros(len(names)))
         self.register_buffer("std", torch.ones(len(names)))
         vd = cfg.dim if cfg.use_vectors else 0
-        self.branches = nn.ModuleDict({
-            "text": ModalityBranch(vd, len(self.idx["text"]), h, cfg.dropout),
-            "image": ModalityBranch(vd, len(self.idx["image"]), h, cfg.dropout),
-            "numeric": ModalityBranch(0, len(self.idx["numeric"]), h, cfg.dropout),
-        })
+        branches = {"text": ModalityBranch(vd, len(self.idx["text"]), h, cfg.dropout)}
+        if self.has_image_branch:
+            branches["image"] = ModalityBranch(vd, len(self.idx["image"]), h, cfg.dropout)
+        branches["numeric"] = ModalityBranch(0, len(self.idx["numeric"]), h, cfg.dropout)
+        self.branches = nn.ModuleDict(branches)
         self.build_head(cfg)  # after the branches: the same parameter init order as before the split
 
     # ------------------------------------------------------------------------- the interface
@@ -104,7 +125,8 @@ class FusionRanker(nn.Module):
 
     # ------------------------------------------------------------------------- statistics
     def fit_scaler(self, scalars: np.ndarray) -> None:
-        x = torch.as_tensor(scalars, dtype=torch.float32)
+        """Standardisation statistics from raw ``SCALAR_FEATURES`` rows (the model's columns)."""
+        x = torch.as_tensor(np.asarray(scalars)[:, self.input_cols], dtype=torch.float32)
         mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
         for i, name in enumerate(self.cfg.scalar_features):
             if name in INDICATORS:
@@ -115,16 +137,22 @@ class FusionRanker(nn.Module):
     # ------------------------------------------------------------------------- forward
     def towers(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
                scalars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(h_text, h_image, h_numeric, has_image): the masked modality outputs."""
+        """(h_text, h_image, h_numeric, has_image): the masked modality outputs. ``scalars`` are the
+        full ``SCALAR_FEATURES`` rows; without an image branch ``h_image`` and ``has_image`` are zeros."""
         has_image = scalars[:, self.has_image_idx:self.has_image_idx + 1].clamp(0, 1)
-        z = (scalars - self.mean) / self.std
+        z = (scalars[:, self.input_cols] - self.mean) / self.std
         scale = float(self.cfg.dim)
         vt = vi = None
         if self.cfg.use_vectors:
             vt = q_text * p_text * scale
-            vi = q_text * p_image * scale * has_image  # an absent image contributes nothing
         h_t = self.branches["text"](vt, z[:, self.idx["text"]])
-        h_i = self.branches["image"](vi, z[:, self.idx["image"]]) * has_image
+        if self.has_image_branch:
+            if self.cfg.use_vectors:
+                vi = q_text * p_image * scale * has_image  # an absent image contributes nothing
+            h_i = self.branches["image"](vi, z[:, self.idx["image"]]) * has_image
+        else:
+            has_image = torch.zeros_like(has_image)
+            h_i = torch.zeros_like(h_t)
         h_n = self.branches["numeric"](None, z[:, self.idx["numeric"]])
         return h_t, h_i, h_n, has_image
 
