@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATASET ?= homedepot
 
-.PHONY: venv run test bench airflow-ui clean-var
+.PHONY: venv run test bench airflow-ui clean-var cluster-test
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: $(STAMP)
 ## test: the whole test suite (real Spark, Delta, MLflow, GE, Airflow on small data)
 test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## cluster-test: embed + score through spark-submit on a loopback standalone cluster (a master and
+## two workers started from the pyspark install, always stopped); tables must equal a local run's
+cluster-test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/integration/test_cluster_standalone.py $(PYTEST_ARGS)
 
 ## bench: every benchmark, JSON to var/bench/
 bench: $(STAMP)

@@ -151,7 +151,9 @@ class EmbedConfig(_Model):
     embed_images: bool = True
     normalize: bool = True  # L2-normalise stored vectors
     progress: bool = True  # tqdm bars on long encodes
-    spark_partitions: int = 4  # engine spark: partitions of the rows to encode
+    spark_partitions: int = 4  # engine spark: partitions of the rows to encode (at least)
+    spark_rows_per_partition: int = 50_000  # engine spark: more partitions above this many distinct contents each
+    spark_torch_threads: int = 0  # engine spark: torch threads per Python worker (0: cores / Spark's default parallelism)
 
 
 class RankConfig(_Model):

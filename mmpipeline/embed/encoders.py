@@ -149,18 +149,23 @@ class TextEncoder:
     def _forward(self, features: dict):
         raise NotImplementedError
 
-    def count_truncated(self, texts: Sequence[str]) -> int:
-        """How many texts exceed ``max_length`` tokens (only texts long enough to possibly exceed
-        it are tokenized: a word piece covers at least one character)."""
+    def truncated_flags(self, texts: Sequence[str]) -> np.ndarray:
+        """Per text: True when it exceeds ``max_length`` tokens (only texts long enough to possibly
+        exceed it are tokenized: a word piece covers at least one character)."""
         limit = self.spec.max_length
-        long = [t for t in texts if len(t) + 2 > limit]
+        flags = np.zeros(len(texts), bool)
+        long = [k for k, t in enumerate(texts) if len(t) + 2 > limit]
         if not long or self.tokenizer is None:
-            return 0
-        n = 0
+            return flags
         for i in range(0, len(long), 1024):
-            ids = self.tokenizer(long[i:i + 1024], add_special_tokens=True, truncation=False)["input_ids"]
-            n += sum(len(x) > limit for x in ids)
-        return n
+            part = long[i:i + 1024]
+            ids = self.tokenizer([texts[k] for k in part], add_special_tokens=True, truncation=False)["input_ids"]
+            flags[part] = [len(x) > limit for x in ids]
+        return flags
+
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many texts exceed ``max_length`` tokens."""
+        return int(self.truncated_flags(list(texts)).sum())
 
     def encode(self, texts: Sequence[str], progress: bool = False, desc: str = "encode text") -> np.ndarray:
         import torch

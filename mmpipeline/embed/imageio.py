@@ -94,3 +94,27 @@ def image_loader(paths: Sequence[str | None], transform: ImageTransform, batch_s
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
                       pin_memory=device == "cuda", persistent_workers=False,
                       prefetch_factor=4 if workers else None)
+
+
+def prefetched_batches(paths: Sequence[str | None], transform: ImageTransform, batch_size: int,
+                       max_pixels: int = 40_000_000):
+    """Batches ``(indices, tensor, errors)`` decoded one batch ahead in a background thread, so
+    decoding the next batch overlaps encoding the current one (PIL releases the GIL while it
+    decodes). For places where DataLoader worker processes cannot be forked (Spark Python workers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = ImageFileDataset(paths, transform, max_pixels)
+    n, bs = len(ds), max(1, batch_size)
+
+    def load(start: int):
+        return _collate([ds[k] for k in range(start, min(start + bs, n))])
+
+    if not n:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        nxt = pool.submit(load, 0)
+        for start in range(0, n, bs):
+            cur = nxt.result()
+            if start + bs < n:
+                nxt = pool.submit(load, start + bs)
+            yield cur

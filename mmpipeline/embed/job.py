@@ -18,26 +18,31 @@ Image vectors come from the encoder the config names; for the trained tower that
 registered by ``mmpipeline run train-image-tower`` (this stage never trains: with no tower registered
 it stops with one line naming that stage, or embeds text only when ``embed.images_optional``).
 
-Engines: ``local`` (default; images decoded in DataLoader worker processes, batches encoded in
-this process) and ``spark`` (``mapInPandas``: the model is loaded once per Python worker, vectors
-are merged into the lake straight from Spark, only failures come back to the driver).
+Identical content (the same content hash) is encoded once and its vector stored for every id that
+has it. New or changed vectors and the deletions of vanished entities of one (table, modality,
+model) land in one Delta merge commit (:mod:`mmpipeline.embed.sink`), never a table rewrite.
+
+Engines: ``local`` (default, the fast path for small catalogs; images decoded in DataLoader worker
+processes, batches encoded in this process) and ``spark`` (:mod:`mmpipeline.embed.spark_engine`:
+executors read the silver and gold Delta files themselves, the incremental plan is a Spark join,
+the model is loaded once per Python worker and reused across batches, vectors are written from
+Spark; the driver only sees counts). Both give the same vectors.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from mmpipeline.embed import data as edata
-from mmpipeline.embed import models
+from mmpipeline.embed import models, sink
 from mmpipeline.embed.encoders import EncoderSpec, build_encoder, encode_image_paths
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,6 +82,7 @@ class TaskResult:
     truncated: int = 0
     seconds: float = 0.0
     rows_in: int = 0
+    distinct: int = 0  # distinct contents encoded (identical texts/images are encoded once)
 
     @property
     def skipped(self) -> int:
@@ -87,17 +93,13 @@ class TaskResult:
         return self.encoded / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "encoded": self.encoded, "reused": self.reused, "skipped": self.skipped,
+        return {"model": self.model, "encoded": self.encoded, "distinct_encoded": self.distinct, "reused": self.reused, "skipped": self.skipped,
                 "failed": self.failed, "known_bad": self.known_bad, "empty": self.empty, "deleted": self.deleted,
                 "truncated": self.truncated, "seconds": round(self.seconds, 2),
                 "items_per_s": round(self.rate, 1)}
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _sql_str(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
-
-
 def vectors_table(id_col: str, ids: list[str], spec: EncoderSpec, modality: str, hashes: list[str],
                   vecs: np.ndarray, run_date: dt.date) -> pa.Table:
     """Rows of ``gold.*_embeddings`` as Arrow (vectors as list<float>, no per-row Python lists)."""
@@ -129,13 +131,6 @@ def _failures(lake, task: Task) -> pd.DataFrame | None:
                         filters=[("entity", "=", task.entity), ("modality", "=", task.modality),
                                  ("model_name", "=", task.spec.name)])
     return t.to_pandas().rename(columns={"entity_id": task.id_col})
-
-
-def _delete_ids(lake, task: Task, ids: list[str], chunk: int = 500) -> None:
-    for i in range(0, len(ids), chunk):
-        in_list = ", ".join(_sql_str(x) for x in ids[i:i + chunk])
-        lake.delete(task.table, f"modality = {_sql_str(task.modality)} AND model_name = {_sql_str(task.spec.name)} "
-                                f"AND {task.id_col} IN ({in_list})")
 
 
 def _record_failures(ctx, task: Task, rows: list[tuple[str, str, str, str]]) -> None:
@@ -171,91 +166,20 @@ def image_task(products: pd.DataFrame, ispec: EncoderSpec) -> Task:
 
 
 # ------------------------------------------------------------------------------------ local engine
-def encode_local(encoder, modality: str, payloads: list[str], cfg) -> tuple[np.ndarray, list[str], int]:
-    """(vectors, errors ('' = ok), truncated count)."""
+def encode_local(encoder, modality: str, payloads: list[str], cfg) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(vectors, errors ('' = ok), truncated flags)."""
     if modality == "text":
-        truncated = encoder.count_truncated(payloads)
+        truncated = encoder.truncated_flags(payloads)
         return encoder.encode(payloads, progress=cfg.embed.progress, desc=f"encode text ({encoder.name})"), \
             [""] * len(payloads), truncated
     vecs, errors = encode_image_paths(encoder, payloads, cfg.embed.num_workers, progress=cfg.embed.progress,
                                       max_pixels=cfg.clean.image.max_pixels, desc=f"encode images ({encoder.name})")
-    return vecs, errors, 0
+    return vecs, errors, np.zeros(len(payloads), bool)
 
 
-# ------------------------------------------------------------------------------------ spark engine
-def _partition_encoder(spec_json: str, modality: str, max_pixels: int, threads: int):
-    """The mapInPandas function: the encoder is built once per Python worker and reused."""
-
-    def fn(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import torch
-
-        from mmpipeline.embed.encoders import cached_encoder
-        from mmpipeline.embed.imageio import ImageFileDataset
-
-        torch.set_num_threads(threads)
-        enc = cached_encoder(spec_json)
-        for pdf in batches:
-            payloads = pdf["payload"].tolist()
-            errors = [""] * len(payloads)
-            trunc = np.zeros(len(payloads), bool)
-            if modality == "text":
-                vecs = enc.encode(payloads)
-                lim = enc.spec.max_length
-                long = [k for k, t in enumerate(payloads) if len(t) + 2 > lim]
-                if long:
-                    ids = enc.tokenizer([payloads[k] for k in long], truncation=False)["input_ids"]
-                    for k, x in zip(long, ids):
-                        trunc[k] = len(x) > lim
-            else:
-                ds = ImageFileDataset(payloads, enc.transform, max_pixels)
-                vecs = np.zeros((len(payloads), enc.dim), np.float32)
-                bs = enc.spec.batch_size
-                for s in range(0, len(ds), bs):
-                    items = [ds[k] for k in range(s, min(s + bs, len(ds)))]
-                    good = [it for it in items if not it[2]]
-                    for it in items:
-                        errors[it[0]] = it[2]
-                    if good:
-                        vecs[[it[0] for it in good]] = enc.encode_pixels(torch.stack([it[1] for it in good]))
-            yield pd.DataFrame({"id": pdf["id"].to_numpy(), "content_hash": pdf["content_hash"].to_numpy(),
-                                "vector": list(vecs), "error": errors, "truncated": trunc})
-
-    return fn
-
-
-def encode_spark(ctx: "RunContext", task: Task, todo: pd.DataFrame) -> tuple[int, list[tuple[str, str, str]], int]:
-    """Encode ``todo`` with Spark and merge the vectors from Spark; returns (encoded, failures
-    [(id, hash, error)], truncated)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    spark = ctx.spark
-    lake = ctx.spark_lake()
-    parts = max(1, min(ctx.cfg.embed.spark_partitions, len(todo)))
-    threads = max(1, (os.cpu_count() or 1) // max(1, spark.sparkContext.defaultParallelism))
-    src = spark.createDataFrame(todo.rename(columns={task.id_col: "id"})[["id", "payload", "content_hash"]]
-                                .astype(str)).repartition(parts)
-    schema = T.StructType([
-        T.StructField("id", T.StringType()), T.StructField("content_hash", T.StringType()),
-        T.StructField("vector", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
-        T.StructField("truncated", T.BooleanType())])
-    out = src.mapInPandas(_partition_encoder(task.spec.to_json(), task.modality, ctx.cfg.clean.image.max_pixels,
-                                             threads), schema).persist()
-    try:
-        stats = out.agg(F.sum(F.when(F.col("error") == "", 1).otherwise(0)).alias("ok"),
-                        F.sum(F.col("truncated").cast("int")).alias("trunc")).first()
-        failures = [(r["id"], r["content_hash"], r["error"]) for r in
-                    out.where(F.col("error") != "").select("id", "content_hash", "error").collect()]
-        good = out.where(F.col("error") == "").select(
-            F.col("id").alias(task.id_col), F.lit(task.modality).alias("modality"),
-            F.lit(task.spec.name).alias("model_name"), F.lit(task.spec.version).alias("model_version"),
-            "content_hash", F.size("vector").cast("int").alias("dim"), "vector",
-            F.lit(ctx.run_date).cast("date").alias("run_date"), F.current_timestamp().alias("embedded_at"))
-        if stats["ok"]:
-            lake.merge(task.table, good)
-        return int(stats["ok"] or 0), failures, int(stats["trunc"] or 0)
-    finally:
-        out.unpersist()
+def _commit_metadata(ctx, task) -> dict[str, Any]:
+    return {"stage": "embed", "run_date": ctx.run_date, "modality": task.modality,
+            "model": f"{task.spec.name}@{task.spec.version}"}
 
 
 # ------------------------------------------------------------------------------------ stage
@@ -270,40 +194,74 @@ def run_task(ctx: "RunContext", task: Task, encoders: dict[str, Any]) -> TaskRes
     log.info("embed: %s plan %s", task.label, plan.as_dict())
     res.reused, res.known_bad = len(plan.reuse), len(plan.known_bad)
     failure_rows: list[tuple[str, str, str, str]] = [(i, "", "empty_text", "no text to embed") for i in task.skipped_empty]
+    source = None
     if plan.encode:
         todo = task.frame[task.frame[task.id_col].isin(set(plan.encode))].reset_index(drop=True)
+        # identical content (same hash) is encoded once and its vector given to every id that has it
+        codes, uniq_hashes = pd.factorize(todo["content_hash"])
+        first = pd.Series(np.arange(len(todo))).groupby(codes).first().to_numpy()
+        res.distinct = len(uniq_hashes)
         t_enc = time.perf_counter()
-        if cfg.embed.engine == "spark":
-            res.encoded, fails, res.truncated = encode_spark(ctx, task, todo)
-            failure_rows += [(i, h, "decode_failed", e) for i, h, e in fails]
-        else:
-            key = task.spec.to_json()
-            if key not in encoders:
-                encoders[key] = build_encoder(task.spec)
-            vecs, errors, res.truncated = encode_local(encoders[key], task.modality, todo["payload"].tolist(), cfg)
-            ok = np.array([not e for e in errors], bool)
-            ids, hashes = todo[task.id_col].tolist(), todo["content_hash"].tolist()
-            failure_rows += [(ids[k], hashes[k], "decode_failed", errors[k]) for k in np.flatnonzero(~ok)]
-            if ok.any():
-                lake.merge(task.table, vectors_table(task.id_col, [ids[k] for k in np.flatnonzero(ok)], task.spec,
-                                                     task.modality, [hashes[k] for k in np.flatnonzero(ok)],
-                                                     vecs[ok], ctx.run_date))
-            res.encoded = int(ok.sum())
+        key = task.spec.to_json()
+        if key not in encoders:
+            encoders[key] = build_encoder(task.spec)
+        vecs_u, errors_u, trunc_u = encode_local(encoders[key], task.modality,
+                                                 todo["payload"].iloc[first].tolist(), cfg)
+        errors = [errors_u[c] for c in codes]
+        res.truncated = int(np.asarray(trunc_u, bool)[codes].sum())
+        ok = np.array([not e for e in errors], bool)
+        ids, hashes = todo[task.id_col].tolist(), todo["content_hash"].tolist()
+        failure_rows += [(ids[k], hashes[k], "decode_failed", errors[k]) for k in np.flatnonzero(~ok)]
+        if ok.any():
+            keep = np.flatnonzero(ok)
+            source = vectors_table(task.id_col, [ids[k] for k in keep], task.spec, task.modality,
+                                   [hashes[k] for k in keep], vecs_u[codes[keep]], ctx.run_date)
+        res.encoded = int(ok.sum())
         enc_s = time.perf_counter() - t_enc
         res.failed = sum(1 for r in failure_rows if r[2] == "decode_failed")
         for i, _, _, e in [r for r in failure_rows if r[2] == "decode_failed"][:5]:
             log.warning("embed: %s %s skipped: %s", task.label, i, e)
-        log.info("embed: %s encoded %d in %.1fs (%.1f items/s)", task.label, res.encoded, enc_s,
-                 res.encoded / enc_s if enc_s > 0 else 0.0)
+        log.info("embed: %s encoded %d (%d distinct contents) in %.1fs (%.1f items/s)", task.label, res.encoded,
+                 res.distinct, enc_s, res.encoded / enc_s if enc_s > 0 else 0.0)
     if plan.delete:
-        _delete_ids(lake, task, plan.delete)
+        dels = sink.deletion_rows(task.table, task.id_col, plan.delete, task.modality, task.spec.name)
+        source = dels if source is None else pa.concat_tables([sink.conform(task.table, source), dels])
         res.deleted = len(plan.delete)
+    if source is not None:  # new vectors and deletions: one commit
+        sink.commit(lake, task.table, source, _commit_metadata(ctx, task))
     _record_failures(ctx, task, failure_rows)
     res.seconds = time.perf_counter() - t0
     log.info("embed: %s [%s] encoded %d, reused %d, skipped %d (empty %d, failed %d, known bad %d), deleted %d, "
              "truncated %d, %.1f items/s", task.label, res.model, res.encoded, res.reused, res.skipped, res.empty,
              res.failed, res.known_bad, res.deleted, res.truncated, res.rate)
     return res
+
+
+def run_spark(ctx: "RunContext", tspec: EncoderSpec, ispec: EncoderSpec | None) -> tuple[list, list[TaskResult]]:
+    """``embed.engine: spark``: every task planned, encoded and written on the executors
+    (:mod:`mmpipeline.embed.spark_engine`); the driver only sees counts."""
+    from mmpipeline.embed import spark_engine
+
+    stasks, cached = spark_engine.tasks(ctx, tspec, ispec)
+    results = []
+    try:
+        for t in stasks:
+            t0 = time.perf_counter()
+            c = spark_engine.run_task(ctx, t)
+            r = TaskResult(t.label, f"{t.spec.name}@{t.spec.version}", rows_in=t.rows_in,
+                           **{k: c[k] for k in ("encoded", "distinct", "reused", "known_bad", "failed", "empty",
+                                                "deleted", "truncated")})
+            r.seconds = time.perf_counter() - t0
+            for i, e in c["samples"]:
+                log.warning("embed: %s %s skipped: %s", t.label, i, e)
+            log.info("embed: %s [%s] encoded %d (%d distinct), reused %d, skipped %d (empty %d, failed %d, "
+                     "known bad %d), deleted %d, truncated %d, %.1f items/s", t.label, r.model, r.encoded, r.distinct,
+                     r.reused, r.skipped, r.empty, r.failed, r.known_bad, r.deleted, r.truncated, r.rate)
+            results.append(r)
+    finally:
+        for df in cached:
+            df.unpersist()
+    return stasks, results
 
 
 def run(ctx: "RunContext") -> dict[str, Any]:
@@ -313,20 +271,23 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     if not ctx.lake.exists("silver.products"):
         raise StageError("silver.products does not exist yet: run ingest and clean first")
     t0 = time.perf_counter()
-    products = edata.load_products(ctx.lake, ctx.cfg)
-    queries = edata.load_queries(ctx.lake, ctx.cfg)
-    log.info("embed: %d products (%d with a usable image), %d queries", len(products),
-             int(products["has_image"].sum()) if len(products) else 0, len(queries))
     tspec = models.text_spec(ctx.cfg)
     # resolved before anything is written: a missing image tower fails here (or, with
     # embed.images_optional, gives a text-only run); this stage never trains one
     ispec = models.image_spec(ctx.cfg)
-    encoders: dict[str, Any] = {}
-    tasks = text_tasks(products, queries, tspec)
-    results = [run_task(ctx, t, encoders) for t in tasks]
-    if ispec is not None:
-        tasks.append(image_task(products, ispec))
-        results.append(run_task(ctx, tasks[-1], encoders))
+    if ctx.cfg.embed.engine == "spark":
+        tasks, results = run_spark(ctx, tspec, ispec)
+    else:
+        products = edata.load_products(ctx.lake, ctx.cfg)
+        queries = edata.load_queries(ctx.lake, ctx.cfg)
+        log.info("embed: %d products (%d with a usable image), %d queries", len(products),
+                 int(products["has_image"].sum()) if len(products) else 0, len(queries))
+        encoders: dict[str, Any] = {}
+        tasks = text_tasks(products, queries, tspec)
+        results = [run_task(ctx, t, encoders) for t in tasks]
+        if ispec is not None:
+            tasks.append(image_task(products, ispec))
+            results.append(run_task(ctx, tasks[-1], encoders))
     record_accounting(ctx, "embed", [
         Accounting(f"{t.table}:{t.modality}", r.rows_in, r.encoded + r.reused, r.skipped)
         for t, r in zip(tasks, results)])

@@ -147,23 +147,51 @@ def test_trained_tower_beats_the_untrained_one(make_config, shared_datasets, tmp
 
 
 def test_spark_engine_matches_local(make_config, shared_datasets, tmp_path, spark):
+    """Both engines give the same tables: first run, identical re-run (nothing encoded), then a
+    changed title and a vanished product -- whose new vector and deletions land in one commit per
+    (table, modality, model) -- and identical texts are encoded once."""
     from mmpipeline.embed import job
 
     base = {"embed.image_model.kind": "torchvision", "embed.image_model.name": "resnet18", "embed.image_size": 32,
             "embed.progress": False, "embed.num_workers": 0, "embed.spark_partitions": 1}
     products = silver_products(shared_datasets, 16, tmp_path)
+    products.loc[4, "title"] = products.loc[3, "title"]  # identical product texts: encoded once
+    changed = products.copy()
+    changed.loc[5, "title"] = changed.loc[5, "title"] + " limited edition"
+    gone = changed.loc[7, "product_id"]
+    assert changed.loc[7, "image_status"] == "ok"
+    changed = changed.drop(index=7)
     out = {}
     for engine in ("local", "spark"):
         cfg = make_config({**base, "embed.engine": engine, "lake.root": str(tmp_path / engine / "lake")})
         ctx = RunContext.create(cfg, "2026-01-01")
         ctx.__dict__["spark"] = spark  # share the session fixture
-        write_silver(ctx.lake, products, ["navy shirt"])
+        write_silver(ctx.lake, products, ["navy shirt", "Navy  shirt", ""])
         s = job.run(ctx)
-        assert s["tasks"]["product image"]["failed"] == 1
-        out[engine] = ctx.lake.read_pandas("gold.product_embeddings").sort_values(["product_id", "modality"])
+        t = s["tasks"]
+        assert t["product image"]["failed"] == 1 and t["product text"]["empty"] == 1
+        assert t["product text"]["encoded"] == len(products) - 1
+        assert t["product text"]["distinct_encoded"] == len(products) - 2, t  # the duplicate title
+        assert t["product text"]["truncated"] == 1
+        assert t["query text"]["encoded"] == 2 and t["query text"]["distinct_encoded"] == 1  # same after cleaning
         assert job.run(RunContext.create(cfg, "2026-01-02"))["encoded"] == 0
-    a, b = out["local"], out["spark"]
-    assert list(a.product_id) == list(b.product_id) and list(a.content_hash) == list(b.content_hash)
+        write_silver(ctx.lake, changed)
+        v0 = ctx.lake.version("gold.product_embeddings")
+        s3 = job.run(RunContext.create(cfg, "2026-01-03"))
+        assert s3["tasks"]["product text"]["encoded"] == 1 and s3["deleted"] == 2
+        # product text: the new vector and the deletion in one commit; product image: the deletion
+        assert ctx.lake.version("gold.product_embeddings") - v0 == 2
+        emb = ctx.lake.read_pandas("gold.product_embeddings").sort_values(["product_id", "modality"])
+        assert gone not in set(emb.product_id)
+        out[engine] = (emb, ctx.lake.read_pandas("gold.query_embeddings").sort_values("query_id"),
+                       ctx.lake.read_pandas("quarantine.embed_failures").sort_values(["entity_id", "modality"]))
+    (a, qa, fa), (b, qb, fb) = out["local"], out["spark"]
+    for x, y in ((a, b), (qa, qb)):
+        cols = [c for c in x.columns if c not in ("vector", "embedded_at")]
+        pd.testing.assert_frame_equal(x[cols].reset_index(drop=True), y[cols].reset_index(drop=True))
+    cols = ["entity", "entity_id", "modality", "model_name", "model_version", "content_hash", "reason", "run_date"]
+    pd.testing.assert_frame_equal(fa[cols].reset_index(drop=True), fb[cols].reset_index(drop=True))
     for m in ("text", "image"):  # different dims per modality (384 text, 512 resnet18 features)
         va, vb = (np.stack(x[x.modality == m].vector.to_numpy()) for x in (a, b))
         assert np.allclose(va, vb, atol=1e-4)
+    assert np.allclose(np.stack(qa.vector.to_numpy()), np.stack(qb.vector.to_numpy()), atol=1e-4)

@@ -179,3 +179,30 @@ def test_fingerprint_changes_with_content(tmp_path):
     a = fingerprint_path(tmp_path / "m")
     (tmp_path / "m" / "w.bin").write_bytes(b"abd")
     assert fingerprint_path(tmp_path / "m") != a
+
+
+def test_tower_streams_images_in_the_batch_order_and_prefetch_matches(fashion_images, tmp_path):
+    """The tower's DataLoader stream gives, batch by batch in the permutation's order, exactly the
+    pixels of a direct decode (so training on the stream equals training on an in-memory cache);
+    the executors' one-batch-ahead decoder gives the same batches as the dataset."""
+    import torch
+
+    from mmpipeline.embed.imageio import ImageFileDataset, ImageTransform, prefetched_batches
+    from mmpipeline.embed.tower.train import scan_images, stream_images
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    paths = [*fashion_images[:4], str(bad)]
+    direct = ImageFileDataset(paths, ImageTransform(24, normalize=False))
+    errs = scan_images(paths, 24, num_workers=0, progress=False)
+    assert [bool(e) for e in errs] == [False] * 4 + [True]
+    order = [[3, 0], [2], [1, 3]]
+    got = list(stream_images(paths, order, 24, num_workers=2))
+    assert len(got) == 3 and got[0].dtype == torch.uint8
+    for batch, idx in zip(got, order):
+        assert torch.equal(batch, torch.stack([direct[i][1] for i in idx]))
+    norm = ImageTransform(24)
+    pre = list(prefetched_batches(paths, norm, batch_size=2))
+    assert [b[0] for b in pre] == [[0, 1], [2, 3], [4]] and pre[2][2][0]
+    ref = ImageFileDataset(paths, norm)
+    assert all(torch.equal(b[1][k], ref[i][1]) for b in pre for k, i in enumerate(b[0]))

@@ -17,7 +17,9 @@ from the catalog's image/text pairs. ``run(ctx)``:
 3. splits a held-out set deterministically by product id hash;
 4. text targets: the product-text vectors of the configured text model -- reused from
    ``gold.product_embeddings`` when present with the same content hash, encoded otherwise;
-5. decodes every image once (DataLoader workers) into a uint8 tensor cache at ``image_size``;
+5. checks every image decodes (DataLoader workers; only the errors are kept), then streams the
+   images from their files through a DataLoader batch by batch in every epoch (and for the
+   held-out evaluation): memory holds a few batches, never the whole catalog's images;
 6. trains for ``tower_epochs`` epochs, logging per-epoch loss and held-out text->image Recall@10 to
    one MLflow run, together with the Recall@10 of the same architecture untrained (its initial
    weights, same seed);
@@ -88,42 +90,62 @@ def info_nce(img, txt, logit_scale):
 
 
 # ------------------------------------------------------------------------------------ training
-def decode_images(paths: list[str], size: int, num_workers: int, progress: bool = True,
-                  max_pixels: int = 40_000_000) -> tuple[Any, list[str]]:
-    """All images as one uint8 tensor (N, 3, size, size) + errors (decode once, train many epochs)."""
-    import torch
+def scan_images(paths: list[str], size: int, num_workers: int, progress: bool = True,
+                max_pixels: int = 40_000_000) -> list[str]:
+    """Decode every image once (DataLoader workers), keeping nothing but the errors ('' = ok): which
+    products can be trained on is known before training starts, in bounded memory."""
     from tqdm.auto import tqdm
 
-    tf = ImageTransform(size, normalize=False)
-    out = torch.zeros((len(paths), 3, size, size), dtype=torch.uint8)
     errors = [""] * len(paths)
-    loader = image_loader(paths, tf, 256, num_workers, "cpu", max_pixels)
-    with tqdm(total=len(paths), desc="decode images", unit="img", disable=not progress, mininterval=1.0) as bar:
-        for idx, pix, errs in loader:
-            out[idx] = pix
+    loader = image_loader(paths, ImageTransform(size, normalize=False), 256, num_workers, "cpu", max_pixels)
+    with tqdm(total=len(paths), desc="check images", unit="img", disable=not progress, mininterval=1.0) as bar:
+        for idx, _, errs in loader:
             for k, e in enumerate(errs):
                 if e:
                     errors[idx[k]] = e
             bar.update(len(idx))
-    return out, errors
+    return errors
 
 
-def embed_images_tensor(model, images_u8, tf, device: str, batch_size: int = 256) -> np.ndarray:
+def stream_images(paths: list[str], batches, size: int, num_workers: int, max_pixels: int = 40_000_000):
+    """uint8 image batches (B, 3, size, size), in the order of ``batches`` (lists of positions in
+    ``paths``), decoded on the fly by a DataLoader: ``num_workers`` processes decode the next
+    batches while the current one trains; at most ``num_workers * 4`` batches are held."""
+    from torch.utils.data import DataLoader
+
+    from mmpipeline.embed.imageio import ImageFileDataset, _collate
+
+    batches = [list(map(int, b)) for b in batches]
+    if not batches:
+        return
+    ds = ImageFileDataset(paths, ImageTransform(size, normalize=False), max_pixels)
+    workers = num_workers if len(batches) > 1 else 0
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    for _, pix, _ in loader:
+        yield pix
+
+
+def embed_image_stream(model, stream, tf, device: str) -> np.ndarray:
+    """Vectors of a stream of uint8 image batches (inference mode)."""
     import torch
 
     model.eval()
     outs = []
     with torch.inference_mode():
-        for i in range(0, len(images_u8), batch_size):
-            outs.append(model(tf.finish(images_u8[i:i + batch_size].to(device))).float().cpu().numpy())
+        for x in stream:
+            outs.append(model(tf.finish(x.to(device))).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
 
-def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray, *, arch: str,
-                image_size: int, epochs: int, lr: float, batch_size: int, device: str, dtype: str = "fp32",
+def train_tower(image_paths: list[str], text_vecs: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray, *,
+                arch: str, image_size: int, epochs: int, lr: float, batch_size: int, device: str, dtype: str = "fp32",
                 seed: int = 0, hidden: int = 512, weights: str | None = None, log_metric=None,
-                progress: bool = True) -> tuple[ImageTower, dict[str, Any]]:
-    """Train an :class:`ImageTower` on (image, text vector) pairs. ``log_metric(name, value, step)``
+                progress: bool = True, num_workers: int = 0, max_pixels: int = 40_000_000,
+                eval_batch_size: int = 256) -> tuple[ImageTower, dict[str, Any]]:
+    """Train an :class:`ImageTower` on (image, text vector) pairs. Images are streamed from their
+    files through a DataLoader (``num_workers`` decoding processes) batch by batch, in the order of
+    the seeded permutation -- never all decoded into memory. ``log_metric(name, value, step)``
     receives per-epoch loss and held-out Recall@10; returns the model and a result dict with the
     untrained and trained held-out Recall@10."""
     import torch
@@ -141,7 +163,9 @@ def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_id
     def evaluate() -> float:
         if not len(eval_idx):
             return float("nan")
-        iv = embed_images_tensor(model, images_u8[eval_idx], tf, device)
+        chunks = [eval_idx[i:i + eval_batch_size] for i in range(0, len(eval_idx), eval_batch_size)]
+        iv = embed_image_stream(model, stream_images(image_paths, chunks, image_size, num_workers, max_pixels),
+                                tf, device)
         return recall_at_k(text_vecs[eval_idx], iv, 10)
 
     untrained = evaluate()
@@ -159,10 +183,10 @@ def train_tower(images_u8, text_vecs: np.ndarray, train_idx: np.ndarray, eval_id
         model.train()
         perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
         total, n = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"tower epoch {epoch}/{epochs}", disable=not progress, mininterval=2.0)
-        for s in bar:
-            b = perm[s * batch_size:(s + 1) * batch_size]
-            x = images_u8[b]
+        steps = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps_per_epoch)]
+        bar = tqdm(zip(steps, stream_images(image_paths, steps, image_size, num_workers, max_pixels)),
+                   total=steps_per_epoch, desc=f"tower epoch {epoch}/{epochs}", disable=not progress, mininterval=2.0)
+        for b, x in bar:
             flip = torch.rand(len(b), generator=gen) < 0.5  # horizontal flip augmentation
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             x = tf.finish(x.to(device, non_blocking=True))
@@ -298,8 +322,8 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         text_vecs[missing] = vecs
     log.info("tower: text targets from %s (%d reused from gold, %d encoded)", tspec.name, n_reused, int(missing.sum()))
 
-    images, errors = decode_images(products["image_path"].tolist(), ec.image_size, ec.num_workers, ec.progress,
-                                   cfg.clean.image.max_pixels)
+    image_paths = products["image_path"].tolist()
+    errors = scan_images(image_paths, ec.image_size, ec.num_workers, ec.progress, cfg.clean.image.max_pixels)
     ok = np.array([not e for e in errors])
     if (~ok).any():
         log.warning("tower: %d images failed to decode and are left out of training", int((~ok).sum()))
@@ -325,10 +349,11 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date),
                          registry.FINGERPRINT_TAG: fingerprint, registry.CONFIG_TAG: config_fp})
         model, res = train_tower(
-            images, text_vecs, train_idx, eval_idx, arch=arch, image_size=ec.image_size, epochs=ec.tower_epochs,
+            image_paths, text_vecs, train_idx, eval_idx, arch=arch, image_size=ec.image_size, epochs=ec.tower_epochs,
             lr=ec.tower_lr, batch_size=ec.tower_batch_size, device=device, dtype=ec.dtype, seed=ec.tower_seed,
             hidden=ec.tower_hidden, weights=ec.image_model.weights,
-            log_metric=lambda k, v, step: mlflow.log_metric(k, v, step=step), progress=ec.progress)
+            log_metric=lambda k, v, step: mlflow.log_metric(k, v, step=step), progress=ec.progress,
+            num_workers=ec.num_workers, max_pixels=cfg.clean.image.max_pixels)
         mlflow.log_metrics({"final_holdout_recall_at_10": res["trained_recall_at_10"],
                             "final_untrained_holdout_recall_at_10": res["untrained_recall_at_10"],
                             "train_seconds": res["train_seconds"]})
