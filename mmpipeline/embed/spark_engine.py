@@ -134,7 +134,8 @@ def tasks(ctx: "RunContext", tspec: "EncoderSpec", ispec: "EncoderSpec | None") 
         out.append(SparkTask("query", "gold.query_embeddings", "query_id", "text", tspec,
                              q.where(F.col("text_hash").isNotNull()).select(qid, F.col("text").alias("payload"),
                                                                            F.col("text_hash").alias("content_hash")),
-                             q.where(F.col("text_hash").isNull()).select(qid), int(qc["n"]), int(qc["n"]) - int(qc["txt"])))
+                             q.where(F.col("text_hash").isNull()).select(qid), int(qc["n"]),
+                             int(qc["n"]) - int(qc["txt"])))
     else:
         spark = ctx.spark
         none = spark.createDataFrame([], "id string, payload string, content_hash string")
@@ -245,13 +246,16 @@ def run_task(ctx: "RunContext", task: SparkTask) -> dict[str, Any]:
                   (other_model & todo).alias("r_model"))
          .persist(StorageLevel.MEMORY_AND_DISK))
     deletes = m.where(F.col("gone")).select("id")
-    staging = Path(lake.uri(task.table)).parent / f"_{Path(lake.uri(task.table)).name}_encoded_{uuid.uuid4().hex}"
+    # (Spark's file listing skips folders whose own name starts with '_' or '.')
+    staging = Path(lake.root) / "_staging" / f"embed-{task.table}-{task.modality}-{uuid.uuid4().hex}"
     try:
         def n(c):
             return F.sum(c.cast("int"))
 
-        st = m.agg(n(F.col("todo") & ~F.col("is_bad")).alias("encode"), n(F.col("todo") & F.col("is_bad")).alias("bad"),
-                   n(~F.col("todo") & ~F.col("gone")).alias("reuse"), n(F.col("gone")).alias("gone"), n(F.col("r_new") & ~F.col("is_bad")).alias("new"),
+        st = m.agg(n(F.col("todo") & ~F.col("is_bad")).alias("encode"),
+                   n(F.col("todo") & F.col("is_bad")).alias("bad"),
+                   n(~F.col("todo") & ~F.col("gone")).alias("reuse"), n(F.col("gone")).alias("gone"),
+                   n(F.col("r_new") & ~F.col("is_bad")).alias("new"),
                    n(F.col("r_changed") & ~F.col("is_bad")).alias("changed"),
                    n(F.col("r_model") & ~F.col("is_bad")).alias("model"),
                    F.countDistinct(F.when(F.col("todo") & ~F.col("is_bad"), F.col("content_hash"))).alias("distinct")
@@ -323,3 +327,7 @@ def run_task(ctx: "RunContext", task: SparkTask) -> dict[str, Any]:
     finally:
         m.unpersist()
         shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()  # only when empty
+        except OSError:
+            pass

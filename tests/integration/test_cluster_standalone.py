@@ -60,7 +60,8 @@ def _assert_same(a: pd.DataFrame, b: pd.DataFrame, name: str) -> None:
     exact = [c for c in a.columns if c not in skip and c not in vec and c not in num and "run_id" not in c]
     pd.testing.assert_frame_equal(a[exact], b[exact], obj=name)
     for c in num:
-        np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=f"{name}.{c}")
+        np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{name}.{c}")
     for c in vec:
         for x, y in zip(a[c], b[c]):
             if x is None or y is None:
@@ -97,7 +98,8 @@ def test_embed_and_score_on_a_standalone_cluster_equal_a_local_run(make_config, 
             r = run_submit(submit_command(cluster.master_url, REPO / "jobs" / f"{stage}.py",
                                           ["--config", str(cfg_file), "--run-date", str(RUN_DATE)]),
                            log_path=log, timeout=600)
-            assert r.returncode == 0, f"{stage} on the cluster failed:\n" + "\n".join(log.read_text().splitlines()[-40:])
+            tail = "\n".join(log.read_text().splitlines()[-40:])
+            assert r.returncode == 0, f"{stage} on the cluster failed:\n{tail}"
         apps = cluster.state().get("completedapps", []) + cluster.state().get("activeapps", [])
         assert len(apps) == 2  # both stages ran as applications of the standalone master (not local mode)
 
