@@ -282,10 +282,13 @@ class VoiceConfig(_Model):
     prompt_queries: int = 40  # frequent queries in the prompt
     prompt_brands: int = 40
     prompt_max_chars: int = 600
+    written_form: bool = True  # spoken sizes written the shop's way: "3 slash 4" -> 3/4, "2 by 4" -> 2x4
     correction: bool = True
-    correct_below_logprob: float = -0.3  # correct transcripts whose avg log-prob is below this
+    correct_below_logprob: float = -0.3  # snap transcripts whose avg log-prob is below this to a logged query
     min_query_similarity: float = 0.6  # char-n-gram cosine to snap to a logged query
-    min_word_similarity: float = 0.55  # ... to replace an out-of-vocabulary word
+    # words the catalog/query-log vocabulary lacks -> nearest known word in spelling and sound
+    word_correction: Literal["off", "low_confidence", "always"] = "always"
+    min_word_similarity: float = 0.6  # spelling + phonetic-key similarity to replace an unknown word
     max_no_speech_prob: float = 0.8  # above: not used as a search query
     max_clips: int | None = None  # subsample (demo / CI)
 

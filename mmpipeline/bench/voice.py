@@ -103,16 +103,26 @@ def wer(refs: list[str], hyps: list[str]) -> float:
 
 
 def wer_slices(m: pd.DataFrame, hyps: list[str]) -> dict[str, Any]:
+    """WER overall and per slice, both sides in :func:`~mmpipeline.voice.textnorm.wer_form` (case,
+    punctuation incl. hyphens/apostrophes, number-unit spacing); ``strict``: ``query_norm`` only."""
+    from mmpipeline.voice.textnorm import wer_form
     from mmpipeline.voice.vocab import norm
 
-    refs = [norm(t) for t in m["transcript"]]
-    hyp = [norm(h) for h in hyps]
+    refs = [wer_form(t) for t in m["transcript"]]
+    hyp = [wer_form(h) for h in hyps]
     df = pd.DataFrame({"ref": refs, "hyp": hyp, "kind": m["kind"].values, "noise": m["noise"].values,
                        "sr": m["sample_rate"].astype(str).values})
     out: dict[str, Any] = {"all": wer(refs, hyp)}
     for col, name in (("kind", "voice"), ("noise", "noise"), ("sr", "sample_rate")):
         out[name] = {k: wer(list(g["ref"]), list(g["hyp"])) for k, g in df.groupby(col)}
-    out["neural_clean"] = wer(*[list(x) for x in df[(df.kind == "neural") & (df.noise == "clean")][["ref", "hyp"]].T.values])
+    nc = df[(df.kind == "neural") & (df.noise == "clean")]
+    if len(nc):
+        out["neural_clean"] = wer(list(nc["ref"]), list(nc["hyp"]))
+    s_ref, s_hyp = [norm(t) for t in m["transcript"]], [norm(h) for h in hyps]
+    kinds = m["kind"].to_numpy()
+    out["strict"] = {"all": wer(s_ref, s_hyp), **{k: wer([r for r, x in zip(s_ref, kinds) if x == k],
+                                                         [h for h, x in zip(s_hyp, kinds) if x == k])
+                                                  for k in sorted(set(kinds))}}
     return out
 
 

@@ -108,13 +108,16 @@ def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
 
 def postprocess(raw: Sequence[Any], v: VoiceConfig, corrector=None, holdout: Sequence[set[str] | None] | None = None,
                 correction: bool | None = None) -> pd.DataFrame:
-    """ASR results -> normalised text, correction, the query text used for search, usable flag."""
+    """ASR results -> normalised text (sizes in written form), correction, the query text used for
+    search, usable flag."""
+    from mmpipeline.voice.textnorm import written_form
     from mmpipeline.voice.vocab import correct_all, norm
 
-    texts = [norm(r.text) for r in raw]
+    texts = [written_form(r.text) if v.written_form else norm(r.text) for r in raw]
     lps = [r.avg_logprob for r in raw]
     use_corr = v.correction if correction is None else correction
-    corr = correct_all(corrector if use_corr else None, texts, lps, v.correct_below_logprob, holdout)
+    corr = correct_all(corrector if use_corr else None, texts, lps, v.correct_below_logprob, holdout,
+                       words=v.word_correction)
     out = pd.DataFrame({
         "raw_text": [r.text for r in raw], "text_norm": texts, "avg_logprob": lps,
         "no_speech_prob": [r.no_speech_prob for r in raw], "correction": [c.method for c in corr],
