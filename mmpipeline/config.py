@@ -273,7 +273,10 @@ class VoiceConfig(_Model):
     compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA
     cpu_threads: int = 0  # 0: CTranslate2's default
     batch_size: int = 16  # clips per encoder/decoder call
-    beam_size: int = 1
+    beam_size: int = 5
+    nbest: int = 5  # hypotheses kept per clip (<= beam_size) for the vocabulary rescoring
+    # catalog-aware choice among the n-best: avg log-prob + rescore_weight x share of known words; 0: off
+    rescore_weight: float = 1.0
     # catalog-aware recognition
     # decoding prompt from the shop's vocabulary; off by default: with Whisper tiny.en both forms raised
     # the word error rate on the Home Depot clips (bench voice, 60 clips: neural 0.32 -> 0.36 with the

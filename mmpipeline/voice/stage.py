@@ -72,6 +72,7 @@ class Decoding:
 
     def fingerprint(self, v: VoiceConfig, model_version: str, compute_type: str) -> str:
         payload = json.dumps({"model": model_version, "compute": compute_type, "beam": v.beam_size,
+                              "nbest": v.nbest, "rescore": v.rescore_weight,
                               "prompt": self.prompt, "hotwords": self.hotwords, "lufs": v.target_lufs,
                               "trim": v.trim_db}, sort_keys=True)
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
@@ -81,7 +82,8 @@ def make_recognizer(v: VoiceConfig):
     from mmpipeline.voice.asr import Recognizer
 
     return Recognizer(v.model, device=v.device, compute_type=v.compute_type, cpu_threads=v.cpu_threads,
-                      batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download)
+                      batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download,
+                      nbest=v.nbest if v.rescore_weight > 0 else 1)
 
 
 def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
@@ -138,7 +140,7 @@ def _read(lake, name: str) -> pd.DataFrame | None:
 def run(ctx: RunContext) -> dict[str, Any]:
     from mmpipeline.ops import print_table
     from mmpipeline.voice.features import FEATURE_VERSION
-    from mmpipeline.voice.vocab import Corrector
+    from mmpipeline.voice.vocab import Corrector, rescore
 
     cfg: Config = ctx.cfg
     v = cfg.voice
@@ -180,6 +182,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw = rec.transcribe([waves[pos[q]] for q in asr_rows["query_id"]], prompt=dec.prompt, hotwords=dec.hotwords)
     t_asr = time.perf_counter() - t0
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
+    # the n-best hypothesis the vocabulary explains best is the recognised text (stored: a re-run
+    # re-uses it; the correction below is re-applied every run)
+    raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
     audio_s = float(sum(durs))
 
     # transcripts: new recognitions + the stored ones still valid, all (re-)corrected
@@ -192,7 +198,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     kept = (old[old["query_id"].isin(keep_ids)][new.columns.tolist()] if old is not None and keep_ids
             else new.iloc[:0])
     allt = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
 
     class _R:  # the stored recognitions as ASR results
         def __init__(self, r):

@@ -193,6 +193,21 @@ class Corrector:
         mask = np.array([w in gone for w in self.word_list]) if gone else None
         return set(self.word_list) - gone, mask
 
+    def coverage(self, text: str, exclude: set[str] | None = None) -> float:
+        """Share of the words of ``text`` (3+ letters) the vocabulary knows (1.0 for none)."""
+        ws = [w for w in re.findall(r"[a-z]+", text) if len(w) > 2]
+        if not ws:
+            return 1.0
+        gone: set[str] = set()
+        if exclude:
+            held: Counter = Counter()
+            for q in exclude:
+                if q in self.q_index:
+                    held.update(set(words(q)))
+            gone = {w for w, c in held.items()
+                    if self.q_word_counts.get(w, 0) - c < self.min_count and w not in self.title_words}
+        return sum(w in self.w_index and w not in gone for w in ws) / len(ws)
+
     def snap(self, text: str, exclude: set[str] | None = None) -> Correction | None:
         """The nearest logged query when similar enough, else None."""
         if not text or self.q_mat is None:
@@ -298,4 +313,29 @@ def correct_all(corrector: Corrector | None, texts: Sequence[str], logprobs: Seq
         if c is None and corrector is not None and t and (words == "always" or (words == "low_confidence" and low)):
             c = corrector.correct_words(t, excl)
         out.append(c or Correction(t, "none"))
+    return out
+
+
+def rescore(recs: Sequence, corrector: Corrector | None, weight: float,
+            holdout: Sequence[set[str] | None] | None = None) -> list:
+    """Choose, per clip, the n-best hypothesis with the best ``avg log-prob + weight x vocabulary
+    coverage`` (the share of its words the catalog / query log knows): Whisper's runner-up often
+    spells the shop's word (``bamboo palm`` over ``bambi palm``). Returns copies of the recognitions
+    with ``text``/``avg_logprob`` of the chosen hypothesis (unchanged without an n-best list)."""
+    from dataclasses import replace
+
+    from mmpipeline.voice.textnorm import written_form
+
+    if corrector is None or weight <= 0:
+        return list(recs)
+    out = []
+    for i, r in enumerate(recs):
+        hyps = getattr(r, "nbest", None) or []
+        if len(hyps) < 2:
+            out.append(r)
+            continue
+        excl = holdout[i] if holdout is not None else None
+        scored = [(lp + weight * corrector.coverage(written_form(t), excl), j) for j, (t, lp) in enumerate(hyps)]
+        j = max(scored)[1]
+        out.append(replace(r, text=hyps[j][0], avg_logprob=hyps[j][1]))
     return out

@@ -74,3 +74,21 @@ def test_correct_all_snaps_low_confidence_and_word_corrects_per_mode():
     assert [(x.text, x.method) for x in both] == [("bamboo palm", "words"), ("bamboo palm", "query")]
     held = correct_all(c, texts, lps, -0.3, holdout=[{"bamboo palm"}] * 2, words="always")
     assert [x.method for x in held] == ["words", "words"]  # its own query held out: no snap to it
+
+
+def test_rescore_prefers_the_hypothesis_the_vocabulary_explains_and_respects_the_hold_out():
+    from mmpipeline.voice.asr import Recognition
+    from mmpipeline.voice.vocab import rescore
+
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    r = Recognition("bambi palm", -0.30, 0.01, [("bambi palm", -0.30), ("bamboo palm", -0.45)])
+    assert rescore([r], c, 1.0)[0].text == "bamboo palm"  # 0.55 > -0.30 + 0.5
+    assert rescore([r], c, 1.0)[0].avg_logprob == -0.45
+    assert rescore([r], c, 0.0)[0].text == "bambi palm"  # weight 0: Whisper's own choice
+    assert rescore([r], c, 0.1)[0].text == "bambi palm"  # a small weight does not outvote a clear margin
+    # "toliet" is vocabulary through two logged queries; with one of them held out it is not
+    t = Recognition("toilet seat", -0.2, 0.0, [("toilet seat", -0.2), ("toliet seat", -0.5)])
+    assert rescore([t], c, 1.0)[0].text == "toliet seat"
+    assert rescore([t], c, 1.0, holdout=[{"toliet seat"}])[0].text == "toilet seat"
+    # a recognition without an n-best list (a stored transcript) is kept as it is
+    assert rescore([Recognition("bambi palm", -0.3, 0.0)], c, 1.0)[0].text == "bambi palm"
