@@ -1,19 +1,22 @@
-"""Catalog-aware recognition: the shop's vocabulary, a decoding prompt built from it, and the
-correction of low-confidence transcripts.
+"""Catalog-aware recognition: the shop's vocabulary, a decoding prompt built from it, the choice
+among Whisper's n-best hypotheses, and the correction of transcripts.
 
 * :class:`Vocabulary` -- frequent queries (``silver.queries``: normalised text and frequency), brands
   (``silver.products.brand``, else the first word of titles, which is the brand in most retail
   titles) and catalog words (title tokens);
 * :meth:`Vocabulary.prompt` / :meth:`Vocabulary.hotwords` -- text for faster-whisper's
-  ``initial_prompt`` / ``hotwords`` (both become the decoder's previous-context tokens), so Whisper
-  spells brand and product words the shop's way;
-* :class:`Corrector` -- for a transcript whose average log-probability is below a threshold:
-  (1) snap to the nearest logged query when the character-n-gram TF-IDF cosine is high enough;
-  otherwise (2) replace each out-of-vocabulary word by its nearest catalog/query word. Matching uses
-  scikit-learn's ``TfidfVectorizer(analyzer="char_wb")`` (no rapidfuzz in the lock).
+  ``initial_prompt`` / ``hotwords`` (both become the decoder's previous-context tokens); measured
+  worse with tiny.en, so off by default (``voice.prompt``);
+* :func:`rescore` -- per clip, the n-best hypothesis with the best avg log-prob + weight x share of
+  words the vocabulary knows (``voice.rescore_weight``);
+* :class:`Corrector` -- query snap of low-confidence transcripts to the nearest logged query
+  (character-n-gram TF-IDF cosine, scikit-learn) and word correction of unknown words by spelling
+  and :func:`phonetic_key` (no rapidfuzz/jellyfish in the lock: difflib ratios and a small
+  Metaphone-like key stand in).
 
-``exclude`` (a set of normalised queries) holds queries out of the log and of the word counts, so a
-benchmark can measure the correction without the clip's own query in the log (see
+The word vocabulary counts a word when two titles or two logged queries contain it, so one
+customer's typo is not a target. ``exclude`` (a set of normalised queries) holds queries out of the
+log and of the word counts, so a benchmark can measure without the clip's own query in the log (see
 :mod:`mmpipeline.bench.voice`).
 """
 
