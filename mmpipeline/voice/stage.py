@@ -74,6 +74,7 @@ class Decoding:
         payload = json.dumps({"model": model_version, "compute": compute_type, "beam": v.beam_size,
                               "nbest": v.nbest, "rescore": v.rescore_weight,
                               "prompt": self.prompt, "hotwords": self.hotwords, "lufs": v.target_lufs,
+                              "stretch": v.time_stretch,
                               "trim": v.trim_db}, sort_keys=True)
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
@@ -95,7 +96,7 @@ def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
     for p in paths:
         try:
             clip = decode_file(p)
-            w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db)
+            w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db, stretch=v.time_stretch)
         except Exception as e:  # noqa: BLE001 - the file changed since the clean stage checked it
             log.warning("voice: cannot decode %s any more (%s: %s); skipped", p, type(e).__name__, e)
             waves.append(None)
