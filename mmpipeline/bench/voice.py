@@ -4,10 +4,13 @@ On the clips of the ``voice_queries`` source's manifest (the shared sample: 500 
 queries), in one run:
 
 * **word error rate** (torchmetrics' ``word_error_rate``; jiwer is not installed) against the
-  manifest's transcripts, both sides normalised like ``query_norm`` (case, punctuation), overall and
+  manifest's transcripts, both sides in :func:`mmpipeline.voice.textnorm.wer_form` (case, punctuation
+  incl. hyphens and apostrophes, number|unit spacing; ``strict``: ``query_norm`` only), overall and
   per slice (voice kind neural/formant, clean/noisy, sample rate), for each recognition variant:
-  ``plain`` (no prompt, no correction), ``prompt`` (catalog prompt), ``plain+correction``,
-  ``prompt+correction``;
+  ``plain`` (Whisper's best hypothesis, sizes in written form), ``rescore`` (the n-best hypothesis the
+  catalog / query-log vocabulary explains best), ``prompt`` (catalog prompt), each also
+  ``+correction`` (query snap of low-confidence transcripts, word correction per
+  ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does;
 * **real-time factor** of the stage's path (decode, preprocess, MFCC, batched recognition) against a
   bare faster-whisper loop (``WhisperModel.transcribe`` file by file) over the same clips; the
   ratio is bare RTF / stage RTF (>= 1: the stage is at least as fast);
@@ -22,8 +25,9 @@ clip's own query removed from the log and from the word counts, and all benchmar
 from the prompt's frequent queries) and ``full_log``. ``held_out`` is the honest figure for queries
 never seen before; ``full_log`` is what a repeated query gets in production.
 
-Params: ``limit`` (clips, default all), ``variants`` (list; default all four), ``prompt_mode``
-(initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, champion),
+Params: ``limit`` (clips, default all), ``variants`` (list; default plain, rescore, plain+correction,
+rescore+correction; also prompt, prompt+correction), ``prompt_mode``
+(initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, bm25+char: word and character-3-gram BM25 fused, champion),
 ``dump`` (CSV path: per-clip texts for error analysis), ``speed_clips`` (clips timed through both
 paths for the real-time-factor ratio; default all).
 Vocabulary and judgments come from the config's ``queries``/``products``/``judgments`` sources
@@ -103,16 +107,26 @@ def wer(refs: list[str], hyps: list[str]) -> float:
 
 
 def wer_slices(m: pd.DataFrame, hyps: list[str]) -> dict[str, Any]:
+    """WER overall and per slice, both sides in :func:`~mmpipeline.voice.textnorm.wer_form` (case,
+    punctuation incl. hyphens/apostrophes, number-unit spacing); ``strict``: ``query_norm`` only."""
+    from mmpipeline.voice.textnorm import wer_form
     from mmpipeline.voice.vocab import norm
 
-    refs = [norm(t) for t in m["transcript"]]
-    hyp = [norm(h) for h in hyps]
+    refs = [wer_form(t) for t in m["transcript"]]
+    hyp = [wer_form(h) for h in hyps]
     df = pd.DataFrame({"ref": refs, "hyp": hyp, "kind": m["kind"].values, "noise": m["noise"].values,
                        "sr": m["sample_rate"].astype(str).values})
     out: dict[str, Any] = {"all": wer(refs, hyp)}
     for col, name in (("kind", "voice"), ("noise", "noise"), ("sr", "sample_rate")):
         out[name] = {k: wer(list(g["ref"]), list(g["hyp"])) for k, g in df.groupby(col)}
-    out["neural_clean"] = wer(*[list(x) for x in df[(df.kind == "neural") & (df.noise == "clean")][["ref", "hyp"]].T.values])
+    nc = df[(df.kind == "neural") & (df.noise == "clean")]
+    if len(nc):
+        out["neural_clean"] = wer(list(nc["ref"]), list(nc["hyp"]))
+    s_ref, s_hyp = [norm(t) for t in m["transcript"]], [norm(h) for h in hyps]
+    kinds = m["kind"].to_numpy()
+    out["strict"] = {"all": wer(s_ref, s_hyp), **{k: wer([r for r, x in zip(s_ref, kinds) if x == k],
+                                                         [h for h, x in zip(s_hyp, kinds) if x == k])
+                                                  for k in sorted(set(kinds))}}
     return out
 
 
@@ -141,6 +155,41 @@ def rank_bm25(products: pd.DataFrame, texts: list[str], k: int = 10) -> dict[str
     uniq = sorted({t for t in texts if t})
     ids, _ = idx.search(uniq, k)
     return {t: [str(p) for p in row if p is not None] for t, row in zip(uniq, ids)}
+
+
+def char_grams(text: str, n: int = 3) -> str:
+    """A text as its words' character n-grams (with the word boundary as ``0``), space separated: the
+    tokens of a spelling-tolerant BM25 (``cieling`` and ``ceiling`` share most of theirs)."""
+    from mmpipeline.retrieval.text import tokenize
+
+    out = []
+    for w in tokenize(text):
+        w = f"0{w}0"
+        out += [w[i:i + n] for i in range(max(1, len(w) - n + 1))]
+    return " ".join(out)
+
+
+def rank_fuzzy(products: pd.DataFrame, texts: list[str], k: int = 10, depth: int = 100) -> dict[str, list[str]]:
+    """Word BM25 and character-3-gram BM25 over the titles, fused by reciprocal rank (k=60): the same
+    path for typed and voice queries, tolerant of misspelt and misheard words."""
+    from mmpipeline.retrieval import BM25Index
+
+    ids = products["product_id"].tolist()
+    titles = products["title"].fillna("").tolist()
+    word = BM25Index(ids, titles)
+    char = BM25Index(ids, [char_grams(t) for t in titles])
+    uniq = sorted({t for t in texts if t})
+    w_ids, _ = word.search(uniq, depth)
+    c_ids, _ = char.search([char_grams(t) for t in uniq], depth)
+    out = {}
+    for t, wr, cr in zip(uniq, w_ids, c_ids):
+        score: dict[str, float] = {}
+        for row in (wr, cr):
+            for r, p in enumerate(row):
+                if p is not None:
+                    score[str(p)] = score.get(str(p), 0.0) + 1.0 / (60 + r)
+        out[t] = [p for p, _ in sorted(score.items(), key=lambda kv: -kv[1])[:k]]
+    return out
 
 
 def rank_champion(cfg, texts: list[str], k: int = 10) -> dict[str, list[str]]:
@@ -176,13 +225,14 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     from mmpipeline.config import load_config
     from mmpipeline.voice.asr import bare_loop
     from mmpipeline.voice.stage import Decoding, make_recognizer, postprocess, prepare
-    from mmpipeline.voice.vocab import Corrector, Vocabulary, norm
+    from mmpipeline.voice.textnorm import wer_form
+    from mmpipeline.voice.vocab import Corrector, Vocabulary, norm, rescore
 
     if cfg is None:
         cfg = load_config(REPO / "configs" / "homedepot.yaml")
     v = cfg.voice.model_copy()
     m = load_manifest(cfg, params.get("limit"))
-    variants = list(params.get("variants") or ["plain", "prompt", "plain+correction", "prompt+correction"])
+    variants = list(params.get("variants") or ["plain", "rescore", "plain+correction", "rescore+correction"])
     prompt_mode = str(params.get("prompt_mode") or (v.prompt if v.prompt != "none" else "initial_prompt"))
     cat = load_catalog(cfg)
     refs = [norm(t) for t in m["transcript"]]
@@ -195,12 +245,23 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         "slices": {"voice": m["kind"].value_counts().to_dict(), "noise": m["noise"].value_counts().to_dict(),
                    "sample_rate": m["sample_rate"].astype(str).value_counts().to_dict()},
         "vocabulary": {"queries": len(vocab.queries), "brands": len(vocab.brands),
-                       "bench_queries_in_log": int(sum(q in vocab.queries for q in bench_queries))},
+                       "title_words": len(vocab.title_words),
+                       "bench_queries_in_log": int(sum(q in vocab.queries for q in bench_queries)),
+                       "sources": {"query_log": f"sources.queries ({cfg.sources['queries'].path})" if "queries" in cfg.sources else None,
+                                   "catalog": f"sources.products titles/brands ({cfg.sources['products'].path})" if "products" in cfg.sources else None},
+                       "used_by": {"rescore": "words of logged queries (seen in >= 2 queries) + title words (>= 2 titles)",
+                                   "correction": "query snap: logged queries; words: as rescore",
+                                   "prompt": "most frequent logged queries + brands"},
+                       "held_out": "per clip, its own query is removed from the log and from the word counts "
+                                   "(a word only that query had is unknown); full_log keeps it"},
         "settings": {"prompt_mode": prompt_mode, "correct_below_logprob": v.correct_below_logprob,
+                     "nbest": v.nbest, "rescore_weight": v.rescore_weight, "word_correction": v.word_correction,
+                     "written_form": v.written_form,
                      "min_query_similarity": v.min_query_similarity, "min_word_similarity": v.min_word_similarity,
                      "batch_size": v.batch_size, "beam_size": v.beam_size},
-        "wer_normalisation": "query_norm on both sides (NFKC, case-folded, punctuation dropped); torchmetrics "
-                             "word_error_rate (jiwer not installed)",
+        "wer_normalisation": "voice.textnorm.wer_form on both sides: query_norm (NFKC, case-folded, stray "
+                             "punctuation dropped) + hyphens/apostrophes dropped + number|unit split (8ft = 8 ft); "
+                             "'strict': query_norm only; torchmetrics word_error_rate (jiwer not installed)",
     }
 
     # --- speed: stage path vs bare faster-whisper loop (model loads excluded from both) -------------
@@ -245,7 +306,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         result["wer_bare_loop"] = wer_slices(m.head(n_sp), bare_texts)
         if n_sp < len(m):
             result["wer_bare_loop"]["stage_plain_same_clips"] = wer(
-                [norm(t) for t in m["transcript"].head(n_sp)], [norm(r.text) for r in raw_plain[:n_sp]])
+                [wer_form(t) for t in m["transcript"].head(n_sp)], [wer_form(r.text) for r in raw_plain[:n_sp]])
     result["speed"] = speed
 
     # --- recognition variants ---------------------------------------------------------------------
@@ -263,13 +324,20 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                 result["prompt_example"] = (dec.prompt or dec.hotwords or "")[:300]
     corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity)
     holdout = [{r} for r in refs]
+    if any(x.startswith("rescore") for x in variants):
+        t0 = time.perf_counter()
+        asr["rescore:held_out"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, holdout)
+        asr["rescore:full_log"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, None)
+        speed["rescore_seconds"] = round(time.perf_counter() - t0, 2)
     texts: dict[str, list[str]] = {}
     wers: dict[str, Any] = {}
+    no_itn = v.model_copy(update={"written_form": False})
+    wers["plain:no_written_form"] = wer_slices(m, postprocess(raw_plain, no_itn, correction=False)["query_text"].tolist())
     for var in variants:
-        base = "prompt" if var.startswith("prompt") else "plain"
+        base = var.split("+")[0]
         corr = var.endswith("+correction")
-        for scope in (("held_out", "full_log") if (corr or base == "prompt") else ("none",)):
-            raw = asr["plain"] if base == "plain" else asr[f"prompt:{scope}"]
+        for scope in (("held_out", "full_log") if (corr or base != "plain") else ("none",)):
+            raw = asr["plain"] if base == "plain" else asr[f"{base}:{scope}"]
             post = postprocess(raw, v, corrector, holdout=holdout if scope == "held_out" else None, correction=corr)
             name = var if scope == "none" else f"{var}:{scope}"
             texts[name] = post["query_text"].tolist()
@@ -296,7 +364,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         ndcg: dict[str, Any] = {}
         for rk in rankers:
             try:
-                ranked = (rank_bm25(cat["products"], all_texts) if rk == "bm25" else rank_champion(cfg, all_texts))
+                ranked = (rank_bm25(cat["products"], all_texts) if rk == "bm25" else
+                          rank_fuzzy(cat["products"], all_texts) if rk == "bm25+char" else rank_champion(cfg, all_texts))
             except Exception as e:  # noqa: BLE001 - a missing champion / lake is reported, not fatal
                 ndcg[rk] = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
                 continue

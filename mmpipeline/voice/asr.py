@@ -6,10 +6,13 @@ CTranslate2 Whisper directory (e.g. a larger one). A model *name* (``small.en``)
 faster-whisper download from the Hugging Face hub: that is refused unless ``voice.allow_download``
 is set, and ``HF_HUB_OFFLINE=1`` is set while loading either way unless downloads are allowed.
 
-Batching across clips: faster-whisper's ``BatchedInferencePipeline`` batches the chunks of *one*
-audio; short queries are one chunk each, so the recogniser concatenates a block of clips and passes
-each clip's span as ``clip_timestamps``: every clip is decoded as its own chunk, ``batch_size`` of
-them per encoder/decoder call, with its own average log-probability and no-speech probability.
+Batching across clips: a spoken query is one Whisper window (<= 30 s), so the recogniser computes
+each clip's log-mel features with faster-whisper's feature extractor, stacks ``batch_size`` clips,
+runs the encoder once per batch and CTranslate2's ``generate`` with beam search returning the
+``nbest`` best hypotheses per clip with their length-normalised log-probabilities and the
+no-speech probability. (The earlier path concatenated clips for ``BatchedInferencePipeline`` with
+``clip_timestamps``: same words, more overhead.) The n-best list lets the catalog-aware step choose
+the hypothesis the shop's vocabulary explains best (:func:`mmpipeline.voice.vocab.rescore`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,20 +88,25 @@ class Recognition:
     text: str
     avg_logprob: float | None
     no_speech_prob: float | None
+    nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, avg log-prob), best first
 
 
 class Recognizer:
     """Whisper loaded once; :meth:`transcribe` recognises many 16 kHz clips in batches."""
 
     def __init__(self, model: str | None = None, device: str = "auto", compute_type: str = "auto",
-                 cpu_threads: int = 0, batch_size: int = 16, beam_size: int = 1, allow_download: bool = False):
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+                 cpu_threads: int = 0, batch_size: int = 16, beam_size: int = 1, allow_download: bool = False,
+                 nbest: int = 1, max_new_tokens: int = 64):
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
 
         self.path = resolve_model(model, allow_download)
         self.device, self.compute_type = resolve_device(device, compute_type)
         self.version = model_version(self.path)
         self.batch_size = max(1, int(batch_size))
         self.beam_size = max(1, int(beam_size))
+        self.nbest = max(1, min(int(nbest), self.beam_size))
+        self.max_new_tokens = int(max_new_tokens)
         prev = os.environ.get("HF_HUB_OFFLINE")
         if not allow_download:
             os.environ["HF_HUB_OFFLINE"] = "1"
@@ -110,47 +118,47 @@ class Recognizer:
                 os.environ.pop("HF_HUB_OFFLINE", None)
             else:
                 os.environ["HF_HUB_OFFLINE"] = prev
-        self.pipeline = BatchedInferencePipeline(self.model)
-        log.info("asr: %s (%s) on %s/%s, batch %d, beam %d", self.path, self.version, self.device,
-                 self.compute_type, self.batch_size, self.beam_size)
+        m = self.model
+        self.tokenizer = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe",
+                                   language="en")
+        log.info("asr: %s (%s) on %s/%s, batch %d, beam %d, n-best %d", self.path, self.version, self.device,
+                 self.compute_type, self.batch_size, self.beam_size, self.nbest)
+
+    def _prompt(self, prompt: str | None, hotwords: str | None) -> list[int]:
+        tok = self.tokenizer
+        prev = tok.encode(" " + prompt.strip()) if prompt else []
+        return self.model.get_prompt(tok, previous_tokens=prev, without_timestamps=True, hotwords=hotwords or None)
 
     def transcribe(self, waves: Sequence[np.ndarray], prompt: str | None = None, hotwords: str | None = None,
                    block: int | None = None) -> list[Recognition]:
         """Recognise each clip (16 kHz mono float32). Returns one :class:`Recognition` per clip."""
-        out: list[Recognition] = []
-        block = block or self.batch_size * 4
-        for s in range(0, len(waves), block):
-            out.extend(self._block(list(waves[s:s + block]), prompt, hotwords))
-        return out
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_suppressed_tokens
 
-    def _block(self, waves: list[np.ndarray], prompt: str | None, hotwords: str | None) -> list[Recognition]:
-        if not waves:
-            return []
-        gap = np.zeros(int(0.1 * TARGET_SR), np.float32)
-        spans, parts, pos = [], [], 0
-        for w in waves:
-            w = np.asarray(w, np.float32)[: 30 * TARGET_SR]
-            if len(w) < TARGET_SR // 10:
-                w = np.concatenate([w, np.zeros(TARGET_SR // 10 - len(w), np.float32)])
-            spans.append((pos, pos + len(w)))
-            parts += [w, gap]
-            pos += len(w) + len(gap)
-        audio = np.concatenate(parts)
-        clips = [{"start": a / TARGET_SR, "end": b / TARGET_SR} for a, b in spans]
-        segments, _ = self.pipeline.transcribe(
-            audio, language="en", clip_timestamps=clips, batch_size=self.batch_size, beam_size=self.beam_size,
-            initial_prompt=prompt or None, hotwords=hotwords or None, without_timestamps=True, vad_filter=False,
-            log_progress=False)
-        fps = self.model.frames_per_second
-        starts = np.array([a / TARGET_SR * fps for a, _ in spans])
-        groups: list[list[Any]] = [[] for _ in spans]
-        for seg in segments:  # each segment's seek is its chunk's start frame
-            groups[int(np.argmin(np.abs(starts - float(seg.seek))))].append(seg)
-        out = []
-        for segs in groups:
-            text = " ".join(s.text.strip() for s in segs).strip()
-            out.append(Recognition(text, float(segs[0].avg_logprob) if segs else None,
-                                   float(segs[0].no_speech_prob) if segs else None))
+        tok = self.tokenizer
+        base = self._prompt(prompt, hotwords)
+        max_length = min(self.model.max_length, len(base) + self.max_new_tokens)
+        suppress = get_suppressed_tokens(tok, [-1])
+        fe = self.model.feature_extractor
+        out: list[Recognition] = []
+        for s in range(0, len(waves), self.batch_size):
+            feats = []
+            for w in waves[s:s + self.batch_size]:
+                w = np.asarray(w, np.float32)[: 30 * TARGET_SR]
+                feats.append(pad_or_trim(fe(w)[..., :-1]))
+            enc = self.model.encode(np.stack(feats).astype(np.float32))
+            results = self.model.model.generate(
+                enc, [list(base) for _ in feats], beam_size=self.beam_size, num_hypotheses=self.nbest,
+                max_length=max_length, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                suppress_tokens=suppress, length_penalty=1.0)
+            for r in results:
+                hyps = []
+                for ids, score in zip(r.sequences_ids, r.scores):
+                    ids = [t for t in ids if t < tok.eot]
+                    n = len(ids)
+                    hyps.append((tok.decode(ids).strip(), float(score) * n / (n + 1)))  # faster-whisper's avg
+                text, lp = hyps[0] if hyps else ("", None)
+                out.append(Recognition(text, lp, float(r.no_speech_prob), hyps))
         return out
 
 

@@ -142,8 +142,11 @@ def check_clip(root: str, ref: str | None, *, max_bytes: int, min_duration_s: fl
 # ------------------------------------------------------------------------------ preprocessing
 
 
-def preprocess(clip: Clip, *, target_lufs: float = -23.0, trim_db: float = 40.0, pad_s: float = 0.15):
-    """Down-mix, resample to 16 kHz, loudness-normalise (BS.1770) and trim leading/trailing silence.
+def preprocess(clip: Clip, *, target_lufs: float = -23.0, trim_db: float = 40.0, pad_s: float = 0.15,
+               stretch: float = 1.0):
+    """Down-mix, resample to 16 kHz, trim leading/trailing silence, optionally time-stretch
+    (``stretch`` < 1 slows speech down at the same pitch: torchaudio's phase vocoder) and
+    loudness-normalise (BS.1770).
 
     Returns a float32 numpy array (mono, 16 kHz, peak <= 1).
     """
@@ -155,6 +158,8 @@ def preprocess(clip: Clip, *, target_lufs: float = -23.0, trim_db: float = 40.0,
     if clip.sample_rate != TARGET_SR:
         x = AF.resample(x, clip.sample_rate, TARGET_SR)
     x = trim_silence(x, TARGET_SR, trim_db, pad_s)
+    if stretch and abs(stretch - 1.0) > 1e-6:
+        x = time_stretch(x, stretch)
     if x.shape[-1] >= int(0.4 * TARGET_SR):  # BS.1770 gates over 400 ms blocks
         lufs = float(AF.loudness(x, TARGET_SR))
         if np.isfinite(lufs):
@@ -182,3 +187,15 @@ def trim_silence(x, sr: int, trim_db: float = 40.0, pad_s: float = 0.15):
     start = max(0, int(keep[0]) * hop - pad)
     end = min(x.shape[-1], (int(keep[-1]) + 1) * hop + pad)
     return x[..., start:end]
+
+
+def time_stretch(x, rate: float, n_fft: int = 512, hop: int = 128):
+    """Play ``x`` (channels, frames) at ``rate`` x speed with unchanged pitch (phase vocoder)."""
+    import torch
+    import torchaudio.functional as AF
+
+    win = torch.hann_window(n_fft)
+    spec = torch.stft(x, n_fft, hop, window=win, return_complex=True)
+    adv = torch.linspace(0, np.pi * hop, n_fft // 2 + 1)[..., None]
+    out = torch.istft(AF.phase_vocoder(spec, rate, adv), n_fft, hop, window=win)
+    return out.to(torch.float32)

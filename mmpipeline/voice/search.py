@@ -17,7 +17,7 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     from mmpipeline.lake import Lake
     from mmpipeline.voice.audio import check_clip
     from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare
-    from mmpipeline.voice.vocab import Corrector
+    from mmpipeline.voice.vocab import Corrector, rescore
 
     v = cfg.voice
     real = os.path.realpath(path)
@@ -30,6 +30,7 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     waves, durs, _ = prepare([real], v, with_features=False)
     raw = make_recognizer(v).transcribe(waves, **_decoding_kwargs(Decoding.from_config(v, vocab)))
     corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
+    raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
     post = postprocess(raw, v, corrector).iloc[0].to_dict()
     post["duration_s"] = durs[0]
     return post

@@ -72,7 +72,9 @@ class Decoding:
 
     def fingerprint(self, v: VoiceConfig, model_version: str, compute_type: str) -> str:
         payload = json.dumps({"model": model_version, "compute": compute_type, "beam": v.beam_size,
+                              "nbest": v.nbest, "rescore": v.rescore_weight,
                               "prompt": self.prompt, "hotwords": self.hotwords, "lufs": v.target_lufs,
+                              "stretch": v.time_stretch,
                               "trim": v.trim_db}, sort_keys=True)
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
@@ -81,7 +83,8 @@ def make_recognizer(v: VoiceConfig):
     from mmpipeline.voice.asr import Recognizer
 
     return Recognizer(v.model, device=v.device, compute_type=v.compute_type, cpu_threads=v.cpu_threads,
-                      batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download)
+                      batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download,
+                      nbest=v.nbest if v.rescore_weight > 0 else 1)
 
 
 def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
@@ -93,7 +96,7 @@ def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
     for p in paths:
         try:
             clip = decode_file(p)
-            w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db)
+            w = preprocess(clip, target_lufs=v.target_lufs, trim_db=v.trim_db, stretch=v.time_stretch)
         except Exception as e:  # noqa: BLE001 - the file changed since the clean stage checked it
             log.warning("voice: cannot decode %s any more (%s: %s); skipped", p, type(e).__name__, e)
             waves.append(None)
@@ -108,13 +111,16 @@ def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
 
 def postprocess(raw: Sequence[Any], v: VoiceConfig, corrector=None, holdout: Sequence[set[str] | None] | None = None,
                 correction: bool | None = None) -> pd.DataFrame:
-    """ASR results -> normalised text, correction, the query text used for search, usable flag."""
+    """ASR results -> normalised text (sizes in written form), correction, the query text used for
+    search, usable flag."""
+    from mmpipeline.voice.textnorm import written_form
     from mmpipeline.voice.vocab import correct_all, norm
 
-    texts = [norm(r.text) for r in raw]
+    texts = [written_form(r.text) if v.written_form else norm(r.text) for r in raw]
     lps = [r.avg_logprob for r in raw]
     use_corr = v.correction if correction is None else correction
-    corr = correct_all(corrector if use_corr else None, texts, lps, v.correct_below_logprob, holdout)
+    corr = correct_all(corrector if use_corr else None, texts, lps, v.correct_below_logprob, holdout,
+                       words=v.word_correction)
     out = pd.DataFrame({
         "raw_text": [r.text for r in raw], "text_norm": texts, "avg_logprob": lps,
         "no_speech_prob": [r.no_speech_prob for r in raw], "correction": [c.method for c in corr],
@@ -135,7 +141,7 @@ def _read(lake, name: str) -> pd.DataFrame | None:
 def run(ctx: RunContext) -> dict[str, Any]:
     from mmpipeline.ops import print_table
     from mmpipeline.voice.features import FEATURE_VERSION
-    from mmpipeline.voice.vocab import Corrector
+    from mmpipeline.voice.vocab import Corrector, rescore
 
     cfg: Config = ctx.cfg
     v = cfg.voice
@@ -177,6 +183,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw = rec.transcribe([waves[pos[q]] for q in asr_rows["query_id"]], prompt=dec.prompt, hotwords=dec.hotwords)
     t_asr = time.perf_counter() - t0
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
+    # the n-best hypothesis the vocabulary explains best is the recognised text (stored: a re-run
+    # re-uses it; the correction below is re-applied every run)
+    raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
     audio_s = float(sum(durs))
 
     # transcripts: new recognitions + the stored ones still valid, all (re-)corrected
@@ -189,7 +199,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     kept = (old[old["query_id"].isin(keep_ids)][new.columns.tolist()] if old is not None and keep_ids
             else new.iloc[:0])
     allt = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
 
     class _R:  # the stored recognitions as ASR results
         def __init__(self, r):

@@ -1,19 +1,22 @@
-"""Catalog-aware recognition: the shop's vocabulary, a decoding prompt built from it, and the
-correction of low-confidence transcripts.
+"""Catalog-aware recognition: the shop's vocabulary, a decoding prompt built from it, the choice
+among Whisper's n-best hypotheses, and the correction of transcripts.
 
 * :class:`Vocabulary` -- frequent queries (``silver.queries``: normalised text and frequency), brands
   (``silver.products.brand``, else the first word of titles, which is the brand in most retail
   titles) and catalog words (title tokens);
 * :meth:`Vocabulary.prompt` / :meth:`Vocabulary.hotwords` -- text for faster-whisper's
-  ``initial_prompt`` / ``hotwords`` (both become the decoder's previous-context tokens), so Whisper
-  spells brand and product words the shop's way;
-* :class:`Corrector` -- for a transcript whose average log-probability is below a threshold:
-  (1) snap to the nearest logged query when the character-n-gram TF-IDF cosine is high enough;
-  otherwise (2) replace each out-of-vocabulary word by its nearest catalog/query word. Matching uses
-  scikit-learn's ``TfidfVectorizer(analyzer="char_wb")`` (no rapidfuzz in the lock).
+  ``initial_prompt`` / ``hotwords`` (both become the decoder's previous-context tokens); measured
+  worse with tiny.en, so off by default (``voice.prompt``);
+* :func:`rescore` -- per clip, the n-best hypothesis with the best avg log-prob + weight x share of
+  words the vocabulary knows (``voice.rescore_weight``);
+* :class:`Corrector` -- query snap of low-confidence transcripts to the nearest logged query
+  (character-n-gram TF-IDF cosine, scikit-learn) and word correction of unknown words by spelling
+  and :func:`phonetic_key` (no rapidfuzz/jellyfish in the lock: difflib ratios and a small
+  Metaphone-like key stand in).
 
-``exclude`` (a set of normalised queries) holds queries out of the log and of the word counts, so a
-benchmark can measure the correction without the clip's own query in the log (see
+The word vocabulary counts a word when two titles or two logged queries contain it, so one
+customer's typo is not a target. ``exclude`` (a set of normalised queries) holds queries out of the
+log and of the word counts, so a benchmark can measure without the clip's own query in the log (see
 :mod:`mmpipeline.bench.voice`).
 """
 
@@ -30,6 +33,7 @@ import numpy as np
 from mmpipeline.clean.text import normalize_query
 
 _WORD = re.compile(r"[a-z][a-z'-]*[a-z]|[a-z]")
+_ALPHA = re.compile(r"[a-z]{2,}")
 
 
 def norm(text: str | None) -> str:
@@ -112,29 +116,73 @@ class Correction:
     similarity: float | None = None
 
 
-class Corrector:
-    """Correct low-confidence transcripts against the query log and the catalog vocabulary."""
+_PHON_RULES = [(re.compile(a), b) for a, b in (
+    (r"[^a-z]", ""), (r"^(kn|gn|pn|wr|ps)", lambda m: m.group(0)[1]), (r"^x", "s"), (r"mb$", "m"),
+    (r"ph", "f"), (r"gh(?![aeiou])", ""), (r"tch", "X"), (r"[cs]h", "X"), (r"dg(?=[eiy])", "j"),
+    (r"th", "0"), (r"tio(?=n)", "X"), (r"sc(?=[eiy])", "s"), (r"c(?=[eiy])", "s"), (r"ck|c|q", "k"), (r"x", "ks"), (r"z", "s"),
+    (r"g(?=[eiy])", "j"), (r"v", "f"), (r"(?<!^)[aeiouy]+", ""), (r"^[aeiouy]+", "a"), (r"(?<!^)[wh]", ""), (r"X", "x"),
+    (r"(.)\1+", r"\1"),
+)]
 
-    def __init__(self, vocab: Vocabulary, min_query_similarity: float = 0.6, min_word_similarity: float = 0.55,
-                 min_word_count: int = 2):
+
+def phonetic_key(word: str) -> str:
+    """A small Metaphone-like key (consonant skeleton after English spelling rules): words that sound
+    alike share it or differ by an edit (``sheathing``/``cheating``, ``stufurhome``/``stu for home``).
+    jellyfish/rapidfuzz (Metaphone, Jaro-Winkler) are not in the lock; this stands in for them."""
+    k = word.lower()
+    for pat, rep in _PHON_RULES:
+        k = pat.sub(rep, k)
+    return k
+
+
+def _ratio(a: str, b: str) -> float:
+    from difflib import SequenceMatcher
+
+    return SequenceMatcher(None, a, b, autojunk=False).ratio() if a and b else 0.0
+
+
+class Corrector:
+    """Correct transcripts against the query log and the catalog vocabulary.
+
+    Two steps: (1) *query snap* -- a low-confidence transcript (avg log-prob below the threshold)
+    becomes the nearest logged query when their character-n-gram cosine is at least
+    ``min_query_similarity``; (2) *word correction* -- each word the vocabulary does not know, and each
+    run of 2-3 words whose concatenation is a known word (``stu for home`` -> ``stufurhome``), is
+    replaced by the known word that is closest in spelling and sound (character-n-gram cosine to find
+    candidates; spelling ratio and :func:`phonetic_key` ratio to choose), when that score is at least
+    ``min_word_similarity``. The vocabulary: catalog title words seen ``min_word_count`` times and
+    words of logged queries; ``exclude`` holds queries (and the words only they contain) out.
+    """
+
+    def __init__(self, vocab: Vocabulary, min_query_similarity: float = 0.6, min_word_similarity: float = 0.6,
+                 min_word_count: int = 2, candidates: int = 30):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.vocab = vocab
         self.min_q = float(min_query_similarity)
         self.min_w = float(min_word_similarity)
+        self.n_cand = int(candidates)
         self.queries = sorted(vocab.queries)
         self.q_index = {q: i for i, q in enumerate(self.queries)}
         self.q_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
         self.q_mat = self.q_vec.fit_transform(self.queries) if self.queries else None
-        # word vocabulary: title words seen min_word_count times, plus query words (counted per query)
+        # word vocabulary: title words seen min_word_count times, plus words of at least min_word_count
+        # logged queries (one query's typo is not a word); plain letters only (no hyphen/apostrophe forms)
+        self.min_count = int(min_word_count)
         self.q_word_counts: Counter = Counter()
         for q in self.queries:
             self.q_word_counts.update(set(words(q)))
-        self.title_words = {w for w, c in vocab.title_words.items() if c >= min_word_count and len(w) > 1}
-        self.word_list = sorted(self.title_words | set(self.q_word_counts))
+        self.title_words = {w for w, c in vocab.title_words.items() if c >= min_word_count and _ALPHA.fullmatch(w)}
+        self.word_list = sorted(self.title_words | {w for w, c in self.q_word_counts.items()
+                                                    if c >= min_word_count and _ALPHA.fullmatch(w)})
         self.w_index = {w: i for i, w in enumerate(self.word_list)}
+        self.w_keys = [phonetic_key(w) for w in self.word_list]
+        self.w_freq = np.array([vocab.title_words.get(w, 0) + self.q_word_counts.get(w, 0) for w in self.word_list],
+                               float)
         self.w_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3), sublinear_tf=True)
         self.w_mat = self.w_vec.fit_transform(self.word_list) if self.word_list else None
+        self.k_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 2))
+        self.k_mat = self.k_vec.fit_transform([k or "_" for k in self.w_keys]) if self.word_list else None
 
     def _known_words(self, exclude: set[str] | None) -> tuple[set[str], np.ndarray | None]:
         if not exclude:
@@ -143,53 +191,154 @@ class Corrector:
         for q in exclude:
             if q in self.q_index:
                 held.update(set(words(q)))
-        gone = {w for w, c in held.items() if self.q_word_counts.get(w, 0) - c <= 0 and w not in self.title_words}
+        gone = {w for w, c in held.items()
+                if self.q_word_counts.get(w, 0) - c < self.min_count and w not in self.title_words}
         mask = np.array([w in gone for w in self.word_list]) if gone else None
         return set(self.word_list) - gone, mask
 
-    def correct(self, text: str, exclude: set[str] | None = None) -> Correction:
-        """``text``: a normalised transcript. ``exclude``: normalised queries to hold out."""
+    def coverage(self, text: str, exclude: set[str] | None = None) -> float:
+        """Share of the words of ``text`` (3+ letters) the vocabulary knows (1.0 for none)."""
+        ws = [w for w in re.findall(r"[a-z]+", text) if len(w) > 2]
+        if not ws:
+            return 1.0
+        gone: set[str] = set()
+        if exclude:
+            held: Counter = Counter()
+            for q in exclude:
+                if q in self.q_index:
+                    held.update(set(words(q)))
+            gone = {w for w, c in held.items()
+                    if self.q_word_counts.get(w, 0) - c < self.min_count and w not in self.title_words}
+        return sum(w in self.w_index and w not in gone for w in ws) / len(ws)
+
+    def snap(self, text: str, exclude: set[str] | None = None) -> Correction | None:
+        """The nearest logged query when similar enough, else None."""
+        if not text or self.q_mat is None:
+            return None
+        sims = (self.q_mat @ self.q_vec.transform([text]).T).toarray().ravel()
+        if exclude:
+            for q in exclude:
+                i = self.q_index.get(q)
+                if i is not None:
+                    sims[i] = -1.0
+        j = int(np.argmax(sims))
+        return Correction(self.queries[j], "query", float(sims[j])) if sims[j] >= self.min_q else None
+
+    def best_word(self, text: str, mask: np.ndarray | None = None) -> tuple[str | None, float]:
+        """The known word closest to ``text`` (a word, or words joined) in spelling and sound."""
+        if self.w_mat is None or not text:
+            return None, 0.0
+        key = phonetic_key(text)
+        s = (self.w_mat @ self.w_vec.transform([text]).T).toarray().ravel()
+        s += (self.k_mat @ self.k_vec.transform([key or "_"]).T).toarray().ravel()
+        if mask is not None:
+            s[mask] = -9.0
+        n = min(self.n_cand, len(s))
+        cand = np.argpartition(-s, n - 1)[:n]
+        best, best_score = None, 0.0
+        for j in cand:
+            if s[j] <= 0:
+                continue
+            w = self.word_list[j]
+            if len(w) < 3 or abs(len(w) - len(text)) > max(2, len(text) // 3):
+                continue
+            score = 0.5 * _ratio(text, w) + 0.5 * _ratio(key, self.w_keys[j]) + 0.01 * np.log1p(self.w_freq[j])
+            if score > best_score:
+                best, best_score = w, score
+        return best, float(best_score)
+
+    def correct_words(self, text: str, exclude: set[str] | None = None) -> Correction:
+        known_set, mask = self._known_words(exclude)
+
+        def known(x: str) -> bool:  # hyphenated / with apostrophe: known when its parts are
+            return x in known_set or all(p in known_set or len(p) < 3 for p in re.split(r"['-]", x) if p)
+
+        toks = text.split(" ")
+        out: list[str] = []
+        changed = False
+        i = 0
+        while i < len(toks):
+            t = toks[i]
+            # an unknown word starting a run of 2-3 words that is one known word when joined, closer than
+            # the word alone is to any: "stu for home" -> "stufurhome"
+            done = False
+            if _ALPHA.fullmatch(t) and not known(t):
+                alone = self.best_word(t, mask)
+                for n in (3, 2):
+                    span = toks[i:i + n]
+                    if len(span) < n or not all(_ALPHA.fullmatch(x) for x in span):
+                        continue
+                    joined = "".join(span)
+                    w, sc = self.best_word(joined, mask)
+                    if w is None or sc < max(self.min_w, alone[1]):
+                        continue
+                    out.append(w)
+                    i += n
+                    changed = done = True
+                    break
+            if done:
+                continue
+            if not _ALPHA.fullmatch(t) or known(t) or len(t) < 3:
+                out.append(t)
+            else:
+                w, sc = self.best_word(t, mask)
+                if w is not None and sc >= self.min_w:
+                    out.append(w)
+                    changed = True
+                else:
+                    out.append(t)
+            i += 1
+        return Correction(" ".join(out), "words" if changed else "none")
+
+    def correct(self, text: str, exclude: set[str] | None = None, snap: bool = True) -> Correction:
+        """``text``: a normalised transcript. ``exclude``: normalised queries to hold out.
+        ``snap``: try the query snap first (low-confidence transcripts)."""
         if not text:
             return Correction(text, "none")
-        if self.q_mat is not None:
-            sims = (self.q_mat @ self.q_vec.transform([text]).T).toarray().ravel()
-            if exclude:
-                for q in exclude:
-                    i = self.q_index.get(q)
-                    if i is not None:
-                        sims[i] = -1.0
-            j = int(np.argmax(sims))
-            if sims[j] >= self.min_q:
-                return Correction(self.queries[j], "query", float(sims[j]))
-        if self.w_mat is None:
-            return Correction(text, "none")
-        known, mask = self._known_words(exclude)
-        toks = text.split(" ")
-        changed = False
-        out = []
-        for t in toks:
-            if not _WORD.fullmatch(t) or t in known or len(t) < 3:
-                out.append(t)
-                continue
-            s = (self.w_mat @ self.w_vec.transform([t]).T).toarray().ravel()
-            if mask is not None:
-                s[mask] = -1.0
-            j = int(np.argmax(s))
-            if s[j] >= self.min_w:
-                out.append(self.word_list[j])
-                changed = True
-            else:
-                out.append(t)
-        return Correction(" ".join(out), "words" if changed else "none")
+        if snap:
+            c = self.snap(text, exclude)
+            if c is not None:
+                return c
+        return self.correct_words(text, exclude)
 
 
 def correct_all(corrector: Corrector | None, texts: Sequence[str], logprobs: Sequence[float | None],
-                below_logprob: float, holdout: Sequence[set[str] | None] | None = None) -> list[Correction]:
-    """Correct the transcripts whose average log-probability is below ``below_logprob``."""
+                below_logprob: float, holdout: Sequence[set[str] | None] | None = None,
+                words: str = "low_confidence") -> list[Correction]:
+    """Correct transcripts: those whose average log-probability is below ``below_logprob`` are snapped
+    to a logged query when one is close enough; word correction (``words``: off | low_confidence |
+    always) for the others."""
     out = []
     for i, (t, lp) in enumerate(zip(texts, logprobs)):
-        if corrector is None or lp is None or lp >= below_logprob:
-            out.append(Correction(t, "none"))
-        else:
-            out.append(corrector.correct(t, holdout[i] if holdout is not None else None))
+        excl = holdout[i] if holdout is not None else None
+        low = lp is not None and lp < below_logprob
+        c = corrector.snap(t, excl) if corrector is not None and low else None
+        if c is None and corrector is not None and t and (words == "always" or (words == "low_confidence" and low)):
+            c = corrector.correct_words(t, excl)
+        out.append(c or Correction(t, "none"))
+    return out
+
+
+def rescore(recs: Sequence, corrector: Corrector | None, weight: float,
+            holdout: Sequence[set[str] | None] | None = None) -> list:
+    """Choose, per clip, the n-best hypothesis with the best ``avg log-prob + weight x vocabulary
+    coverage`` (the share of its words the catalog / query log knows): Whisper's runner-up often
+    spells the shop's word (``bamboo palm`` over ``bambi palm``). Returns copies of the recognitions
+    with ``text``/``avg_logprob`` of the chosen hypothesis (unchanged without an n-best list)."""
+    from dataclasses import replace
+
+    from mmpipeline.voice.textnorm import written_form
+
+    if corrector is None or weight <= 0:
+        return list(recs)
+    out = []
+    for i, r in enumerate(recs):
+        hyps = getattr(r, "nbest", None) or []
+        if len(hyps) < 2:
+            out.append(r)
+            continue
+        excl = holdout[i] if holdout is not None else None
+        scored = [(lp + weight * corrector.coverage(written_form(t), excl), j) for j, (t, lp) in enumerate(hyps)]
+        j = max(scored)[1]
+        out.append(replace(r, text=hyps[j][0], avg_logprob=hyps[j][1]))
     return out

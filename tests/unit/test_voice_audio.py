@@ -88,3 +88,19 @@ def test_demo_sample_keeps_the_spoken_queries(spark):
     base = {r[0] for r in sample_rows(df, F.col("search_term"), 1).collect()}
     kept = {r[0] for r in sample_rows(df, F.col("search_term"), 1, ["behr premium plus", "query 7"]).collect()}
     assert len(base) == 1 and kept == base | {"Behr  Premium Plus", "query 7"}
+
+
+def test_time_stretch_slows_speech_down_at_the_same_pitch():
+    from mmpipeline.voice.audio import time_stretch
+
+    import torch
+
+    sr = 16000
+    t = np.arange(sr) / sr
+    x = torch.from_numpy((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))[None]
+    y = time_stretch(x, 0.8)[0].numpy()
+    assert abs(len(y) / sr - 1 / 0.8) < 0.05
+    spec = np.abs(np.fft.rfft(y[2000:-2000]))
+    assert abs(np.argmax(spec) * sr / len(y[2000:-2000]) - 440) < 5  # pitch kept
+    out = preprocess(Clip(x[0].numpy()[:, None], sr, "WAV"), stretch=0.8)
+    assert len(out) > 1.15 * sr

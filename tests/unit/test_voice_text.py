@@ -1,0 +1,94 @@
+"""Spoken-query text: written form of sizes, the WER normalisation, word-level correction against
+the catalog / query-log vocabulary with held-out queries (no model, no Spark)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmpipeline.voice.textnorm import wer_form, written_form
+from mmpipeline.voice.vocab import Corrector, Vocabulary, correct_all, phonetic_key
+
+
+@pytest.mark.parametrize("spoken,written", [
+    ("3 slash 4 inch plywood", "3/4 inch plywood"),
+    ("free slash for x4x8 a slash c for plywood", "3/4x4x8 a/c for plywood"),  # homophones next to slash
+    ("Two by four stud", "2x4 stud"),
+    ("4 by 8 by 1 sheet", "4x8x1 sheet"),
+    ("4 x 8 plywood", "4x8 plywood"),
+    ("stand by me", "stand by me"),  # "by" between words stays
+    ("go for it to win", "go for it to win"),  # homophones elsewhere stay
+])
+def test_written_form_writes_spoken_sizes_the_shop_way(spoken, written):
+    assert written_form(spoken) == written
+
+
+def test_wer_form_drops_spelling_conventions_on_both_sides():
+    assert wer_form("Funnel 6-inch") == wer_form("funnel 6 inch") == "funnel 6 inch"
+    assert wer_form("Nature's plus") == wer_form("natures plus")
+    assert wer_form("missouri 8ft") == wer_form("missouri 8 ft")
+    assert wer_form("3/4 in. plywood, white") == "3/4 in plywood white"  # fractions are kept
+
+
+def test_phonetic_key_groups_words_that_sound_alike():
+    assert phonetic_key("stufurhome") == phonetic_key("stuforhome")
+    assert phonetic_key("shelving") == phonetic_key("chelving")
+    assert phonetic_key("ceiling") == phonetic_key("cieling")
+    assert phonetic_key("plywood") != phonetic_key("flooring")
+
+
+def _vocab() -> Vocabulary:
+    titles = ["Stufurhome Double Vanity in White", "Stufurhome Single Vanity", "Bamboo Palm in 10 in. Pot",
+              "Bamboo Blinds", "Triple Switch Plate White", "Triple Switch Plate Ivory", "Switchplate Cover",
+              "Switchplate Cover Almond", "Sheathing Plywood 4x8", "Sheathing Plywood 1/2 in."]
+    queries = [("double vanity", 3), ("bamboo palm", 1), ("switch plate", 2), ("toliet seat", 1),
+               ("toliet paper holder", 1), ("moen kitchen", 1), ("moen shower", 1), ("momeni rugs", 1)]
+    return Vocabulary.build(queries, titles)
+
+
+def test_word_correction_joins_split_words_and_fixes_unknown_ones():
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    assert c.correct_words("double vanity stu for home").text == "double vanity stufurhome"
+    assert c.correct_words("bambi palm").text == "bamboo palm"
+    assert c.correct_words("cheating plywood").text == "sheathing plywood"
+    # known words are never joined or replaced, even when their concatenation is a catalog word
+    assert c.correct_words("triple switch plate").method == "none"
+    # a typo shared by two logged queries is vocabulary (the shop's spelling); one query's is not
+    assert c.correct_words("toliet seat").method == "none"
+    assert "momeni" not in c.word_list
+
+
+def test_word_correction_holds_out_the_clips_own_query():
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    assert c.correct_words("toliet seat").method == "none"
+    # with one of the two "toliet" queries held out, "toliet" is seen in one query only: not vocabulary
+    known, _ = c._known_words({"toliet seat"})
+    assert "toliet" not in known and "toliet" in c._known_words(None)[0]
+
+
+def test_correct_all_snaps_low_confidence_and_word_corrects_per_mode():
+    c = Corrector(_vocab(), min_query_similarity=0.6, min_word_similarity=0.6)
+    texts = ["bambi palm", "bambi palm"]
+    lps = [-0.1, -0.9]
+    assert [x.method for x in correct_all(c, texts, lps, -0.3, words="off")] == ["none", "query"]
+    both = correct_all(c, texts, lps, -0.3, words="always")
+    assert [(x.text, x.method) for x in both] == [("bamboo palm", "words"), ("bamboo palm", "query")]
+    held = correct_all(c, texts, lps, -0.3, holdout=[{"bamboo palm"}] * 2, words="always")
+    assert [x.method for x in held] == ["words", "words"]  # its own query held out: no snap to it
+
+
+def test_rescore_prefers_the_hypothesis_the_vocabulary_explains_and_respects_the_hold_out():
+    from mmpipeline.voice.asr import Recognition
+    from mmpipeline.voice.vocab import rescore
+
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    r = Recognition("bambi palm", -0.30, 0.01, [("bambi palm", -0.30), ("bamboo palm", -0.45)])
+    assert rescore([r], c, 1.0)[0].text == "bamboo palm"  # 0.55 > -0.30 + 0.5
+    assert rescore([r], c, 1.0)[0].avg_logprob == -0.45
+    assert rescore([r], c, 0.0)[0].text == "bambi palm"  # weight 0: Whisper's own choice
+    assert rescore([r], c, 0.1)[0].text == "bambi palm"  # a small weight does not outvote a clear margin
+    # "toliet" is vocabulary through two logged queries; with one of them held out it is not
+    t = Recognition("toilet seat", -0.2, 0.0, [("toilet seat", -0.2), ("toliet seat", -0.5)])
+    assert rescore([t], c, 1.0)[0].text == "toliet seat"
+    assert rescore([t], c, 1.0, holdout=[{"toliet seat"}])[0].text == "toilet seat"
+    # a recognition without an n-best list (a stored transcript) is kept as it is
+    assert rescore([Recognition("bambi palm", -0.3, 0.0)], c, 1.0)[0].text == "bambi palm"
