@@ -6,6 +6,8 @@ and writes, for ``ctx.run_date``:
 * ``gold.search_ranking``: top ``score.output_k`` products per query with score, rank, model name and
   version and the retrieval sources that proposed each product;
 * ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`);
+* ``gold.search_duplicates``: with ``score.collapse_duplicates`` (default), the products hidden because
+  a near-duplicate (same normalised title and image) ranks above them (:mod:`mmpipeline.score.dedupe`);
 * ``ops.score_runs``: sizes, candidate recall@K against the judgments, stage timings.
 
 Both gold tables are overwritten by run-date partition in one commit each, so re-running a date
@@ -32,6 +34,7 @@ from mmpipeline.retrieval.candidates import CandidateGenerator, candidate_recall
 from mmpipeline.retrieval.dense import Vectors
 from mmpipeline.retrieval.embeddings import load_vectors
 from mmpipeline.retrieval.text import product_text
+from mmpipeline.score.dedupe import DUPLICATE_COLUMNS, DUPLICATES, collapse, collapse_spark, duplicate_groups
 from mmpipeline.score.queries import add_voice_queries, build_query_set, read_query_list
 from mmpipeline.score.scoring import (load_ranker, make_featurizer, make_query_encoder, rank_top, resolve_version,
                                       score_pairs, score_spark)
@@ -67,7 +70,8 @@ def load_inputs(lake, cfg: Config) -> ScoreInputs:
     products = _read(lake, "silver.products")
     if products is None or not len(products):
         raise StageError("silver.products is missing or empty: run ingest and clean first")
-    keep = [c for c in ("product_id", "title", "brand", "category_path", "description") if c in products.columns]
+    keep = [c for c in ("product_id", "title", "brand", "category_path", "description", "image_hash")
+            if c in products.columns]
     products = products[keep].drop_duplicates("product_id").sort_values("product_id", kind="stable").reset_index(drop=True)
     queries = _read(lake, "silver.queries", ["query_id", "query_norm", "frequency"])
     judgments = _read(lake, "silver.judgments", ["query_id", "query_norm", "product_id", "grade"])
@@ -121,6 +125,7 @@ class ScoreResult:
     model_version: str
     model_run_id: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    duplicates: Any = None  # pandas or Spark rows for gold.search_duplicates; None when collapse is off
 
 
 def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None = None, spark=None,
@@ -156,6 +161,11 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     recall = candidate_recall(cands, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
     log.info("candidate recall@%d vs judgments: %s", sc.candidates_k, recall)
 
+    groups = duplicate_groups(inputs.products, sc.collapse_key) if sc.collapse_duplicates else None
+    if groups is not None:
+        log.info("near-duplicate collapse: %d products in %d groups (key %s)", len(groups),
+                 groups["group_id"].nunique(), sc.collapse_key)
+    dups = None
     t0 = time.perf_counter()
     if engine == "spark":
         spark = spark or lake.spark
@@ -163,7 +173,12 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
             from mmpipeline.spark import get_spark
 
             spark = get_spark(cfg)
-        ranked = score_spark(spark, cands, cfg, alias, version, sc.output_k)
+        if groups is None:
+            ranked = score_spark(spark, cands, cfg, alias, version, sc.output_k)
+        else:  # rank every candidate, then keep one product per duplicate group and cut to output_k
+            ranked, dups = collapse_spark(spark, score_spark(spark, cands, cfg, alias, version, 2**31 - 1),
+                                          groups, sc.output_k)
+            dups = dups.withColumn("run_date", _lit_date(run_date))
         ranked = ranked.withColumns({"run_date": _lit_date(run_date), "model_name": _lit(name),
                                      "model_version": _lit(version)})
         voice_ids = sorted(qset.loc[qset["modality"] == "voice", "query_id"])
@@ -174,7 +189,11 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         ranker = load_ranker(cfg, alias, expect_version=version)
         featurize = make_featurizer(cfg, lake)
         scored = score_pairs(cands, featurize, ranker, sc.batch_size, progress=progress, timings=timings)
-        ranked = rank_top(scored, sc.output_k)
+        if groups is None:
+            ranked = rank_top(scored, sc.output_k)
+        else:
+            ranked, dups = collapse(scored, groups, sc.output_k)
+            dups.insert(0, "run_date", run_date)
         ranked.insert(0, "run_date", run_date)
         ranked["model_name"], ranked["model_version"] = name, version
         ranked["modality"] = ranked["query_id"].map(dict(zip(qset["query_id"], qset["modality"]))).fillna("text")
@@ -185,7 +204,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
                                    sc.fusion_weights)
     vectors.insert(0, "run_date", run_date)
     timings["product_vectors"] = time.perf_counter() - t0
-    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings)
+    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings, dups)
 
 
 def _voice_ids(lake) -> set[str] | None:
@@ -242,6 +261,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     meta = {"stage": "score", "model": f"{res.model_name}/{res.model_version}"}
     ranking_version = lake.write(RANKING, res.ranking, mode="overwrite", partition=part, metadata=meta)
     vectors_version = ctx.lake.write(VECTORS, res.vectors, mode="overwrite", partition=part, metadata=meta)
+    dups = res.duplicates
+    if dups is None:  # collapse off: clear what an earlier run of the date recorded
+        dups = pd.DataFrame({"run_date": pd.Series([], dtype=object),
+                             **{c: pd.Series([], dtype=object) for c in DUPLICATE_COLUMNS}})
+    lake.write(DUPLICATES, dups, mode="overwrite", partition=part, metadata=meta)
+    n_dups = len(dups) if isinstance(dups, pd.DataFrame) else ctx.lake.count(DUPLICATES, filters=[("run_date", "=", ctx.run_date)])
     if not isinstance(res.ranking, pd.DataFrame):
         res.ranking.unpersist()
     res.timings["write"] = time.perf_counter() - t0
@@ -268,11 +293,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
                  *[[f"  recall@{sc.candidates_k} {m} only", res.recall.get(f"recall_at_k_{m}") if res.recall.get(f"recall_at_k_{m}") is not None else "n/a"]
                    for m in ("text", "image", "bm25")],
                  [f"{RANKING} rows (top {sc.output_k})", rows], ["non-finite scores", non_finite],
+                 [f"duplicates collapsed ({DUPLICATES})", n_dups if sc.collapse_duplicates else "off"],
                  [f"{VECTORS} rows", len(res.vectors)],
                  ["pairs scored / s", round(pps, 1) if pps else "n/a"],
                  *[[f"seconds: {k}", round(v, 2)] for k, v in res.timings.items()]])
     return {"queries": len(res.query_set), "candidate_pairs": n_pairs, "ranking_rows": rows,
-            "non_finite_scores": non_finite, "product_vectors": len(res.vectors),
+            "non_finite_scores": non_finite, "product_vectors": len(res.vectors), "duplicates_collapsed": n_dups,
             "model": f"{res.model_name}/{res.model_version}", "candidate_recall": res.recall,
             "pairs_per_second": round(pps, 1) if pps else None, "ranking_version": ranking_version,
             "vectors_version": vectors_version, "seconds_by_step": {k: round(v, 2) for k, v in res.timings.items()}}
