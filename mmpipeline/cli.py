@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "clean": "mmpipeline.clean.stage:run",
     "validate": "mmpipeline.validate:run",
     "train-image-tower": "mmpipeline.embed.tower.train:run",
+    "tune-text-tower": "mmpipeline.embed.text_tune:run",  # fine-tunes the text encoder (weekly, before train)
     "embed": "mmpipeline.embed.job:run",
     "build-training-data": "mmpipeline.rank.data:run",
     "train": "mmpipeline.rank.train:run",
