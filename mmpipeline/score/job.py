@@ -126,6 +126,7 @@ class ScoreResult:
     model_run_id: str | None
     timings: dict[str, float] = field(default_factory=dict)
     duplicates: Any = None  # pandas or Spark rows for gold.search_duplicates; None when collapse is off
+    cached: list = field(default_factory=list)  # Spark DataFrames to unpersist once written
 
 
 def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None = None, spark=None,
@@ -165,7 +166,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     if groups is not None:
         log.info("near-duplicate collapse: %d products in %d groups (key %s)", len(groups),
                  groups["group_id"].nunique(), sc.collapse_key)
-    dups = None
+    dups, cached = None, []
     t0 = time.perf_counter()
     if engine == "spark":
         spark = spark or lake.spark
@@ -176,8 +177,9 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         if groups is None:
             ranked = score_spark(spark, cands, cfg, alias, version, sc.output_k)
         else:  # rank every candidate, then keep one product per duplicate group and cut to output_k
-            ranked, dups = collapse_spark(spark, score_spark(spark, cands, cfg, alias, version, 2**31 - 1),
-                                          groups, sc.output_k)
+            full = score_spark(spark, cands, cfg, alias, version, 2**31 - 1).persist()  # scored once
+            cached.append(full)
+            ranked, dups = collapse_spark(spark, full, groups, sc.output_k)
             dups = dups.withColumn("run_date", _lit_date(run_date))
         ranked = ranked.withColumns({"run_date": _lit_date(run_date), "model_name": _lit(name),
                                      "model_version": _lit(version)})
@@ -204,7 +206,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
                                    sc.fusion_weights)
     vectors.insert(0, "run_date", run_date)
     timings["product_vectors"] = time.perf_counter() - t0
-    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings, dups)
+    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings, dups, cached)
 
 
 def _voice_ids(lake) -> set[str] | None:
@@ -267,8 +269,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                              **{c: pd.Series([], dtype=object) for c in DUPLICATE_COLUMNS}})
     lake.write(DUPLICATES, dups, mode="overwrite", partition=part, metadata=meta)
     n_dups = len(dups) if isinstance(dups, pd.DataFrame) else ctx.lake.count(DUPLICATES, filters=[("run_date", "=", ctx.run_date)])
-    if not isinstance(res.ranking, pd.DataFrame):
-        res.ranking.unpersist()
+    for df in ([] if isinstance(res.ranking, pd.DataFrame) else [res.ranking]) + res.cached:
+        df.unpersist()
     res.timings["write"] = time.perf_counter() - t0
     res.timings["total"] = time.perf_counter() - t_start
     n_pairs = len(res.candidates)
