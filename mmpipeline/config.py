@@ -163,7 +163,8 @@ class TextTuneConfig(_Model):
     enabled: bool = True  # false: the stage does nothing
     use_in_embed: bool = True  # the embed stage (and query encoder) use the promoted tuned model
     alias: str = "champion"
-    max_pairs: int | None = 3000  # sample of training pairs (None: all)
+    # demo budget on 2 CPU cores: ~1,000 pairs x 1 epoch is a few minutes (a step of 32 triplets is ~2-3 s)
+    max_pairs: int | None = 1000  # sample of training pairs (None: all)
     epochs: int = 1
     batch_size: int = 32  # pairs per step (the in-batch negatives)
     max_seq_length: int = 48
@@ -173,7 +174,7 @@ class TextTuneConfig(_Model):
     hard_negatives: bool = True  # judged low-grade products of the same query as hard negatives (triplets)
     negative_max_label: float = 0.25  # ... whose label is at most this
     max_eval_queries: int = 300  # validation queries for the promotion check
-    max_eval_products: int | None = 5000  # ranked catalog in the check: judged products + a sample (None: all)
+    max_eval_products: int | None = 3000  # ranked catalog in the check: judged products + a sample (None: all)
     min_gain: float = 0.0  # promote only when tuned NDCG@10 > frozen NDCG@10 + min_gain
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

@@ -238,6 +238,21 @@ def _encode(model, texts: list[str], batch_size: int = 128) -> np.ndarray:
                                    normalize_embeddings=True, show_progress_bar=False), dtype=np.float32)
 
 
+def _frozen_product_vectors(lake, base, catalog: np.ndarray, cat_texts: list[str], model) -> tuple[np.ndarray, int]:
+    """The frozen model's vectors of the ranked catalog: reused from gold.product_embeddings where the
+    embed stage stored them for this model version and content, encoded otherwise."""
+    hashes = [edata.text_hash(t, base.max_length) for t in cat_texts]
+    vecs = edata.stored_vectors(lake, "gold.product_embeddings", "product_id", list(catalog), hashes, "text",
+                                base.name, base.version)
+    missing = np.isnan(vecs[:, 0]) if vecs is not None else np.ones(len(catalog), bool)
+    if missing.any():
+        enc = _encode(model, [t for t, m in zip(cat_texts, missing) if m])
+        if vecs is None:
+            vecs = np.zeros((len(catalog), enc.shape[1]), np.float32)
+        vecs[missing] = enc
+    return vecs, int((~missing).sum())
+
+
 # ------------------------------------------------------------------------------------ stage
 def training_params(cfg: "Config", base) -> dict[str, Any]:
     """Every knob that changes the tuned model (not the device: it changes speed only)."""
@@ -327,14 +342,16 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     device = resolve_device(tc.device)
     t0 = time.perf_counter()
     model = SentenceTransformer(base.source, device=device)
-    model.max_seq_length = tc.max_seq_length
+    model.max_seq_length = base.max_length  # evaluated as the embed stage will encode (embed.max_text_length)
     cat_texts = [texts[p] for p in catalog]
     q_texts = eval_q["query_norm"].astype(str).tolist()
     gains = list(eval_q["gains"])
-    frozen = text_cosine_ndcg(_encode(model, q_texts), _encode(model, cat_texts), catalog, gains)
+    frozen_p, n_reused = _frozen_product_vectors(lake, base, catalog, cat_texts, model)
+    frozen = text_cosine_ndcg(_encode(model, q_texts), frozen_p, catalog, gains)
     eval_s = time.perf_counter() - t0
-    log.info("text tower: frozen %s text-cosine NDCG@10 %.4f on %d validation queries x %d products (%.0fs)",
-             base.name, frozen, len(eval_q), len(catalog), eval_s)
+    log.info("text tower: frozen %s text-cosine NDCG@10 %.4f on %d validation queries x %d products (%d product "
+             "vectors reused from gold.product_embeddings; %.0fs)", base.name, frozen, len(eval_q), len(catalog),
+             n_reused, eval_s)
     exp_id = setup_mlflow(cfg)
     n_trip = int(examples["negative"].notna().sum())
     with mlflow.start_run(experiment_id=exp_id, run_name=f"text-tower {rd}") as mrun:
@@ -344,11 +361,13 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                            "loss": "MultipleNegativesRankingLoss (in-batch + judged hard negatives)"})
         mlflow.set_tags({"stage": STAGE, "run_date": str(rd), registry.FINGERPRINT_TAG: fingerprint})
         t1 = time.perf_counter()
+        model.max_seq_length = tc.max_seq_length
         history = fine_tune(model, examples, epochs=tc.epochs, batch_size=tc.batch_size, lr=tc.lr,
                             warmup_share=tc.warmup_share, seed=tc.seed, device=device,
                             log_metric=lambda k, v, step: mlflow.log_metric(k, v, step=step),
                             progress=cfg.embed.progress)
         train_s = time.perf_counter() - t1
+        model.max_seq_length = base.max_length
         tuned = text_cosine_ndcg(_encode(model, q_texts), _encode(model, cat_texts), catalog, gains)
         promote = bool(tuned > frozen + tc.min_gain)
         mlflow.log_metrics({"frozen_valid_text_ndcg_at_10": frozen, "tuned_valid_text_ndcg_at_10": tuned,

@@ -177,3 +177,21 @@ def test_publish_gate_refuses_duplicate_titles_in_a_top_10_unless_collapsed(spar
     (res,) = report.results
     assert res.error is None and not res.success
     assert "q_raw" in res.observed_value and "q_collapsed" not in res.observed_value
+
+
+def test_collapse_spark_matches_the_pandas_collapse(spark):
+    from mmpipeline.score.dedupe import collapse, collapse_spark, duplicate_groups
+
+    groups = duplicate_groups(DUP_PRODUCTS, key="title")
+    rng = np.random.default_rng(1)
+    scored = _scored([(q, q, p, "text", float(s)) for q in ("q1", "q2")
+                      for p, s in zip(DUP_PRODUCTS["product_id"], rng.permutation(7) / 7)])
+    want, want_d = collapse(scored, groups, 4)
+    got, got_d = collapse_spark(spark, spark.createDataFrame(scored), groups, 4)
+    key = ["query_id", "rank"]
+    got = got.toPandas()[list(want.columns)].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want.sort_values(key).reset_index(drop=True), check_dtype=False)
+    dk = ["query_id", "product_id"]
+    got_d = got_d.toPandas()[list(want_d.columns)].sort_values(dk).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got_d, want_d.sort_values(dk).reset_index(drop=True), check_dtype=False)
+    assert len(want_d) > 0
