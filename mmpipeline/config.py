@@ -156,6 +156,32 @@ class EmbedConfig(_Model):
     spark_torch_threads: int = 0  # engine spark: torch threads per Python worker (0: cores / Spark's default parallelism)
 
 
+class TextTuneConfig(_Model):
+    """The domain-adapted text tower (``mmpipeline run tune-text-tower``, mmpipeline.embed.text_tune):
+    the embed stage's sentence-transformers text model fine-tuned on training-split (query, relevant
+    product text) pairs with MultipleNegativesRankingLoss; registered as <mlflow.model_name>-text-tower
+    and promoted (alias) only when it beats the frozen model's text-cosine NDCG@10 on validation queries."""
+
+    enabled: bool = True  # false: the stage does nothing
+    use_in_embed: bool = True  # the embed stage (and query encoder) use the promoted tuned model
+    alias: str = "champion"
+    # demo budget on 2 CPU cores: ~1,000 pairs x 1 epoch is a few minutes (a step of 32 triplets is ~2-3 s)
+    max_pairs: int | None = 1000  # sample of training pairs (None: all)
+    epochs: int = 1
+    batch_size: int = 32  # pairs per step (the in-batch negatives)
+    max_seq_length: int = 48
+    lr: float = 3e-5
+    warmup_share: float = Field(0.1, ge=0.0, le=1.0)
+    min_label: float = 0.5  # a pair is a positive when its label (grade normalised to [0, 1]) is at least this
+    hard_negatives: bool = True  # judged low-grade products of the same query as hard negatives (triplets)
+    negative_max_label: float = 0.25  # ... whose label is at most this
+    max_eval_queries: int = 300  # validation queries for the promotion check
+    max_eval_products: int | None = 3000  # ranked catalog in the check: judged products + a sample (None: all)
+    min_gain: float = 0.0  # promote only when tuned NDCG@10 > frozen NDCG@10 + min_gain
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
 class RankConfig(_Model):
     """Fusion ranker: training data, model, training, evaluation and gating (mmpipeline.rank)."""
 
@@ -262,6 +288,12 @@ class ScoreConfig(_Model):
     # product_vectors: normalised weighted sum of the normalised per-modality vectors (same space)
     fusion_weights: dict[str, float] = Field(default_factory=lambda: {"text": 0.5, "image": 0.5})
     recall_min_grade: float | None = None  # judged relevant for candidate recall; None: above the lowest grade
+    # near-duplicate collapse (mmpipeline.score.dedupe): one listing per group of products with the same
+    # normalised title (title_image: and the same image hash where present); the others go to
+    # gold.search_duplicates; the publish gate refuses duplicate listings within the top collapse_check_k
+    collapse_duplicates: bool = True
+    collapse_key: Literal["title_image", "title"] = "title_image"
+    collapse_check_k: int = Field(10, ge=0)  # 0: no gate
 
     @field_validator("ann", mode="before")
     @classmethod
@@ -328,6 +360,7 @@ class Config(_Model):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    text_tune: TextTuneConfig = Field(default_factory=TextTuneConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     voice: VoiceConfig = Field(default_factory=VoiceConfig)

@@ -265,6 +265,14 @@ register(TableSpec("gold.search_ranking", _RANKING_COLUMNS, keys=["run_date", "q
                    partition_by=["run_date"],
                    description="per run date and query: the champion's ranked products (top score.output_k)"))
 
+# products hidden by the near-duplicate collapse (mmpipeline.score.dedupe): per run date and query, the
+# hidden product, its group and the product shown in its place (the index expands a result from here)
+register(TableSpec("gold.search_duplicates", [
+    ("run_date", "date"), ("query_id", "string"), ("product_id", "string"), ("group_id", "string"),
+    ("shown_product_id", "string"), ("shown_rank", "int"), ("score", "double"),
+], keys=["run_date", "query_id", "product_id"], partition_by=["run_date"],
+    description="per run date and query: products collapsed into a duplicate shown in gold.search_ranking"))
+
 register(TableSpec("gold.product_vectors", [
     ("run_date", "date"), ("product_id", "string"), ("modalities", "string"),  # text | image | text+image
     ("fusion", "string"),  # how the vector was fused, e.g. "wsum(text=0.5,image=0.5)"

@@ -45,6 +45,8 @@ ASSETS: dict[str, AssetSpec] = {a.name: a for a in [
               ("silver.products", "silver.queries", "silver.judgments", "silver.interactions")),
     AssetSpec("mmp_image_tower", "x-mmpipeline://mlflow/image-tower/champion",
               note="registered model <mlflow.model_name>-image-tower"),
+    AssetSpec("mmp_text_tower", "x-mmpipeline://mlflow/text-tower/champion",
+              note="registered model <mlflow.model_name>-text-tower (the embed stage re-embeds when it is promoted)"),
     AssetSpec("mmp_voice_transcripts", "x-mmpipeline://lake/gold/voice_transcripts",
               ("gold.voice_transcripts", "gold.voice_features")),
     AssetSpec("mmp_product_embeddings", "x-mmpipeline://lake/gold/product_embeddings",
@@ -108,10 +110,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           inputs=("mmp_silver_catalog",), outputs=("mmp_voice_transcripts",)),
     Stage("embed", "mmpipeline.embed.job:run", S, True, 4 * _H,
           "Incremental text/image/query embeddings -> gold.*_embeddings (never trains).",
-          inputs=("mmp_silver_catalog", "mmp_image_tower"), outputs=("mmp_product_embeddings",)),
-    # ---- mm_ranker_weekly: training data -> train -> evaluate/promote
-    # (a stage that tunes the text tower goes here, before build-training-data:
-    #  Stage("tune-text-tower", "<module>:run", R, False, ..., inputs=(...), outputs=(...)))
+          inputs=("mmp_silver_catalog", "mmp_image_tower", "mmp_text_tower"), outputs=("mmp_product_embeddings",)),
+    # ---- mm_ranker_weekly: text tower -> training data -> train -> evaluate/promote
+    Stage("tune-text-tower", "mmpipeline.embed.text_tune:run", R, False, 2 * _H,
+          "Fine-tune the text encoder on training-split queries, register it in MLflow; promoted only when it "
+          "beats the frozen model (the next embed re-embeds with it); a no-op for unchanged inputs.",
+          inputs=("mmp_silver_catalog",), outputs=("mmp_text_tower",)),
     Stage("build-training-data", "mmpipeline.rank.data:run", R, True, 2 * _H,
           "Judgments + interactions + negatives -> gold.training_data.",
           inputs=("mmp_silver_catalog", "mmp_product_embeddings"), outputs=("mmp_training_data",)),

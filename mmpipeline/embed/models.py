@@ -33,12 +33,32 @@ def _spec(cfg: "Config", m: "EmbedModelConfig", modality: str, source: str, vers
                        max_length=ec.max_text_length, image_size=ec.image_size, normalize=ec.normalize, **kw)
 
 
-def text_spec(cfg: "Config") -> EncoderSpec:
+TUNED_BASE_TAG = "base_model_version"  # text-tower version tag: the frozen model it was tuned from
+
+
+def text_spec(cfg: "Config", tuned: bool = True) -> EncoderSpec:
+    """The text encoder spec. With ``tuned`` (and ``text_tune.use_in_embed``), the fine-tuned text
+    tower promoted in the registry (``tune-text-tower``) when there is one tuned from this very model:
+    same recorded name, version ``<registered name>/v<N>`` (so stored vectors are re-embedded exactly
+    when the promoted version changes)."""
     m = cfg.embed.text_model
     if m.kind not in ("sentence-transformers", "transformers", "clip"):
         raise ValueError(f"embed.text_model.kind {m.kind!r} is not a text encoder")
     source = resolve_text_source(m.name)
-    return _spec(cfg, m, "text", source, source_version(source, m.version), recorded_name(m.name))
+    spec = _spec(cfg, m, "text", source, source_version(source, m.version), recorded_name(m.name))
+    if tuned and cfg.text_tune.use_in_embed and m.kind == "sentence-transformers":
+        mv = registry.text_tower_version(cfg)
+        if mv is not None:
+            base = (mv.tags or {}).get(TUNED_BASE_TAG)
+            if base != spec.version:
+                log.warning("embed: the promoted text tower %s v%s was tuned from %s, not the configured %s (%s); "
+                            "using the frozen model (run tune-text-tower again)", registry.text_tower_registered_name(cfg),
+                            mv.version, base, spec.name, spec.version)
+            else:
+                spec.source = registry.download_text_tower(cfg, mv)
+                spec.version = f"{registry.text_tower_registered_name(cfg)}/v{mv.version}"
+                spec.extra = {"run_id": mv.run_id, TUNED_BASE_TAG: base}
+    return spec
 
 
 def wants_trained_tower(cfg: "Config") -> bool:

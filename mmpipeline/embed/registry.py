@@ -1,5 +1,6 @@
 """The image tower in the MLflow model registry: ``<mlflow.model_name>-image-tower``, the version
-behind the alias ``embed.tower_alias``, and the local copy of its artifact folder.
+behind the alias ``embed.tower_alias``, and the local copy of its artifact folder; likewise the
+fine-tuned text tower ``<mlflow.model_name>-text-tower`` behind ``text_tune.alias``.
 
 Used by the embed stage (look up and download; never trains) and by the tower's training stage
 (register; find a version already trained on the same inputs). Imports nothing from the rest of
@@ -86,3 +87,91 @@ def download_tower(cfg: "Config", mv) -> str:
         dest.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=TOWER_ARTIFACT, dst_path=str(dest))
     return str(dest / TOWER_ARTIFACT)
+
+
+# ------------------------------------------------------------------------------ the text tower
+# The domain-adapted text encoder (mmpipeline.embed.text_tune): <mlflow.model_name>-text-tower, a
+# sentence-transformers folder logged under the run's TEXT_TOWER_ARTIFACT, promoted with the alias
+# text_tune.alias only when it beat the frozen model on validation queries.
+
+TEXT_TOWER_ARTIFACT = "text_tower"
+PROMOTED_TAG = "promoted"  # model-version tag: "true" when the version won the validation check
+
+
+def text_tower_registered_name(cfg: "Config") -> str:
+    return f"{cfg.mlflow.model_name}-text-tower"
+
+
+def _store_may_exist(cfg: "Config") -> bool:
+    """False when the tracking store is a local sqlite file or folder that does not exist yet (nothing
+    can be registered there; looking would create it)."""
+    uri = cfg.mlflow.registry_uri or cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).exists()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file://").removeprefix("file:")).exists()
+    return True
+
+
+def text_tower_version(cfg: "Config"):
+    """The registry version behind ``text_tune.alias``, or None (none promoted, or no store yet)."""
+    from mlflow.exceptions import MlflowException
+
+    if not _store_may_exist(cfg):
+        return None
+    try:
+        return _client(cfg).get_model_version_by_alias(text_tower_registered_name(cfg), cfg.text_tune.alias)
+    except MlflowException:
+        return None
+
+
+def text_version_with_fingerprint(cfg: "Config", fingerprint: str):
+    """The newest registered text-tower version tuned on exactly these inputs, or None."""
+    from mlflow.exceptions import MlflowException
+
+    name = text_tower_registered_name(cfg)
+    try:
+        versions = _client(cfg).search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    hits = [mv for mv in versions if (mv.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    return max(hits, key=lambda mv: int(mv.version)) if hits else None
+
+
+def set_text_alias(cfg: "Config", version: str) -> None:
+    _client(cfg).set_registered_model_alias(text_tower_registered_name(cfg), cfg.text_tune.alias, version)
+
+
+def register_text_tower(cfg: "Config", run_id: str, tags: dict[str, str], promote: bool) -> str:
+    """Register the run's ``text_tower`` artifact folder as a new version (tagged with ``tags``);
+    point the alias at it when ``promote``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(cfg)
+    name = text_tower_registered_name(cfg)
+    try:
+        client.create_registered_model(name, description="text encoder fine-tuned on the shop's training-split "
+                                                         "queries (MultipleNegativesRankingLoss)")
+    except MlflowException:
+        pass  # exists
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{TEXT_TOWER_ARTIFACT}"
+    mv = client.create_model_version(name, source=source, run_id=run_id,
+                                     tags={**tags, PROMOTED_TAG: str(bool(promote)).lower()})
+    if promote:
+        set_text_alias(cfg, str(mv.version))
+    log.info("text tower: registered %s version %s%s", name, mv.version,
+             f", alias {cfg.text_tune.alias}" if promote else " (not promoted)")
+    return str(mv.version)
+
+
+def download_text_tower(cfg: "Config", mv) -> str:
+    """Local sentence-transformers folder of a text-tower version (cached under the lake root)."""
+    import mlflow
+
+    dest = Path(cfg.lake.root) / "_models" / text_tower_registered_name(cfg) / f"v{mv.version}"
+    folder = dest / TEXT_TOWER_ARTIFACT
+    if not (folder / "modules.json").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=TEXT_TOWER_ARTIFACT, dst_path=str(dest))
+    return str(folder)

@@ -12,7 +12,11 @@ The gate checks the ranking itself, whatever the ops tables hold:
 * score sanity: no sentinel values (``|score| <= score.max_abs_score``), not all scores equal, and
   ranks consistent with scores (a lower rank never has a higher score);
 * the model pinned in the rows is the registered version behind the alias the run was meant to
-  use (``score.model_alias``, normally ``champion``).
+  use (``score.model_alias``, normally ``champion``);
+* no duplicate listings: within the top ``score.collapse_check_k`` of a query, no two products share
+  the normalised title (and, with ``score.collapse_key: title_image``, the image hash) -- what the
+  score stage's near-duplicate collapse (:mod:`mmpipeline.score.dedupe`) guarantees. Critical when
+  ``score.collapse_duplicates`` is on, a warning when it is off.
 
 All but one are critical: a single failure blocks the publish. GE runs on the Spark DataFrame; the
 catalog and the query set are Spark temp views the checks' SQL joins against, so nothing is
@@ -132,7 +136,8 @@ def _sql_str(v: str) -> str:
 
 def publish_checks(min_results: int, *, query_set_size: int | None = None, min_coverage: float = 1.0,
                    catalog: bool = False, max_abs_score: float = 1e6, model_name: str | None = None,
-                   model_version: str | None = None, model_note: str = ""):
+                   model_version: str | None = None, model_note: str = "", duplicate_k: int = 0,
+                   duplicate_key: str = "title_image", duplicate_severity: str = "critical"):
     """The publish suite. ``query_set_size``/``catalog``: the temp views :data:`QUERY_SET_VIEW` and
     :data:`CATALOG_VIEW` are registered (see :func:`validate_ranking`)."""
     import great_expectations.expectations as gxe
@@ -165,6 +170,22 @@ def publish_checks(min_results: int, *, query_set_size: int | None = None, min_c
             f"ON b.product_id = c.product_id",
             "every ranked product exists in the catalog of the run date",
             "rows whose product id is not in silver.products of the run date"))
+    if catalog and duplicate_k > 0:
+        from mmpipeline.score.dedupe import title_key_sql
+
+        tk = title_key_sql("c.title").replace("{", "{{").replace("}", "}}")  # GE formats {batch}
+        by_image = duplicate_key == "title_image"
+        img = ", coalesce(c.image_hash, '')" if by_image else ""
+        checks.append(rows(
+            "no_duplicate_listings",
+            f"SELECT b.query_id, {tk} AS title_key, COUNT(*) AS listings, "
+            f"concat_ws(',', sort_array(collect_list(b.`rank`))) AS ranks FROM {{batch}} b "
+            f"JOIN {CATALOG_VIEW} c ON b.product_id = c.product_id WHERE b.`rank` <= {int(duplicate_k)} "
+            f"AND {tk} <> '' GROUP BY b.query_id, {tk}{img} HAVING COUNT(*) > 1",
+            f"no two products with the same normalised title{' and image' if by_image else ''} within a "
+            f"query's top {int(duplicate_k)}",
+            f"queries whose top {int(duplicate_k)} shows the same listing twice (score.collapse_duplicates "
+            f"collapses them in the score stage: re-run score with it on)", severity=duplicate_severity))
     checks.append(rows(
         "scores_not_sentinel",
         f"SELECT query_id, `rank`, product_id, score FROM {{batch}} WHERE abs(score) > CAST({float(max_abs_score)!r} AS DOUBLE)",
@@ -214,14 +235,17 @@ def validate_ranking(ranking: "DataFrame", run_date: dt.date, cfg: "Config", inp
         qdf.createOrReplaceTempView(QUERY_SET_VIEW)
         qsize = len(qs)
         if inputs.catalog_version is not None:
-            lake.read(inputs.catalog_table, version=inputs.catalog_version).select("product_id") \
-                .createOrReplaceTempView(CATALOG_VIEW)
+            lake.read(inputs.catalog_table, version=inputs.catalog_version) \
+                .select("product_id", "title", "image_hash").createOrReplaceTempView(CATALOG_VIEW)
         else:  # no catalog for that date: every product id is unknown
-            spark.createDataFrame([], schema="product_id string").createOrReplaceTempView(CATALOG_VIEW)
+            spark.createDataFrame([], schema="product_id string, title string, image_hash string") \
+                .createOrReplaceTempView(CATALOG_VIEW)
         catalog = True
     checks = publish_checks(sc.min_results_per_query, query_set_size=qsize, min_coverage=sc.min_query_coverage,
                             catalog=catalog, max_abs_score=sc.max_abs_score, model_name=model_name,
-                            model_version=model_version, model_note=model_note)
+                            model_version=model_version, model_note=model_note,
+                            duplicate_k=sc.collapse_check_k, duplicate_key=sc.collapse_key,
+                            duplicate_severity="critical" if sc.collapse_duplicates else "warning")
     try:
         return validate_dataframe(ranking, TABLE, SUITE, checks, lake_root=lake_root, run_date=run_date)
     finally:

@@ -219,7 +219,8 @@ def rollback(cfg: Config, run_date: dt.date | None = None, version: int | None =
                   queries=t["queries"], rows=t["rows"])
     note = f"restored index version {to_version}; was run {cur_rd} (index version {int(cur['index_version'])})"
     detail = {"op_id": op_id, "base_version": base_version, "restore_to": to_version,
-              "fingerprint": event_detail(t["detail"]).get("fingerprint"), "note": note}
+              "fingerprint": event_detail(t["detail"]).get("fingerprint"), "note": note,
+              "duplicates_version": event_detail(t["detail"]).get("duplicates_version")}
     append_event(lake, status="pending", detail=detail, **common)
     new_version = lake.restore(INDEX, to_version)
     restored = lake.count(INDEX)

@@ -7,6 +7,8 @@ and writes, for ``ctx.run_date``:
   version and the retrieval sources that proposed each product;
 * ``gold.product_vectors``: one fused vector per product (see :mod:`mmpipeline.score.vectors`), merged
   by content hash (:func:`merge_product_vectors`: only new / changed / vanished products are written);
+* ``gold.search_duplicates``: with ``score.collapse_duplicates`` (default), the products hidden because
+  a near-duplicate (same normalised title and image) ranks above them (:mod:`mmpipeline.score.dedupe`);
 * ``ops.score_runs``: sizes, candidate recall@K against the judgments, stage timings.
 
 ``gold.search_ranking`` is overwritten by run-date partition in one commit, so re-running a date
@@ -41,6 +43,7 @@ from mmpipeline.retrieval.candidates import CandidateGenerator, candidate_recall
 from mmpipeline.retrieval.dense import Vectors
 from mmpipeline.retrieval.embeddings import load_vectors
 from mmpipeline.retrieval.text import product_text
+from mmpipeline.score.dedupe import DUPLICATE_COLUMNS, DUPLICATES, collapse, collapse_spark, duplicate_groups
 from mmpipeline.score.queries import add_voice_queries, build_query_set, read_query_list
 from mmpipeline.score.scoring import (STATE_COLUMN, load_ranker, make_featurizer, make_query_encoder, rank_spark,
                                       rank_top, resolve_version, score_pairs, score_queries_spark)
@@ -98,14 +101,19 @@ def _n(df: pd.DataFrame | None) -> int | str:
     return "no" if df is None else len(df)
 
 
-def encode_missing_queries(cfg: Config, query_set: pd.DataFrame, qvec: Vectors) -> Vectors:
+def encode_missing_queries(cfg: Config, query_set: pd.DataFrame, qvec: Vectors, lake=None) -> Vectors:
     """Encode queries of the set without a stored vector (e.g. from the explicit list) with the embed
     stage's text encoder; if that fails they get BM25 candidates only (never a failed nightly run)."""
     missing = query_set[~query_set["query_id"].isin(qvec.pos)]
     if not len(missing) or not len(qvec):
         return qvec
     try:
-        mat = make_query_encoder(cfg)(list(missing["query"]))
+        versions = None  # the query must be encoded by the model version of the stored vectors
+        if lake is not None and lake.exists("gold.query_embeddings"):
+            versions = set(lake.read_arrow("gold.query_embeddings", columns=["model_version"],
+                                           filters=[("modality", "=", "text"), ("model_name", "=", qvec.model_name)])
+                           .column("model_version").to_pylist())
+        mat = make_query_encoder(cfg, versions)(list(missing["query"]))
     except Exception as e:
         log.warning("could not encode %d queries without stored vectors (%s: %s); BM25 candidates only for them",
                     len(missing), type(e).__name__, str(e)[:200])
@@ -134,6 +142,8 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    duplicates: Any = None  # pandas or Spark rows for gold.search_duplicates; None when collapse is off
+    cached: list = field(default_factory=list)  # Spark DataFrames to unpersist once written
 
 
 def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None = None, spark=None,
@@ -154,7 +164,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
                              _voice_ids(lake))
     if not len(qset):
         raise StageError("empty query set: no queries in silver.queries / judgments / interactions and no score.query_list")
-    qvec = encode_missing_queries(cfg, qset, inputs.query_text)
+    qvec = encode_missing_queries(cfg, qset, inputs.query_text, lake)
     timings["load_inputs"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -165,6 +175,11 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
                              store=store, tune_vectors=qvec.matrix if len(qvec) else None)
     timings.update({f"candidates_{k}": v for k, v in gen.timings.items()})
     stats: dict[str, Any] = {}
+    groups = duplicate_groups(inputs.products, sc.collapse_key) if sc.collapse_duplicates else None
+    if groups is not None:
+        log.info("near-duplicate collapse: %d products in %d groups (key %s)", len(groups),
+                 groups["group_id"].nunique(), sc.collapse_key)
+    dups, cached = None, []
     if engine == "spark":
         # retrieval and scoring partitioned by query on the executors (indexes from the saved artifacts)
         spark = spark or lake.spark
@@ -180,13 +195,17 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         n_pairs = scored.count()  # materialise here so the timing covers retrieval + scoring
         stats["worker_state_loads"] = scored.select(STATE_COLUMN).distinct().count()
         recall = _spark_recall(spark, scored, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
-        ranked = rank_spark(scored.drop(STATE_COLUMN), sc.output_k)
+        if groups is None:
+            ranked = rank_spark(scored.drop(STATE_COLUMN), sc.output_k)
+        else:  # every candidate is scored once (persisted); keep one product per duplicate group, cut to output_k
+            ranked, dups = collapse_spark(spark, scored.drop(STATE_COLUMN), groups, sc.output_k)
+            dups = dups.withColumn("run_date", _lit_date(run_date))
         ranked = ranked.withColumns({"run_date": _lit_date(run_date), "model_name": _lit(name),
                                      "model_version": _lit(version)})
         voice_ids = sorted(qset.loc[qset["modality"] == "voice", "query_id"])
         ranked = ranked.withColumn("modality", _modality_col(voice_ids)).cache()
         n = ranked.count()
-        scored.unpersist()
+        cached.append(scored)  # the duplicates are written from it after the ranking: unpersisted then
         log.info("scored on spark: %d candidate pairs, %d ranked rows; worker states loaded: %d",
                  n_pairs, n, stats["worker_state_loads"])
     else:
@@ -199,7 +218,11 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         ranker = load_ranker(cfg, alias, expect_version=version)
         featurize = make_featurizer(cfg, lake)
         scored = score_pairs(cands, featurize, ranker, sc.batch_size, progress=progress, timings=timings)
-        ranked = rank_top(scored, sc.output_k)
+        if groups is None:
+            ranked = rank_top(scored, sc.output_k)
+        else:
+            ranked, dups = collapse(scored, groups, sc.output_k)
+            dups.insert(0, "run_date", run_date)
         ranked.insert(0, "run_date", run_date)
         ranked["model_name"], ranked["model_version"] = name, version
         ranked["modality"] = ranked["query_id"].map(dict(zip(qset["query_id"], qset["modality"]))).fillna("text")
@@ -211,7 +234,8 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
                                    sc.fusion_weights)
     vectors.insert(0, "run_date", run_date)
     timings["product_vectors"] = time.perf_counter() - t0
-    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings, n_pairs, stats)
+    return ScoreResult(qset, cands, ranked, vectors, recall, name, version, run_id, timings, n_pairs, stats, dups,
+                       cached)
 
 
 # ------------------------------------------------------------------------------ product vectors
@@ -363,8 +387,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ranking_version = lake.write(RANKING, res.ranking, mode="overwrite", partition=part, metadata=meta)
     vec_stats = merge_product_vectors(ctx.lake, res.vectors, ctx.run_date, metadata=meta)
     vectors_version = vec_stats["version"]
-    if not isinstance(res.ranking, pd.DataFrame):
-        res.ranking.unpersist()
+    dups = res.duplicates
+    if dups is None:  # collapse off: clear what an earlier run of the date recorded
+        dups = pd.DataFrame({"run_date": pd.Series([], dtype=object),
+                             **{c: pd.Series([], dtype=object) for c in DUPLICATE_COLUMNS}})
+    lake.write(DUPLICATES, dups, mode="overwrite", partition=part, metadata=meta)
+    n_dups = len(dups) if isinstance(dups, pd.DataFrame) else ctx.lake.count(DUPLICATES, filters=[("run_date", "=", ctx.run_date)])
+    for df in ([] if isinstance(res.ranking, pd.DataFrame) else [res.ranking]) + res.cached:
+        df.unpersist()
     res.timings["write"] = time.perf_counter() - t0
     res.timings["total"] = time.perf_counter() - t_start
     n_pairs = res.n_pairs
@@ -393,7 +423,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                  ["pairs scored / s", round(pps, 1) if pps else "n/a"],
                  *[[f"seconds: {k}", round(v, 2)] for k, v in res.timings.items()]])
     return {"queries": len(res.query_set), "candidate_pairs": n_pairs, "ranking_rows": rows,
-            "non_finite_scores": non_finite, "product_vectors": len(res.vectors),
+            "non_finite_scores": non_finite, "product_vectors": len(res.vectors), "duplicates_collapsed": n_dups,
             "model": f"{res.model_name}/{res.model_version}", "candidate_recall": res.recall,
             **{k: v for k, v in res.stats.items() if k != "artifacts"},
             "pairs_per_second": round(pps, 1) if pps else None, "ranking_version": ranking_version,

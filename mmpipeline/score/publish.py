@@ -26,6 +26,7 @@ import pandas as pd
 
 from mmpipeline.config import Config
 from mmpipeline.context import RunContext, StageError
+from mmpipeline.score.dedupe import DUPLICATES
 from mmpipeline.score.index import INDEX, append_event, current_event, event_detail, reconcile
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if not lake.exists(RANKING):
         raise StageError(f"{RANKING} does not exist: run the score stage first")
     ranking_version = lake.version(RANKING)
+    duplicates_version = lake.version(DUPLICATES) if lake.exists(DUPLICATES) else None
     cur = current_event(lake)
     cur_rd = None if cur is None else pd.to_datetime(cur["run_date"]).date()
     decision = publish_decision(rd, cur, ranking_version, force)
@@ -181,6 +183,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         detail = {"op_id": op_id, "base_version": base_version, "checks": len(report.results),
                   "fingerprint": fingerprint, "forced": decision.forced,
                   "catalog_version": inputs.catalog_version, "query_set": len(inputs.query_set),
+                  "duplicates_version": duplicates_version,
                   "previous_index_version": None if cur is None else int(cur["index_version"])}
         append_event(lake, action="publish", status="pending", vectors_version=vectors_version, detail=detail,
                      **common)

@@ -92,11 +92,11 @@ class RankFeaturizer:
         return self.featurizer.transform(list(pairs["query"]), list(pairs["query_id"]), list(pairs["product_id"]))
 
 
-def make_query_encoder(cfg: Config) -> Callable[[list[str]], np.ndarray]:
-    """The embed stage's text encoder as ``texts -> vectors``, built on first use."""
+def make_query_encoder(cfg: Config, versions: set[str] | None = None) -> Callable[[list[str]], np.ndarray]:
+    """The embed stage's text encoder as ``texts -> vectors`` (of one of the stored ``versions``), built on first use."""
     from mmpipeline.retrieval.encoder import query_encoder
 
-    return query_encoder(cfg)
+    return query_encoder(cfg, versions)
 
 
 def make_featurizer(cfg: Config, lake=None) -> Callable[[pd.DataFrame], pd.DataFrame]:

@@ -239,3 +239,45 @@ def test_a_failed_publish_leaves_the_previous_version_served(world):
     assert index.current_event(lake)["index_version"] == cur["index_version"]
     res = search.search(cfg, _a_served_query(lake), k=3)
     assert res["run_date"] == str(pd.Timestamp(cur["run_date"]).date())
+
+
+def test_a_relisted_duplicate_is_collapsed_at_score_and_expanded_by_search(world):
+    """Two products with the same title and photo (a re-listing): the served top 10 shows one, the
+    other is recorded behind it in gold.search_duplicates, the publish gate passes, search expands it."""
+    from mmpipeline.score import search
+    from mmpipeline.score.dedupe import title_key
+
+    tmp, cfg = world
+    lake = RunContext.create(cfg, D1).lake
+    served = _served(lake)
+    qid = str(served["query_id"].iloc[0])
+    top = served[served["query_id"] == qid].sort_values("rank")
+    shown, twin = str(top["product_id"].iloc[0]), str(top["product_id"].iloc[1])
+    import pyarrow as pa
+
+    from mmpipeline.schemas import arrow_schema, table
+
+    prods = lake.read_pandas("silver.products", columns=["product_id", "title", "image_hash"])
+    src = prods[prods["product_id"] == shown].iloc[0]
+    prods.loc[prods["product_id"] == twin, ["title", "image_hash"]] = [src["title"], src["image_hash"]]
+    row = lake.read_arrow("silver.products", filters=[("product_id", "=", twin)]).to_pylist()
+    row[0].update(title=src["title"], image_hash=src["image_hash"])
+    lake.merge("silver.products", pa.Table.from_pylist(row, schema=arrow_schema(table("silver.products"))))
+    _stage(cfg, "score", D4)
+    pub = _stage(cfg, "publish", D4, options={"force": True})
+    assert pub["published"]
+    ranking = lake.read_pandas("gold.search_ranking", filters=[("run_date", "=", D4)])
+    titles = dict(zip(prods["product_id"], prods["title"].map(title_key)))
+    images = dict(zip(prods["product_id"], prods["image_hash"]))
+    for _, g in ranking[ranking["rank"] <= 10].groupby("query_id"):
+        keys = [(titles[p], images[p]) for p in g["product_id"]]
+        assert len(keys) == len(set(keys)), g
+    r = ranking[ranking["query_id"] == qid]
+    assert not ({shown, twin} <= set(r["product_id"]))  # never both
+    dups = lake.read_pandas("gold.search_duplicates", filters=[("run_date", "=", D4)])
+    hidden = dups[dups["query_id"] == qid]
+    assert len(hidden) == 1 and {hidden["product_id"].iloc[0], hidden["shown_product_id"].iloc[0]} == {shown, twin}
+    checks = lake.read_pandas("ops.validation", filters=[("run_date", "=", D4)])
+    assert checks.loc[checks["check_name"] == "no_duplicate_listings", "success"].tolist() == [True]
+    res = search.search(cfg, str(r["query"].iloc[0]), k=10)
+    assert [x["duplicates"] for x in res["results"] if x["duplicates"]] == [[hidden["product_id"].iloc[0]]]
