@@ -170,17 +170,18 @@ def clean_vs_pandas(ctx, lake) -> dict[str, Any]:
 
     from mmpipeline.bench.clean import clean_products_pandas
     from mmpipeline.clean import transforms as T
+    from mmpipeline.clean.stage import materialize, release
 
     c = ctx.cfg.clean
     bronze = lake.read("bronze.products").where(F.col("run_date") == F.lit(ctx.run_date))
     with RssSampler() as rs:
         t0 = time.perf_counter()
-        tagged = T.tag_products(bronze, c).persist()
+        tagged = materialize(T.tag_products(bronze, c))  # as the clean stage does: computed once
         counts = T.outcome_counts(tagged)
         T.products_silver(tagged).write.format("noop").mode("overwrite").save()
         T.quarantine_rows(tagged, "product_id", ctx.run_date).write.format("noop").mode("overwrite").save()
         spark_s = time.perf_counter() - t0
-        tagged.unpersist()
+        release(tagged)
     rows = int(counts["in"])
     out: dict[str, Any] = {"rows": rows, "spark": {
         "seconds": round(spark_s, 2), "rows_per_s": round(rows / spark_s, 1), "kept": counts[T.KEPT],

@@ -7,7 +7,8 @@ other rows through the vectorised UDFs (:mod:`mmpipeline.clean.udfs`). The rows 
 * text with any non-ASCII character (NFKC and Unicode-aware ``\\s``/``\\w``/casefold have no exact
   Spark SQL equivalent; 0.3% of the Home Depot titles, none of the fashion titles);
 * text with an ``&`` that starts anything but a common entity in any case (``&amp;`` ``&lt;``
-  ``&gt;`` ``&quot;`` ``&apos;`` ``&nbsp;`` ``&#39;`` ...): ``html.unescape`` knows 2,231 names,
+  ``&gt;`` ``&quot;`` ``&apos;`` ``&nbsp;`` ``&#39;`` and the typographic ``&ndash;`` ``&mdash;``
+  ``&rsquo;`` ``&ldquo;`` ``&reg;`` ``&copy;`` ``&deg;`` ...): ``html.unescape`` knows 2,231 names,
   legacy spellings without ``;`` and numeric references; a bare ``&`` (``Bath & Body``) is fine;
 * prices with a character outside printable ASCII (``€``, ``£``, control characters), or whose
   value is above ``clean.max_price`` (its message prints the number as Python does).
@@ -40,7 +41,22 @@ _QUERY_DROP = rf"[^{_W}{_S}./&+'\"-]"
 _PUNCT = r"[./&+'\"-]"
 _EDGE_PUNCT = rf"(?<![{_W}]){_PUNCT}+|{_PUNCT}+(?![{_W}])"
 _NON_ASCII = r"[^\x00-\x7F]"
-_COMMON_ENTITIES = ("amp", "lt", "gt", "quot", "apos", "nbsp", "#39", "#039", "#34", "#034", "#38", "#60", "#62")
+_COMMON_ENTITIES = ("amp", "lt", "gt", "quot", "apos", "nbsp", "#39", "#039", "#34", "#034", "#38", "#60", "#62",
+                    # typographic entities of retailer HTML, kept as their (NFKC-stable) character
+                    "ndash", "mdash", "lsquo", "rsquo", "ldquo", "rdquo", "bull", "middot", "copy", "reg", "deg",
+                    "plusmn", "times", "laquo", "raquo", "#8211", "#8212", "#8216", "#8217", "#8220", "#8221")
+
+
+def _kept_as_is(ch: str) -> bool:
+    """A decoded non-ASCII character the JVM path may leave in the text: NFKC and case folding keep
+    it, and it is neither a word, space nor control character (so no rule below treats it as one)."""
+    import re
+    import unicodedata
+
+    from mmpipeline.clean.text import _CTRL
+
+    return (len(ch) == 1 and unicodedata.normalize("NFKC", ch) == ch and ch.casefold() == ch == ch.lower()
+            and ch.upper() == ch and not re.match(r"[\w\s]", ch) and not _CTRL.match(ch))
 
 
 def _java_quote(s: str) -> str:
@@ -50,7 +66,8 @@ def _java_quote(s: str) -> str:
 @lru_cache(maxsize=1)
 def entity_table() -> tuple[tuple[str, str], ...]:
     """(spelling incl. ``&`` and ``;``, decoded text) for every case variant of the common entities
-    that the reference decodes to one ASCII character or a no-break space (``&Lt;`` is not one)."""
+    that the reference decodes to one ASCII character, a no-break space or a character kept as it
+    is (see :func:`_kept_as_is`; ``&Lt;`` is U+226A, ``&LT;`` is ``<``)."""
     out = []
     for name in _COMMON_ENTITIES:
         variants = {"".join(p) for p in itertools.product(*[(c.lower(), c.upper()) for c in name])}
@@ -59,15 +76,16 @@ def entity_table() -> tuple[tuple[str, str], ...]:
             dec = unescape(ref)
             if dec == "\u00a0":
                 dec = " "  # NFKC turns it into a space right after (and both are \s to the tag regex)
-            if len(dec) == 1 and ord(dec) < 128 and dec != ref:
+            if len(dec) == 1 and (ord(dec) < 128 or _kept_as_is(dec)) and dec != ref:
                 out.append((ref, dec))
     return tuple(out)
 
 
 @lru_cache(maxsize=1)
 def _patterns() -> dict[str, str]:
-    table = entity_table()
-    spellings = "|".join(_java_quote(e[1:]) for e, _ in table)
+    # every spelling the decode passes take (case-insensitive groups where all cases decode alike)
+    spellings = "|".join(pattern[len("&(?:"):-len(");")] for pattern, _ in _decode_passes())
+    spellings = f"(?:{spellings});"
     # an '&' the reference leaves alone (html.unescape's regex does not start a reference there)
     # or that starts one of the common entities; anything else -> Python
     needs_py = rf"{_NON_ASCII}|&(?!(?:{spellings})|[\t\n\f <&;]|\z)"

@@ -41,6 +41,40 @@ from mmpipeline.context import RunContext, StageError
 log = logging.getLogger(__name__)
 
 
+class _Steps:
+    """Wall seconds per step of the stage (logged, and returned as ``seconds_per_step``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self._t, 2)
+        log.debug("clean step %s: %.2fs", step, now - self._t)
+        self._t = now
+
+
+def materialize(df):
+    """Compute ``df`` once for the whole run and cut its lineage (a local checkpoint, memory then
+    disk): every later action (counts, silver, quarantine, the merges) reads the stored rows, and
+    plans built on it stay small instead of re-analysing the whole tagging plan each time."""
+    from pyspark import StorageLevel
+
+    return df.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+
+
+def release(df) -> None:
+    """Free what :func:`materialize` (or ``cache``) stored for ``df``."""
+    df.unpersist()
+    try:  # a local checkpoint: the blocks belong to the RDD under the plan's LogicalRDD
+        plan = df._jdf.queryExecution().analyzed()
+        if plan.getClass().getSimpleName() == "LogicalRDD":
+            plan.rdd().unpersist(False)
+    except Exception:  # noqa: BLE001 - Spark Connect or another plan: nothing more to free
+        pass
+
+
 def _bronze(ctx: RunContext, lake, entity: str):
     from pyspark.sql import functions as F
 
@@ -76,7 +110,7 @@ def _write_snapshot(ctx: RunContext, lake, name: str, df, keys: list[str]) -> di
     spec = table(name)
     df = conform_spark(df, spec)
     old = _old(lake, name)
-    df = carry_unchanged(df, old, keys).cache()
+    df = materialize(carry_unchanged(df, old, keys))
     rows = df.count()
     before = lake.count(name) if old is not None else 0
     deleted = 0
@@ -115,16 +149,22 @@ def _guard_delete(ctx: RunContext, e: dict[str, Any]) -> None:
 
 def _execute(ctx: RunContext, lake, hook) -> None:
     meta = {"stage": "clean", "run_date": str(ctx.run_date)}
+    step = ctx.__dict__.get("_clean_steps")
     for e in _plan(ctx):
         if e["kind"] == "snapshot":
             m = lake.merge(e["name"], e["df"], keys=e["keys"], delete_missing=True, metadata=meta)
             e["merge"].update({k: v for k, v in m.items() if k.startswith(("num_target", "numTarget")) or k == "created"})
             log.info("clean: %s merged (inserted %s, updated %s, deleted %s)", e["name"], _metric(m, "inserted"),
                      _metric(m, "updated"), _metric(m, "deleted"))
+            what = "merge"
         elif e["kind"] == "table":  # a whole-table overwrite (ops.image_checks: last run's image verdicts)
             lake.write(e["name"], e["df"], mode="overwrite", metadata=meta)
+            what = "write"
         else:
             lake.write(e["name"], e["df"], mode="overwrite", partition={"run_date": ctx.run_date}, metadata=meta)
+            what = "write"
+        if step is not None:
+            step(f"{what} {e['name']}")
         hook(f"after-{e['name']}")
 
 
@@ -226,6 +266,16 @@ def _check_counts(ctx: RunContext, lake, entity: str, counts: dict[str, Any]) ->
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    cached: list = []
+    ctx.__dict__["_clean_plan"] = []
+    try:
+        return _run(ctx, cached)
+    finally:  # the run's stored frames are freed whether it wrote or was refused
+        for df in cached + [e["df"] for e in _plan(ctx)]:
+            release(df)
+
+
+def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import transforms as T
@@ -242,7 +292,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     acc: list[Accounting] = []
     reasons_rows: list[list[Any]] = []
     summary: dict[str, Any] = {}
-    cached = []
 
     def account(entity: str, table_name: str, counts: dict[str, Any], extra: dict[str, Any] | None = None):
         kept = int(counts[T.KEPT]) + int(counts[T.FOLDED])
@@ -257,12 +306,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     product_ids = None
     t0 = time.perf_counter()
+    step = ctx.__dict__["_clean_steps"] = _Steps()
     # ------------------------------------------------------------------------------ products
     if "products" in cfg.sources:
         src = cfg.sources["products"]
-        tagged = T.tag_products(_bronze(ctx, lake, "products"), c).cache()
+        tagged = materialize(T.tag_products(_bronze(ctx, lake, "products"), c))
         cached.append(tagged)
         counts = T.outcome_counts(tagged)
+        step("products: tag + counts")
         products = T.products_silver(tagged)
         root = src.image_root or (os.path.dirname(src.path) if src.path else None)
         checks = None
@@ -271,13 +322,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
         if root is not None:
             parts = c.image_partitions or max(2, spark.sparkContext.defaultParallelism)
             prev = lake.read("ops.image_checks") if lake.exists("ops.image_checks") else None
-            checks = check_images(refs, root, c.image, partitions=parts, previous=prev).cache()
+            checks = materialize(check_images(refs, root, c.image, partitions=parts, previous=prev))
             cached.append(checks)
             _plan(ctx).append({"kind": "table", "name": "ops.image_checks", "df": image_record(checks)})
             img_counts = {r["image_status"]: r["count"] for r in checks.groupBy("image_status").count().collect()}
             log.info("clean images: %s (root %s)", img_counts, root)
+            step("products: image checks")
         silver = T.attach_images(products, checks).withColumn("run_date", F.lit(d).cast("date"))
         merge = _write_snapshot(ctx, lake, "silver.products", silver, ["product_id"])
+        step("products: snapshot plan")
         _write_partition(ctx, lake, "quarantine.products", _quarantine(ctx, tagged, "product_id", "products"))
         if checks is not None:
             _write_partition(ctx, lake, "quarantine.images", T.image_quarantine(checks, d))
@@ -285,6 +338,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             _write_partition(ctx, lake, "quarantine.images", spark.createDataFrame(
                 [], "run_date date, product_id string, image_ref string, reason string, detail string"))
         account("products", "silver.products", counts, {"images": img_counts, "merge": merge})
+        step("products: accounting")
         n_refs = sum(img_counts.values())
         n_ok = img_counts.get("ok", 0)
         if n_refs:  # image references checked: ok vs failed (the products themselves are kept)
@@ -300,7 +354,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     derived_from = []
     if "judgments" in cfg.sources:
         src = cfg.sources["judgments"]
-        tagged = T.tag_judgments(_bronze(ctx, lake, "judgments"), c, product_ids).cache()
+        tagged = materialize(T.tag_judgments(_bronze(ctx, lake, "judgments"), c, product_ids))
         cached.append(tagged)
         counts = T.outcome_counts(tagged)
         label = str(src.params.get("label") or (src.adapter if src.adapter != "generic" else cfg.name))
@@ -308,35 +362,39 @@ def run(ctx: RunContext) -> dict[str, Any]:
         merge = _write_snapshot(ctx, lake, "silver.judgments", silver, ["query_id", "product_id"])
         _write_partition(ctx, lake, "quarantine.judgments", _quarantine(ctx, tagged, ["_query_text", "product_id"], "judgments"))
         account("judgments", "silver.judgments", counts, {"merge": merge})
+        step("judgments")
         derived_from.append(tagged.where(F.col("_outcome") == T.KEPT))
     if "interactions" in cfg.sources:
-        tagged = T.tag_interactions(_bronze(ctx, lake, "interactions"), product_ids).cache()
+        tagged = materialize(T.tag_interactions(_bronze(ctx, lake, "interactions"), product_ids))
         cached.append(tagged)
         counts = T.outcome_counts(tagged)
         silver = T.interactions_silver(tagged).withColumn("run_date", F.lit(d).cast("date"))
         _write_partition(ctx, lake, "silver.interactions", silver)
         _write_partition(ctx, lake, "quarantine.interactions", _quarantine(ctx, tagged, "session_id", "interactions"))
         account("interactions", "silver.interactions", counts)
+        step("interactions")
         derived_from.append(tagged.where(F.col("_outcome") == T.KEPT))
 
     # ---------------------------------------------------------------------------------- queries
     queries = None
     if "queries" in cfg.sources:
-        tagged = T.tag_queries(_bronze(ctx, lake, "queries")).cache()
+        tagged = materialize(T.tag_queries(_bronze(ctx, lake, "queries")))
         cached.append(tagged)
         counts = T.outcome_counts(tagged)
         queries = T.queries_silver(tagged)
         _write_partition(ctx, lake, "quarantine.queries", _quarantine(ctx, tagged, "query", "queries"))
         account("queries", "silver.queries", counts)
+        step("queries")
     extra = T.derived_queries(queries, *derived_from)
     if queries is not None or extra is not None:
         allq = queries if extra is None else (extra if queries is None else queries.unionByName(extra))
-        allq = allq.withColumn("run_date", F.lit(d).cast("date")).cache()
+        allq = materialize(allq.withColumn("run_date", F.lit(d).cast("date")))
         cached.append(allq)
         n_q = allq.count()
         merge = _write_snapshot(ctx, lake, "silver.queries", allq, ["query_id"])
         summary.setdefault("queries", {}).update({"silver_rows": n_q, "merge": merge})
         log.info("clean queries: %d distinct queries in silver.queries", n_q)
+        step("queries: snapshot plan")
     if "voice_queries" in cfg.sources:  # clip checks on the executors: mmpipeline.voice.clean
         from mmpipeline.voice.clean import run_voice_clean
 
@@ -347,11 +405,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     _guard_deletes(ctx)
     if reasons_rows:
         print_table(f"clean: quarantine reasons for {d}", ["table", "reason", "rows"], reasons_rows)
+    step("voice + guards")
     fault_point("clean", "before-write")
     _execute(ctx, lake, lambda point: fault_point("clean", point))
     acc += _reconcile_merges(ctx, lake)
-    for df in cached + [e["df"] for e in _plan(ctx)]:
-        df.unpersist()
+    step("reconcile")
     record_accounting(ctx, "clean", acc)
+    step("accounting")
     summary["seconds_total"] = round(time.perf_counter() - t0, 2)
-    return {"tables": summary}
+    log.info("clean: seconds per step %s", step.seconds)
+    return {"tables": summary, "seconds_per_step": step.seconds}

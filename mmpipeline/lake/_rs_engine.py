@@ -192,6 +192,13 @@ def merge_spark(spark, uri: str, df, spec: TableSpec, keys: list[str], delete_mi
                 metadata: dict | None) -> dict[str, Any]:
     """Stage the source with Spark (parallel, no driver collect), stream it into delta-rs' merge."""
     root = Path(uri)
+    if not (root / "_delta_log").is_dir():  # a new table: Spark's files committed as they are
+        version = write_spark(spark, uri, df, spec, "overwrite", None, metadata)
+        from deltalake import DeltaTable
+
+        rows = DeltaTable(uri, version=version).to_pyarrow_dataset().count_rows()
+        return {"num_target_rows_inserted": rows, "num_target_rows_updated": 0, "num_target_rows_deleted": 0,
+                "created": True}
     staging = root.parent / f"_{root.name}_merge_{uuid.uuid4().hex}"
     try:
         df.write.mode("error").parquet(str(staging))

@@ -18,6 +18,8 @@ def test_bench_scale_small(spark, tmp_path, shared_datasets):
         # one commit per bronze table (3) + ops.row_accounting (source records vs bronze rows)
         assert r["stages"]["ingest"]["delta_versions"] == 4, r["stages"]["ingest"]
         assert r["stages"]["clean"]["files_written"] > 0
+        steps = r["stages"]["clean"]["summary"]["seconds_per_step"]  # where clean's time goes, per step
+        assert "products: tag + counts" in steps and "merge silver.products" in steps, steps
         cvp = r["clean_vs_pandas"]
         assert cvp["same_counts"], cvp  # Spark and pandas keep and quarantine the same rows
         assert cvp["spark"]["quarantined"] > 0

@@ -23,6 +23,8 @@ _PIECES = [
     "\u00a0", "\u200b", "½", "ß", "İ", "\u212a", "Ǆ", "™", "$", "€", "£", "USD", "eur", "Usd", "usdx", "abc",
     "1", "12", "1,299", ".50", "1.234.567", "12,5", ",", ".", "'", "\"", "-", "(", ")", "+", "/", "\\", "_",
     "x", "it's", "2x4", "1/2", "A", "z", "?", "!", "#", ";", "Navy-Blue",
+    "&ndash;", "&NDASH;", "&Mdash;", "&reg;", "&REG;", "&copy;", "&Lt;", "&LT;", "&hellip;", "&trade;", "&#8211;",
+    "&amp;ndash;", "&rsquo", "&middot;", "&times;",
 ]
 
 
@@ -155,3 +157,22 @@ def test_split_route_equals_reference(spark):
     bad += [(prices[i], tuple(rows[i]["p"])) for i in range(len(values))
             if tuple(rows[i]["p"]) != parse_price(prices[i], 1e6)]
     assert not bad, f"{len(bad)} mismatches, e.g. {bad[:5]}"
+
+
+def test_typographic_entities_stay_on_the_jvm(spark):
+    """Retailer HTML's dashes, quotes and marks decode in SQL (no Python), exactly as the reference."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    values = ["Drill &ndash; 18V", "Bob&rsquo;s &Ldquo;Best&rdquo;", "Brand&reg; Saw &mdash; 7&deg;",
+              "&COPY; 2024 &bull; 3 &times; 4", "&amp;ndash; literal", "x &#8211; y", "&Lt; &LT; &lt;b&gt;",
+              "a&middot;b &laquo;c&raquo; &plusmn;1"]
+    df = spark.createDataFrame(pd.DataFrame({"s": values}), "s string")
+    rows = df.select("s", sql.text_needs_python(F.col("s")).alias("py"), sql.clean_text_fast(F.col("s")).alias("t"),
+                     sql.normalize_query_fast(F.col("s")).alias("q")).collect()
+    assert [r["s"] for r in rows if r["py"]] == []
+    assert [(r["t"], r["q"]) for r in rows] == [(clean_text(v), normalize_query(v)) for v in values]
+    # NFKC changes these (hellip -> '...', trade -> 'TM'): they stay with the reference
+    py = df.select(sql.text_needs_python(F.lit("a &hellip; b &trade;")).alias("py")).first()["py"]
+    assert py
