@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -79,8 +80,20 @@ class StandaloneCluster:
     def alive_workers(self) -> int:
         try:
             return int(self.state().get("aliveworkers", 0))
-        except OSError:
+        except (OSError, ValueError):  # not up yet, or not the master's page (see bound_urls)
             return 0
+
+    def bound_urls(self) -> bool:
+        """Take the master's RPC and web UI addresses from its log once both are bound: Spark moves to
+        the next port when the one asked for was taken in the meantime (another process can grab a
+        port between :func:`free_port` and the bind), so the asked-for ports are not trusted."""
+        text = self.logs[0].read_text(errors="replace") if self.logs and self.logs[0].is_file() else ""
+        rpc = re.search(r"Starting Spark master at (spark://[\w.]+:\d+)", text)
+        web = re.search(r"MasterWebUI.*?started at (http://[\w.]+:\d+)", text)
+        if not (rpc and web):
+            return False
+        self.master_url, self.web_url = rpc.group(1), web.group(1)
+        return True
 
     def log_tail(self, n: int = 30) -> str:
         out = []
@@ -138,7 +151,7 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
         cluster.logs.append(work / "master.log")
         cluster.procs.append(_start([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                      "--port", str(port), "--webui-port", str(web)], cluster.logs[-1], e))
-        _wait(lambda: _port_open(port) and _port_open(web), start_timeout, "master", cluster)
+        _wait(cluster.bound_urls, start_timeout, "master", cluster)
         for i in range(workers):
             wdir = work / f"worker{i}"
             wdir.mkdir(exist_ok=True)

@@ -275,9 +275,11 @@ def test_a_relisted_duplicate_is_collapsed_at_score_and_expanded_by_search(world
     r = ranking[ranking["query_id"] == qid]
     assert not ({shown, twin} <= set(r["product_id"]))  # never both
     dups = lake.read_pandas("gold.search_duplicates", filters=[("run_date", "=", D4)])
-    hidden = dups[dups["query_id"] == qid]
+    # the planted pair is one group with one hidden member (the sample catalog may hold other duplicates)
+    hidden = dups[(dups["query_id"] == qid) & dups["product_id"].isin([shown, twin])]
     assert len(hidden) == 1 and {hidden["product_id"].iloc[0], hidden["shown_product_id"].iloc[0]} == {shown, twin}
     checks = lake.read_pandas("ops.validation", filters=[("run_date", "=", D4)])
     assert checks.loc[checks["check_name"] == "no_duplicate_listings", "success"].tolist() == [True]
     res = search.search(cfg, str(r["query"].iloc[0]), k=10)
-    assert [x["duplicates"] for x in res["results"] if x["duplicates"]] == [[hidden["product_id"].iloc[0]]]
+    expanded = {x["product_id"]: x["duplicates"] for x in res["results"]}
+    assert hidden["product_id"].iloc[0] in expanded[hidden["shown_product_id"].iloc[0]]
