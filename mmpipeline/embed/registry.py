@@ -39,18 +39,22 @@ def tower_version(cfg: "Config"):
         return None
 
 
-def version_with_fingerprint(cfg: "Config", fingerprint: str):
-    """The newest registered tower version trained on exactly these inputs (tag
-    :data:`FINGERPRINT_TAG`), or None."""
+def _newest_with_fingerprint(cfg: "Config", name: str, fingerprint: str):
+    """The newest version of registered model ``name`` whose tag :data:`FINGERPRINT_TAG` is
+    ``fingerprint`` (trained on exactly these inputs), or None."""
     from mlflow.exceptions import MlflowException
 
-    name = tower_registered_name(cfg)
     try:
         versions = _client(cfg).search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
     hits = [mv for mv in versions if (mv.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
     return max(hits, key=lambda mv: int(mv.version)) if hits else None
+
+
+def version_with_fingerprint(cfg: "Config", fingerprint: str):
+    """The newest registered image-tower version trained on exactly these inputs, or None."""
+    return _newest_with_fingerprint(cfg, tower_registered_name(cfg), fingerprint)
 
 
 def set_alias(cfg: "Config", version: str) -> None:
@@ -127,15 +131,7 @@ def text_tower_version(cfg: "Config"):
 
 def text_version_with_fingerprint(cfg: "Config", fingerprint: str):
     """The newest registered text-tower version tuned on exactly these inputs, or None."""
-    from mlflow.exceptions import MlflowException
-
-    name = text_tower_registered_name(cfg)
-    try:
-        versions = _client(cfg).search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    hits = [mv for mv in versions if (mv.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
-    return max(hits, key=lambda mv: int(mv.version)) if hits else None
+    return _newest_with_fingerprint(cfg, text_tower_registered_name(cfg), fingerprint)
 
 
 def set_text_alias(cfg: "Config", version: str) -> None:
