@@ -26,7 +26,6 @@ collected to the driver.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,23 +48,8 @@ QUERY_SET_VIEW = "mmp_publish_query_set"
 # ----------------------------------------------------------------------------- the run date's inputs
 
 
-def commit_meta(entry: dict[str, Any]) -> dict[str, Any]:
-    """One Delta history entry's commit metadata in one shape for both engines (delta-rs puts custom
-    metadata at the top level, delta-spark a JSON string under ``userMetadata``)."""
-    meta = dict(entry)
-    um = entry.get("userMetadata")
-    if isinstance(um, str) and um.strip().startswith("{"):
-        try:
-            parsed = json.loads(um)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            meta.update(parsed)
-    return meta
-
-
 def _commit_run_date(entry: dict[str, Any]) -> dt.date | None:
-    meta = commit_meta(entry)
+    meta = entry.get("metadata") or {}  # Lake.history: one shape for both engines
     raw = meta.get("run_date") or meta.get("mmp_run_date")
     if not raw:
         return None

@@ -107,8 +107,6 @@ def reconcile(lake) -> dict[str, Any] | None:
     rollback killed before it logged ``current``) and marks pending operations that never committed
     ``aborted``. Returns what it completed, or None. Safe to call at any time, idempotent.
     """
-    from mmpipeline.score.checks import commit_meta
-
     ev = events(lake)
     if not len(ev):
         return None
@@ -124,7 +122,7 @@ def reconcile(lake) -> dict[str, Any] | None:
         cur = current_event(lake)
         if cur is None or pd.isna(cur.get("index_version")) or int(cur["index_version"]) != latest:
             entry = next((h for h in lake.history(INDEX, limit=1)), None)
-            meta = commit_meta(entry or {})
+            meta = {**(entry or {}), **((entry or {}).get("metadata") or {})}  # commit info + custom metadata
             match = None
             for i in range(len(pending) - 1, -1, -1):
                 p = pending.iloc[i]
