@@ -212,6 +212,11 @@ class RankConfig(_Model):
     interaction_grades: dict[str, float] = Field(default_factory=lambda: {
         "purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "impression": 0.0})
     max_train_queries: int | None = None  # subsample (by hash) for demos / CI
+    # build-training-data: local (driver: the featuriser over the whole catalog in this process) or spark
+    # (negatives and features per query partition on the executors, each Python worker loads the
+    # featuriser once; the driver holds the judged pairs only)
+    data_engine: Literal["local", "spark"] = "local"
+    data_partitions: int = 0  # engine spark: query partitions (0: Spark's default parallelism)
     text_model_name: str | None = None  # which gold.product_embeddings model to use (None: the most common)
     image_model_name: str | None = None
     # evaluation and gating

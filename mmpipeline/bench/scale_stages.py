@@ -12,6 +12,8 @@ the run's config before the first of them (:func:`prepare`):
   larger ones. The summary says how many texts the model really encoded (``really_encoded``) and
   how many came from the cache (``cache_hits``); the stage itself (plan, hashing, merges) is timed
   in full;
+* build-training-data: ``rank.data_engine`` from ``--param data_engine`` (default ``spark``: negatives
+  and features per query partition on the executors; ``local`` for the one-process path);
 * train: ``rank.epochs`` capped (``--param train_epochs``, default 2), the new version is the
   ``challenger``;
 * score: the Spark engine (queries partitioned, state loaded once per Python worker), scoring with
@@ -76,6 +78,7 @@ def prepare(ctx) -> None:
     cfg.embed.engine = "local"
     cfg.embed.progress = False
     cfg.rank.epochs = int(ctx.options.get("train_epochs", 2))
+    cfg.rank.data_engine = str(ctx.options.get("data_engine", "spark"))
     cfg.score.engine = "spark"
     cfg.score.model_alias = "challenger"
     ctx.options["_later_stages_ready"] = True

@@ -94,15 +94,31 @@ def graded_pairs(judgments: pd.DataFrame, interactions: pd.DataFrame | None, rc:
     return out.drop_duplicates(["query_id", "product_id"], keep="first").reset_index(drop=True)
 
 
-def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankConfig") -> pd.DataFrame:
-    """Random and hard negatives per query from the whole catalog (never a judged product).
-
-    The nearest products come from FAISS exact search (:class:`~mmpipeline.retrieval.ann.AnnIndex`,
-    ``IndexFlatIP``), which scans the catalog in blocks with a top-k heap per query: memory holds the
-    catalog vectors and k results per query, never a (queries x catalog) score matrix."""
+def hard_indexes(featurizer: PairFeaturizer) -> list[Any]:
+    """FAISS exact indexes (``IndexFlatIP``) over the products with a text / an image vector: the
+    hard-negative neighbour pools. Built once per featuriser (a Spark worker keeps them across
+    partitions)."""
     from mmpipeline.config import AnnConfig
     from mmpipeline.retrieval.ann import AnnIndex
 
+    out = []
+    for mat, hv in ((featurizer.p_text, featurizer.has_text), (featurizer.p_image, featurizer.has_image)):
+        if hv.sum() == 0:
+            continue
+        sel = np.flatnonzero(hv > 0)
+        out.append(AnnIndex.build(featurizer.ids[sel], mat[sel], AnnConfig(kind="exact")))
+    return out
+
+
+def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankConfig",
+                     indexes: list[Any] | None = None) -> pd.DataFrame:
+    """Random and hard negatives per query from the whole catalog (never a judged product).
+
+    The nearest products come from FAISS exact search (:class:`~mmpipeline.retrieval.ann.AnnIndex`,
+    ``IndexFlatIP``, :func:`hard_indexes`; pass ``indexes`` to reuse them), which scans the catalog in
+    blocks with a top-k heap per query: memory holds the catalog vectors and k results per query,
+    never a (queries x catalog) score matrix. Every query's negatives depend on that query alone
+    (its own seeded generator), so any partition of the queries gives the same rows."""
     n_cat = len(featurizer.ids)
     queries = pairs[["query_id", "query_norm"]].drop_duplicates("query_id").reset_index(drop=True)
     judged = pairs.groupby("query_id")["product_id"].agg(set).to_dict()
@@ -111,13 +127,8 @@ def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankC
     if rc.negatives_hard > 0 and len(queries):
         qv, has = featurizer.query_matrix(queries["query_norm"].tolist(), queries["query_id"].tolist())
         pools = []
-        for mat, hv in ((featurizer.p_text, featurizer.has_text), (featurizer.p_image, featurizer.has_image)):
-            if hv.sum() == 0:
-                continue
-            sel = np.flatnonzero(hv > 0)
-            idx = AnnIndex.build(featurizer.ids[sel], mat[sel], AnnConfig(kind="exact"))
-            k = min(rc.hard_pool_k, len(sel))
-            ids, _ = idx.search(qv, k)
+        for idx in (hard_indexes(featurizer) if indexes is None else indexes):
+            ids, _ = idx.search(qv, min(rc.hard_pool_k, len(idx.ids)))
             pools.append(ids)
         if rc.lexical_hard_negatives:  # BM25 neighbours too: the candidates a reranker meets at serving time
             ids, _ = featurizer.bm25.search(queries["query_norm"].fillna("").tolist(), min(rc.hard_pool_k, n_cat))
@@ -183,23 +194,34 @@ def scalar_features_by_query_block(featurizer: PairFeaturizer, df: pd.DataFrame,
     return out.sort_index()
 
 
-def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer: PairFeaturizer,
-          rc: "RankConfig", run_date: Any) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The training table for ``run_date`` and row counts per step. Judged pairs whose product is
-    not in the catalog are dropped (counted as ``dropped_unknown_product``)."""
+def judged_pairs(judgments: pd.DataFrame, interactions: pd.DataFrame | None, known: Any,
+                 rc: "RankConfig") -> tuple[pd.DataFrame, dict[str, int]]:
+    """Graded pairs whose product is in the catalog (``known``: a container of product ids, or a
+    function ``product ids -> bool mask``), subsampled by query hash when ``rc.max_train_queries``."""
     pairs = graded_pairs(judgments, interactions, rc)
     counts = {"graded_pairs": len(pairs)}
-    known = pairs["product_id"].isin(featurizer.pos)
-    counts["dropped_unknown_product"] = int((~known).sum())
-    pairs = pairs[known].reset_index(drop=True)
+    ok = (np.asarray(known(pairs["product_id"]), bool) if callable(known)
+          else pairs["product_id"].isin(known).to_numpy())
+    counts["dropped_unknown_product"] = int((~ok).sum())
+    pairs = pairs[ok].reset_index(drop=True)
     if rc.max_train_queries:
         qs = pd.Series(pairs["query_id"].unique())
         keep = set(qs.iloc[np.argsort(qs.map(lambda q: unit_hash(q, "subsample")).to_numpy())[:rc.max_train_queries]])
         pairs = pairs[pairs["query_id"].isin(keep)].reset_index(drop=True)
         counts["pairs_after_query_subsample"] = len(pairs)
-    neg = sample_negatives(pairs, featurizer, rc)
-    counts["hard_negatives"] = int((neg["source"] == "hard_negative").sum())
-    counts["random_negatives"] = int((neg["source"] == "random_negative").sum())
+    return pairs, counts
+
+
+ROW_ORDER = ["split", "query_id", "source", "product_id"]
+
+
+def training_rows(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankConfig", run_date: Any,
+                  indexes: list[Any] | None = None) -> pd.DataFrame:
+    """The training rows of the queries in ``pairs`` (judged pairs of known products): the pairs,
+    their sampled negatives, split and scalar features, in ``ROW_ORDER``. Rows depend only on each
+    query's own pairs, so the rows of a partition of the queries are that partition's rows of the
+    whole (the Spark engine relies on it)."""
+    neg = sample_negatives(pairs, featurizer, rc, indexes)
     df = pd.concat([pairs, neg[pairs.columns]], ignore_index=True)
     df["split"] = assign_split(df["query_id"], rc.split)
     feats = scalar_features_by_query_block(featurizer, df)
@@ -207,12 +229,128 @@ def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer
     df["run_date"] = pd.Timestamp(run_date).date()
     df["text_model"] = featurizer.meta.get("text_model")
     df["image_model"] = featurizer.meta.get("image_model")
-    df = df.sort_values(["split", "query_id", "source", "product_id"], kind="stable").reset_index(drop=True)
+    return df.sort_values(ROW_ORDER, kind="stable").reset_index(drop=True)
+
+
+def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer: PairFeaturizer,
+          rc: "RankConfig", run_date: Any) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The training table for ``run_date`` and row counts per step. Judged pairs whose product is
+    not in the catalog are dropped (counted as ``dropped_unknown_product``)."""
+    pairs, counts = judged_pairs(judgments, interactions, featurizer.pos, rc)
+    df = training_rows(pairs, featurizer, rc, run_date)
+    counts["hard_negatives"] = int((df["source"] == "hard_negative").sum())
+    counts["random_negatives"] = int((df["source"] == "random_negative").sum())
     counts["rows"] = len(df)
     counts["queries"] = int(df["query_id"].nunique())
     for s in SPLITS:
         counts[f"{s}_queries"] = int(df.loc[df["split"] == s, "query_id"].nunique())
     return df, counts
+
+
+# ------------------------------------------------------------------------------------ spark
+
+# one featuriser + hard-negative indexes per Python worker (keyed by config, run date and versions)
+_WORKER: dict[str, tuple[PairFeaturizer, list[Any], str]] = {}
+QUERY_BLOCK = 256  # queries per training_rows call in a Spark partition
+
+
+def worker_featurizer(cfg_json: str, run_date: str, versions: dict[str, int | None]) -> tuple[PairFeaturizer, list[Any], str]:
+    """The featuriser of the catalog known at ``run_date`` (tables at the driver's ``versions``) and
+    its hard-negative indexes, cached in this process: a worker running many partitions of a night
+    loads them once. Returns (featuriser, indexes, load id)."""
+    import os
+    import uuid
+
+    from mmpipeline.config import Config
+    from mmpipeline.lake import Lake
+
+    key = hashlib.sha256(json.dumps([cfg_json, run_date, versions], sort_keys=True, default=str).encode()).hexdigest()
+    hit = _WORKER.get(key)
+    if hit is not None:
+        return hit
+    cfg = Config.model_validate_json(cfg_json)
+    lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only, pinned versions
+    fz = PairFeaturizer.from_lake(lake, cfg, as_of=pd.Timestamp(run_date).date(), versions=versions)
+    idx = hard_indexes(fz) if cfg.rank.negatives_hard > 0 else []
+    _WORKER.clear()  # one night's state per worker
+    _WORKER[key] = (fz, idx, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    log.info("training-data worker %d: featuriser of %d products loaded", os.getpid(), len(fz.ids))
+    return _WORKER[key]
+
+
+def known_products(lake, run_date: Any, version: int | None) -> Any:
+    """``product ids -> bool mask``: in ``silver.products`` (at ``version``, rows with ``run_date <=
+    run_date``), the catalog the featuriser holds. Arrow only: one id column, no per-product objects."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = lake.read_arrow("silver.products", version=version, columns=["product_id", "run_date"])
+    d = pa.scalar(pd.Timestamp(run_date).date(), pa.date32())
+    ids = pc.unique(t.filter(pc.less_equal(t["run_date"].cast(pa.date32()), d))["product_id"].cast(pa.string()))
+
+    def known(product_ids: pd.Series) -> np.ndarray:
+        arr = pa.array(product_ids.astype(str).tolist(), pa.string())
+        return pc.is_in(arr, value_set=ids).to_numpy(zero_copy_only=False)
+
+    return known
+
+
+def build_spark(spark, cfg: Any, pairs: pd.DataFrame, run_date: Any, versions: dict[str, int | None],
+                partitions: int | None = None):
+    """:func:`training_rows` on Spark, partitioned by query: the judged pairs go to the executors
+    split by ``query_id``; each partition samples its queries' negatives and computes their features
+    with the worker's featuriser (:func:`worker_featurizer`: loaded once per Python worker), a block
+    of queries at a time. Returns the Spark DataFrame of ``gold.training_data`` rows (the driver
+    never holds the catalog or the rows)."""
+    from pyspark.sql import types as T
+
+    from mmpipeline.schemas import spark_schema, table
+
+    out_schema = spark_schema(table("gold.training_data"))
+    out_cols = [f.name for f in out_schema.fields]
+    cols = ["query_id", "query_norm", "product_id", "grade", "label", "source"]
+    in_schema = T.StructType([T.StructField(c, T.DoubleType() if c in ("grade", "label") else T.StringType())
+                              for c in cols])
+    cfg_json = cfg.model_dump_json()
+    rc = cfg.rank
+    day = str(pd.Timestamp(run_date).date())
+    vers = {k: v for k, v in versions.items() if v is not None}
+    pdf = pairs[cols].astype({"grade": "float64", "label": "float64"})
+    n_parts = max(1, int(partitions or spark.sparkContext.defaultParallelism))
+    sdf = spark.createDataFrame(pdf, schema=in_schema).repartition(n_parts, "query_id")
+
+    def _rows(batches):
+        from mmpipeline.rank import data as _data  # the worker's module: its cache survives tasks
+
+        got = [b for b in batches if len(b)]
+        if not got:
+            return
+        part = pd.concat(got, ignore_index=True)  # this partition's judged pairs (a query never spans two)
+        fz, idx, _ = _data.worker_featurizer(cfg_json, day, vers)
+        qids = part["query_id"].unique()
+        for s in range(0, len(qids), _data.QUERY_BLOCK):
+            sub = part[part["query_id"].isin(set(qids[s:s + _data.QUERY_BLOCK]))].reset_index(drop=True)
+            yield _data.training_rows(sub, fz, rc, day, idx)[out_cols]
+
+    return sdf.mapInPandas(_rows, schema=out_schema)
+
+
+def _spark_counts(rows) -> tuple[dict[str, Any], list[list[Any]], float]:
+    """Counts of the Spark rows (as :func:`build` reports them), the split x source table, label mean."""
+    from pyspark.sql import functions as F
+
+    by = (rows.groupBy("split", "source").agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("query_id").alias("queries"))
+          .orderBy("split", "source").collect())
+    tot = rows.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("query_id").alias("q"), F.avg("label").alias("m")).collect()[0]
+    per_split = {r["split"]: r["q"] for r in rows.groupBy("split").agg(F.countDistinct("query_id").alias("q")).collect()}
+    src = {}
+    for r in by:
+        src[r["source"]] = src.get(r["source"], 0) + int(r["rows"])
+    counts = {"hard_negatives": src.get("hard_negative", 0), "random_negatives": src.get("random_negative", 0),
+              "rows": int(tot["n"]), "queries": int(tot["q"])}
+    for s in SPLITS:
+        counts[f"{s}_queries"] = int(per_split.get(s, 0))
+    return counts, [[r["split"], r["source"], int(r["rows"]), int(r["queries"])] for r in by], float(tot["m"] or 0.0)
 
 
 # ------------------------------------------------------------------------------------ stage
@@ -254,17 +392,34 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         raise StageError("no judgments or interactions known at the run date: nothing to learn from")
     versions = {n: lake.version(n) for n in ("silver.products", "silver.judgments", "silver.interactions",
                                             "gold.product_embeddings", "gold.query_embeddings")}
-    featurizer = PairFeaturizer.from_lake(lake, ctx.cfg, as_of=ctx.run_date, versions=versions)
-    df, counts = build(judgments, interactions, featurizer, rc, ctx.run_date)
-    if df.empty:
-        raise StageError("the training data is empty (judged products unknown to the catalog?)")
-    version = lake.write("gold.training_data", df, mode="overwrite", partition={"run_date": ctx.run_date},
-                         metadata={"mmp_run_date": str(ctx.run_date), "mmp_input_versions": json.dumps(versions),
-                                   "mmp_stage": "build-training-data"})
-    by = df.groupby(["split", "source"]).agg(rows=("product_id", "size"), queries=("query_id", "nunique")).reset_index()
+    meta = {"mmp_run_date": str(ctx.run_date), "mmp_input_versions": json.dumps(versions),
+            "mmp_stage": "build-training-data"}
+    if rc.data_engine == "spark":
+        lake = ctx.spark_lake()
+        known = known_products(lake, ctx.run_date, versions["silver.products"])
+        pairs, counts = judged_pairs(judgments, interactions, known, rc)
+        rows = build_spark(ctx.spark, ctx.cfg, pairs, ctx.run_date, versions, rc.data_partitions or None).persist()
+        try:
+            more, table_rows, label_mean = _spark_counts(rows)
+            counts.update(more)
+            if not counts["rows"]:
+                raise StageError("the training data is empty (judged products unknown to the catalog?)")
+            version = lake.write("gold.training_data", rows, mode="overwrite", partition={"run_date": ctx.run_date},
+                                 metadata=meta)
+        finally:
+            rows.unpersist()
+    else:
+        featurizer = PairFeaturizer.from_lake(lake, ctx.cfg, as_of=ctx.run_date, versions=versions)
+        df, counts = build(judgments, interactions, featurizer, rc, ctx.run_date)
+        if df.empty:
+            raise StageError("the training data is empty (judged products unknown to the catalog?)")
+        version = lake.write("gold.training_data", df, mode="overwrite", partition={"run_date": ctx.run_date},
+                             metadata=meta)
+        by = df.groupby(["split", "source"]).agg(rows=("product_id", "size"), queries=("query_id", "nunique")).reset_index()
+        table_rows, label_mean = by.values.tolist(), float(df["label"].mean())
     print_table(f"build-training-data {ctx.run_date}: gold.training_data v{version}", ["split", "source", "rows", "queries"],
-                by.values.tolist())
+                table_rows)
     log.info("training data: %s", counts)
-    return {"table": "gold.training_data", "version": version, **counts,
-            "label_mean": round(float(df["label"].mean()), 4), "input_versions": versions,
+    return {"table": "gold.training_data", "version": version, **counts, "engine": rc.data_engine,
+            "label_mean": round(label_mean, 4), "input_versions": versions,
             "features": SCALAR_FEATURES}

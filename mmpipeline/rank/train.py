@@ -264,7 +264,10 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
     if not known:
         raise StageError(f"{name} has no partition on or before {ctx.run_date}")
     use = known[-1]
-    df = lake.read_pandas(name, version=version, filters=[("run_date", "=", use)]).reset_index(drop=True)
+    df = lake.read_pandas(name, version=version, filters=[("run_date", "=", use)])
+    # the builder's row order whatever wrote the files (the Spark engine's files come in task order):
+    # the lists, their batches and so the trained model do not depend on file order
+    df = df.sort_values(["split", "query_id", "source", "product_id"], kind="stable").reset_index(drop=True)
     meta: dict[str, Any] = {"training_run_date": str(use)}
     for h in lake.history(name):  # commit metadata in one shape for both engines (Lake.history)
         m = h.get("metadata") or {}
@@ -280,7 +283,7 @@ _NOT_TRAINING = frozenset({"primary_metric", "promote_margin", "slice_tolerance"
                            "relevant_min_label", "long_query_tokens", "max_eval_queries", "eval_batch_queries",
                            "bench_fusions", "colour_attribute", "score_batch_size", "device",
                            "bench_lambdamart", "lambdamart_rounds", "slice_regression_max", "slice_min_queries",
-                           "gate_slices"})
+                           "gate_slices", "data_engine", "data_partitions"})
 TRAIN_KEY_TAG = "mmp_train_key"
 
 

@@ -104,9 +104,14 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     td = ctx.lake.read_pandas("gold.training_data")
     assert td.groupby("query_id")["split"].nunique().max() == 1  # no query in two splits
     assert set(td["source"]) >= {"judgment", "hard_negative", "random_negative"}
-    # idempotent re-run of the run date: same rows
-    data.run(ctx)
-    assert len(ctx.lake.read_pandas("gold.training_data")) == len(td)
+    # a re-run of the run date on the spark engine (negatives and features per query partition on the
+    # executors, the featuriser loaded once per Python worker) replaces the partition with the same rows
+    rank_cfg.rank.data_engine, rank_cfg.rank.data_partitions = "spark", 3
+    s2 = data.run(ctx)
+    td2 = ctx.lake.read_pandas("gold.training_data")
+    key = ["split", "query_id", "source", "product_id"]
+    pd.testing.assert_frame_equal(td2.sort_values(key).reset_index(drop=True), td.sort_values(key).reset_index(drop=True))
+    assert {k: s2[k] for k in s if k not in ("version", "engine")} == {k: s[k] for k in s if k not in ("version", "engine")}
 
     t1 = train.run(ctx)
     assert t1["alias"] == "challenger"

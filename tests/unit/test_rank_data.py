@@ -145,3 +145,19 @@ def test_training_data_bounded_memory_paths_equal_the_one_shot_ones():
     exact, _ = DenseIndex(fz.ids, fz.p_text).search(qv, 8)
     faiss_ids, _ = AnnIndex.build(fz.ids, fz.p_text, AnnConfig(kind="exact")).search(qv, 8)
     assert (exact == faiss_ids).all()
+
+
+def test_training_rows_of_any_query_partition_are_the_whole_tables_rows():
+    """The spark engine's contract: rows per query partition (as executors build them, with the hard-negative
+    indexes built once and reused) concatenate to exactly the one-process table."""
+    rc = RankConfig(negatives_random=3, negatives_hard=3, hard_pool_k=8)
+    fz = _featurizer()
+    whole, counts = data.build(_judgments(), None, fz, rc, "2026-11-01")
+    pairs, _ = data.judged_pairs(_judgments(), None, fz.pos, rc)
+    idx = data.hard_indexes(fz)
+    qids = pairs["query_id"].unique()
+    parts = [data.training_rows(pairs[pairs["query_id"].isin(qids[i::4])].reset_index(drop=True), fz, rc,
+                                "2026-11-01", idx) for i in range(4)]
+    got = pd.concat(parts, ignore_index=True).sort_values(data.ROW_ORDER, kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, whole)
+    assert counts["hard_negatives"] > 0 and counts["random_negatives"] > 0
