@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 RANKING = "gold.search_ranking"
 VECTORS = "gold.product_vectors"
+# silver.products columns the stage reads: BM25 text and the duplicate key (title + image hash)
+PRODUCT_COLUMNS = ["product_id", "title", "brand", "category_path", "description", "image_hash"]
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -78,11 +80,11 @@ class ScoreInputs:
 
 def load_inputs(lake, cfg: Config) -> ScoreInputs:
     versions = {n: lake.version(n) for n in ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}
-    products = _read(lake, "silver.products")
+    # only the columns retrieval (BM25 text) and the near-duplicate key use: not the attributes, images, ...
+    products = _read(lake, "silver.products", PRODUCT_COLUMNS)
     if products is None or not len(products):
         raise StageError("silver.products is missing or empty: run ingest and clean first")
-    keep = [c for c in ("product_id", "title", "brand", "category_path", "description") if c in products.columns]
-    products = products[keep].drop_duplicates("product_id").sort_values("product_id", kind="stable").reset_index(drop=True)
+    products = products.drop_duplicates("product_id").sort_values("product_id", kind="stable").reset_index(drop=True)
     queries = _read(lake, "silver.queries", ["query_id", "query_norm", "frequency"])
     judgments = _read(lake, "silver.judgments", ["query_id", "query_norm", "product_id", "grade"])
     interactions = _read(lake, "silver.interactions", ["query_id", "query_norm", "session_id"])

@@ -204,3 +204,28 @@ def pa_table(df):
     df = df.copy()
     df["vector"] = [np.asarray(x, np.float32).tolist() for x in df["vector"]]
     return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def test_score_inputs_keep_the_image_hash_for_the_duplicate_key(tmp_path, make_config):
+    """score.collapse_key title_image: two listings with the same title but different photos are not
+    duplicates; the stage's inputs must carry silver's image_hash (they used to drop it, so every
+    same-title pair collapsed)."""
+    import datetime as dt
+
+    from mmpipeline.lake import Lake
+    from mmpipeline.schemas import table
+    from mmpipeline.score.dedupe import duplicate_groups
+    from mmpipeline.score.job import load_inputs
+
+    cfg = make_config()
+    lake = Lake(cfg.lake.root, engine="delta-rs")
+    p = pd.DataFrame({"product_id": ["a", "b", "c", "d"], "title": ["Red Shirt", "red shirt", "Red shirt", "hat"],
+                      "image_hash": ["h1", "h1", "h2", None], "run_date": dt.date(2026, 1, 1)})
+    for c, _ in table("silver.products").columns:
+        if c not in p.columns:
+            p[c] = None
+    lake.write("silver.products", p, mode="overwrite")
+    inputs = load_inputs(lake, cfg)
+    assert "attributes" not in inputs.products.columns  # only what retrieval and the duplicate key use
+    groups = duplicate_groups(inputs.products, "title_image")
+    assert sorted(groups["product_id"]) == ["a", "b"]
