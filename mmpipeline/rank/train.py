@@ -246,8 +246,23 @@ def plot_score_by_grade(scores: np.ndarray, grades: np.ndarray, sources: np.ndar
 
 
 def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, Any]]:
-    """The training-data partition of the run date (or the latest one before it), the table version
-    and the commit metadata recorded by the builder (input table versions)."""
+    """The training-data partition of the run date (or the latest one before it) as one frame, the
+    table version and the commit metadata recorded by the builder (input table versions). Train
+    streams the same rows instead (:class:`TrainingRowBatches`)."""
+    version, use, meta = training_partition(ctx)
+    # only the chosen night's partition (files pruned by run_date), not the table's whole history
+    df = ctx.lake.read_pandas("gold.training_data", version=version, filters=[("run_date", "=", use)])
+    # the builder's row order whatever wrote the files (the Spark engine's files come in task order)
+    df = df.sort_values(ROW_ORDER, kind="stable").reset_index(drop=True)
+    return df, version, meta
+
+
+ROW_ORDER = ["split", "query_id", "source", "product_id"]  # the builder's order (rank.data.ROW_ORDER)
+
+
+def training_partition(ctx: "RunContext") -> tuple[int, Any, dict[str, Any]]:
+    """(table version, the partition's run date, commit metadata) of the night
+    :func:`read_training_data` would read, without reading its rows."""
     from mmpipeline.context import StageError
 
     lake = ctx.lake
@@ -255,8 +270,6 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
     if not lake.exists(name):
         raise StageError(f"{name} does not exist: run 'mmpipeline run build-training-data' first")
     version = lake.version(name)
-    # the partition column first, then only the chosen night's partition (files pruned by run_date):
-    # memory holds one night's training rows, not the table's whole history
     dates = lake.read_arrow(name, version=version, columns=["run_date"]).column("run_date").unique().to_pylist()
     if not dates:
         raise StageError(f"{name} is empty")
@@ -264,10 +277,6 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
     if not known:
         raise StageError(f"{name} has no partition on or before {ctx.run_date}")
     use = known[-1]
-    df = lake.read_pandas(name, version=version, filters=[("run_date", "=", use)])
-    # the builder's row order whatever wrote the files (the Spark engine's files come in task order):
-    # the lists, their batches and so the trained model do not depend on file order
-    df = df.sort_values(["split", "query_id", "source", "product_id"], kind="stable").reset_index(drop=True)
     meta: dict[str, Any] = {"training_run_date": str(use)}
     for h in lake.history(name):  # commit metadata in one shape for both engines (Lake.history)
         m = h.get("metadata") or {}
@@ -275,7 +284,125 @@ def read_training_data(ctx: "RunContext") -> tuple[pd.DataFrame, int, dict[str, 
             iv = m["mmp_input_versions"]
             meta["input_versions"] = json.loads(iv) if isinstance(iv, str) else iv
             break
-    return df, version, meta
+    return version, use, meta
+
+
+class TrainingRowBatches(torch.utils.data.IterableDataset):
+    """One night's ``gold.training_data`` rows as a stream of pandas frames of at most ``batch_rows``
+    rows: the partition's files (pruned by ``run_date`` through the deltalake dataset), read record
+    batch by record batch. Memory holds one batch of rows, whatever the night's size."""
+
+    def __init__(self, uri: str, version: int, run_date: Any, batch_rows: int = 65_536,
+                 columns: list[str] | None = None):
+        super().__init__()
+        self.uri, self.version, self.run_date = uri, version, pd.Timestamp(run_date).date()
+        self.batch_rows, self.columns = int(batch_rows), columns
+
+    def __iter__(self):
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+        from deltalake import DeltaTable
+
+        from mmpipeline.lake import _plain_strings
+
+        ds = DeltaTable(self.uri, version=self.version).to_pyarrow_dataset()
+        expr = pads.field("run_date") == pa.scalar(self.run_date, pa.date32())
+        frags = list(ds.get_fragments(filter=expr))  # only this night's partition files
+        if not frags:
+            return
+        pruned = pads.FileSystemDataset(frags, ds.schema, ds.format, ds.filesystem)
+        for batch in pruned.to_batches(columns=self.columns, batch_size=self.batch_rows):
+            if batch.num_rows:
+                yield _plain_strings(pa.Table.from_batches([batch])).to_pandas()
+
+
+@dataclass
+class StreamedLists:
+    """What :func:`stream_lists` gathers from the stream: the lists per split, the fingerprint of the
+    rows, the row counts and the first rows (in the builder's order) of each split for the model's
+    input example."""
+
+    lists: dict[str, ListData]
+    rows_digest: str
+    rows: int
+    head: dict[str, pd.DataFrame]
+
+
+def stream_lists(batches: Any, featurizer: PairFeaturizer, splits: tuple[str, ...] = ("train", "valid"),
+                 head_rows: int = 5) -> StreamedLists:
+    """Training rows (an iterable of frames, e.g. :class:`TrainingRowBatches`) -> :class:`ListData`
+    per split, equal to :func:`make_lists` of the split's rows in the builder's order, without ever
+    holding the rows as one frame: each batch leaves compact numbers (query code, catalog row,
+    scalars, label, grade) and one 64-bit hash per row (the order-independent rows digest)."""
+    acc: dict[str, dict[str, list]] = {s: {k: [] for k in ("q", "src", "row", "sc", "lab", "gr")} for s in splits}
+    q_code: dict[str, int] = {}
+    q_norm: list[str] = []
+    src_code: dict[str, int] = {}
+    hashes: list[np.ndarray] = []
+    n = 0
+    for df in batches:
+        if not len(df):
+            continue
+        n += len(df)
+        h = df[sorted(df.columns)]
+        h = h.astype({c: str for c in h.columns if h[c].dtype == object})
+        hashes.append(pd.util.hash_pandas_object(h, index=False).to_numpy())
+        rows = featurizer.product_rows(df["product_id"].tolist())
+        df = df.loc[rows >= 0].reset_index(drop=True)
+        rows = rows[rows >= 0]
+        for s in splits:
+            sel = (df["split"] == s).to_numpy()
+            if not sel.any():
+                continue
+            sub = df.loc[sel].reset_index(drop=True)
+            qc = np.empty(len(sub), np.int64)
+            for i, (qid, qn) in enumerate(zip(sub["query_id"].astype(str), sub["query_norm"])):
+                c = q_code.get(qid)
+                if c is None:
+                    c = q_code[qid] = len(q_norm)
+                    q_norm.append(qn)
+                qc[i] = c
+            a = acc[s]
+            a["q"].append(qc)
+            a["src"].append(np.array([src_code.setdefault(x, len(src_code)) for x in sub["source"]], np.int64))
+            a["row"].append(rows[sel])
+            a["sc"].append(featurizer.stored_scalars(sub))
+            a["lab"].append(sub["label"].to_numpy(dtype=np.float32))
+            a["gr"].append(pd.to_numeric(sub["grade"], errors="coerce").to_numpy(dtype=np.float64))
+    qids = np.array(list(q_code), dtype=object)
+    q_rank = np.empty(len(qids), np.int64)
+    q_rank[np.argsort(qids.astype(str), kind="stable")] = np.arange(len(qids))
+    srcs = sorted(src_code)
+    src_rank = np.array([srcs.index(x) for x in src_code], np.int64)
+    p_rank = np.empty(len(featurizer.ids), np.int64)
+    p_rank[np.argsort(featurizer.ids.astype(str), kind="stable")] = np.arange(len(featurizer.ids))
+    out: dict[str, ListData] = {}
+    head: dict[str, pd.DataFrame] = {}
+    for s in splits:
+        a = acc[s]
+        cat = {k: (np.concatenate(v) if v else None) for k, v in a.items()}
+        if cat["q"] is None:
+            out[s] = make_lists(pd.DataFrame(columns=["query_id", "query_norm", "product_id", "label", "grade"]),
+                                featurizer)
+            head[s] = pd.DataFrame(columns=["query_id", "query_norm", "product_id"])
+            continue
+        order = np.lexsort((p_rank[cat["row"]], src_rank[cat["src"]], q_rank[cat["q"]]))  # ROW_ORDER in the split
+        qc, prow = cat["q"][order], cat["row"][order]
+        uq, first = np.unique(q_rank[qc], return_index=True)  # queries in id order
+        q_of = qc[first]
+        q_vec, _ = featurizer.query_matrix([q_norm[c] for c in q_of], [str(qids[c]) for c in q_of])
+        q_index = np.searchsorted(uq, q_rank[qc])
+        bounds = np.flatnonzero(np.diff(q_index)) + 1
+        groups = [g for g in np.split(np.arange(len(qc)), bounds) if len(g)]
+        out[s] = ListData(q_vec=q_vec, q_index=q_index, p_row=prow, scalars=cat["sc"][order],
+                          labels=cat["lab"][order], grades=cat["gr"][order], groups=groups,
+                          query_ids=[str(qids[q_of[q_index[g[0]]]]) for g in groups])
+        k = order[:head_rows]
+        head[s] = pd.DataFrame({"query_id": [str(qids[c]) for c in cat["q"][k]],
+                                "query_norm": [q_norm[c] for c in cat["q"][k]],
+                                "product_id": featurizer.ids[cat["row"][k]].tolist()})
+    digest = hashlib.sha256(np.sort(np.concatenate(hashes)).tobytes() if hashes else b"").hexdigest()
+    return StreamedLists(out, digest, n, head)
 
 
 # rank.* settings that only matter to evaluation, gating or benchmarks: changing them does not retrain
@@ -287,14 +414,20 @@ _NOT_TRAINING = frozenset({"primary_metric", "promote_margin", "slice_tolerance"
 TRAIN_KEY_TAG = "mmp_train_key"
 
 
-def config_fingerprint(rc: "RankConfig", df: pd.DataFrame, featurizer_meta: dict[str, Any] | None = None) -> str:
-    """sha256 (16 hex) of the training settings and the training rows' content (order-independent)."""
+def rows_digest(df: pd.DataFrame) -> str:
+    """The order-independent digest of training rows that :func:`stream_lists` computes batch by batch."""
+    h = df[sorted(df.columns)]
+    h = h.astype({c: str for c in h.columns if h[c].dtype == object})
+    return hashlib.sha256(np.sort(pd.util.hash_pandas_object(h, index=False).to_numpy()).tobytes()
+                          if len(df) else b"").hexdigest()
+
+
+def config_fingerprint(rc: "RankConfig", rows: str | pd.DataFrame, featurizer_meta: dict[str, Any] | None = None) -> str:
+    """sha256 (16 hex) of the training settings and the training rows' content (order-independent:
+    ``rows`` is the rows' :func:`rows_digest`, or the rows themselves)."""
     settings = {k: v for k, v in rc.model_dump().items() if k not in _NOT_TRAINING}
-    rows = df.sort_values(["query_id", "product_id"], kind="stable").reset_index(drop=True)
-    rows = rows[sorted(rows.columns)]
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    h.update(pd.util.hash_pandas_object(rows.astype({c: str for c in rows.columns if rows[c].dtype == object}),
-                                        index=False).to_numpy().tobytes())
+    h.update((rows if isinstance(rows, str) else rows_digest(rows)).encode())
     meta = {k: (featurizer_meta or {}).get(k) for k in ("text_model", "image_model")}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -394,23 +527,25 @@ def log_and_register(ctx: "RunContext", model: FusionRanker, featurizer: PairFea
 def run(ctx: "RunContext") -> dict[str, Any]:
     import mlflow
     from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
 
     from mmpipeline.context import StageError
     from mmpipeline.ops import print_table
     from mmpipeline.rank.registry import setup_mlflow
 
     rc = ctx.cfg.rank
-    df, table_version, meta = read_training_data(ctx)
+    table_version, night, meta = training_partition(ctx)
     featurizer = featurizer_for(ctx, meta)
-    parts = {s: df[df["split"] == s].reset_index(drop=True) for s in ("train", "valid", "test")}
-    if parts["train"].empty:
+    # the night's rows streamed from the Delta partition into compact per-split lists (never one frame)
+    got = stream_lists(TrainingRowBatches(ctx.lake.uri("gold.training_data"), table_version, night), featurizer)
+    train, valid = got.lists["train"], got.lists["valid"]
+    if not len(train):
         raise StageError("no training queries in gold.training_data (check rank.split)")
-    train, valid = make_lists(parts["train"], featurizer), make_lists(parts["valid"], featurizer)
     log.info("train: %d pairs / %d queries; valid: %d pairs / %d queries", len(train), len(train.groups),
              len(valid), len(valid.groups))
     setup_mlflow(ctx.cfg)
     k = rc.eval_k
-    fingerprint = config_fingerprint(rc, df, featurizer.meta)
+    fingerprint = config_fingerprint(rc, got.rows_digest, featurizer.meta)
     key = train_key(ctx.run_date, fingerprint)
     done = find_trained_version(ctx.cfg, key)
     if done is not None:
@@ -428,8 +563,8 @@ def run(ctx: "RunContext") -> dict[str, Any]:
             params[f"input_version.{name}"] = v
         mlflow.log_params(params)
         source = DeltaDatasetSource(path=ctx.lake.uri("gold.training_data"), delta_table_version=table_version)
-        ds = mlflow.data.from_pandas(parts["train"], source=source, targets="label",
-                                     name=f"gold.training_data@v{table_version}/{meta['training_run_date']}")
+        ds = MetaDataset(source=source, name=f"gold.training_data@v{table_version}/{meta['training_run_date']}",
+                         digest=got.rows_digest[:8])  # the table version, not a copy of its rows
         mlflow.log_input(ds, context="training")
 
         def on_epoch(epoch: int, rec: dict[str, float]) -> None:
@@ -452,8 +587,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                 plot_score_by_grade(vs, valid.grades, np.array([]), Path(td) / "score_by_grade.png")
             pd.DataFrame(history).to_csv(Path(td) / "history.csv", index=False)
             mlflow.log_artifacts(td, artifact_path="plots")
-        ex_rows = parts["valid"] if len(parts["valid"]) else parts["train"]
-        ex_rows = ex_rows.head(5)
+        ex_rows = got.head["valid"] if len(got.head["valid"]) else got.head["train"]
         example = featurizer.transform(ex_rows["query_norm"].tolist(), ex_rows["query_id"].tolist(),
                                        ex_rows["product_id"].tolist())
         version = log_and_register(ctx, model, featurizer, example, CHALLENGER, tags={

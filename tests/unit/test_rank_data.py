@@ -161,3 +161,35 @@ def test_training_rows_of_any_query_partition_are_the_whole_tables_rows():
     got = pd.concat(parts, ignore_index=True).sort_values(data.ROW_ORDER, kind="stable").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, whole)
     assert counts["hard_negatives"] > 0 and counts["random_negatives"] > 0
+
+
+def test_training_streams_the_delta_partition_into_the_same_lists(tmp_path):
+    """train reads the night's rows as small record batches (TrainingRowBatches over the deltalake
+    dataset) into per-split lists equal to make_lists of the whole frame in the builder's order; another
+    night's partition is not read; the rows digest is the one of the whole frame."""
+    import datetime as dt
+
+    from mmpipeline.lake import Lake
+    from mmpipeline.rank import train
+
+    rc = RankConfig(negatives_random=3, negatives_hard=3, hard_pool_k=8)
+    fz = _featurizer()
+    d1, d2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+    lake = Lake(tmp_path / "lake", engine="delta-rs")
+    df1, _ = data.build(_judgments(), None, fz, rc, d1)
+    df2, _ = data.build(_judgments(12), None, fz, rc, d2)
+    lake.write("gold.training_data", df1.sample(frac=1.0, random_state=3), mode="overwrite", partition={"run_date": d1})
+    v = lake.write("gold.training_data", df2, mode="overwrite", partition={"run_date": d2})
+    whole = lake.read_pandas("gold.training_data", filters=[("run_date", "=", d1)])
+    whole = whole.sort_values(train.ROW_ORDER, kind="stable").reset_index(drop=True)
+    got = train.stream_lists(train.TrainingRowBatches(lake.uri("gold.training_data"), v, d1, batch_rows=7), fz)
+    assert got.rows == len(whole) == len(df1) and got.rows_digest == train.rows_digest(whole)
+    for split in ("train", "valid"):
+        ref = train.make_lists(whole[whole["split"] == split].reset_index(drop=True), fz)
+        mine = got.lists[split]
+        assert len(ref) > 0 and mine.query_ids == ref.query_ids
+        for f in ("q_vec", "q_index", "p_row", "scalars", "labels", "grades"):
+            np.testing.assert_array_equal(getattr(mine, f), getattr(ref, f), err_msg=f)
+        assert [g.tolist() for g in mine.groups] == [g.tolist() for g in ref.groups]
+        head = whole[whole["split"] == split].head(5)
+        assert got.head[split]["product_id"].tolist() == head["product_id"].tolist()
