@@ -11,7 +11,9 @@ the run's config before the first of them (:func:`prepare`):
   model spec and a sha256 of the exact text, so a text encoded at a smaller size is reused at the
   larger ones. The summary says how many texts the model really encoded (``really_encoded``) and
   how many came from the cache (``cache_hits``); the stage itself (plan, hashing, merges) is timed
-  in full;
+  in full. ``--param encode_budget=N`` caps the texts really encoded in the run: new texts beyond it
+  reuse the vector of an encoded text picked by hash (``reused_beyond_budget`` in the summary; those
+  vectors belong to other titles, so at such sizes the figures are about time and memory, not quality);
 * build-training-data: ``rank.data_engine`` from ``--param data_engine`` (default ``spark``: negatives
   and features per query partition on the executors; ``local`` for the one-process path);
 * train: ``rank.epochs`` capped (``--param train_epochs``, default 2), the new version is the
@@ -38,13 +40,20 @@ _TEXT_CACHE: dict[str, dict[str, np.ndarray]] = {}
 
 
 class CachingTextEncoder:
-    """Wraps a text encoder: ``encode`` asks the model only for texts it has not seen before."""
+    """Wraps a text encoder: ``encode`` asks the model only for texts it has not seen before.
 
-    def __init__(self, inner: Any, namespace: str):
+    ``budget``: at most this many texts really encoded in this process (all sizes together); a new
+    text beyond it gets the vector of an already encoded text picked by its hash (``reused``), so a
+    1M catalog does not take hours of encoding on 2 cores. Those vectors belong to other titles:
+    timings and memory of the later stages stay real, their retrieval quality does not."""
+
+    def __init__(self, inner: Any, namespace: str, budget: int | None = None):
         self.inner = inner
         self.cache = _TEXT_CACHE.setdefault(namespace, {})
+        self.budget = budget
         self.encoded = 0
         self.hits = 0
+        self.reused = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -52,13 +61,26 @@ class CachingTextEncoder:
     def encode(self, texts: list[str], **kw: Any) -> np.ndarray:
         keys = [hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in texts]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if self.budget is not None and len(self.cache) + len(todo) > self.budget:
+            room = max(0, self.budget - len(self.cache))
+            todo, over = todo[:room], todo[room:]
+            if over and not self.cache and not todo:
+                todo, over = over[:1], over[1:]  # something to reuse from
+            pool = list(self.cache) + todo
+            if over:
+                self.reused += len(over)
+            later = {k: pool[int(k[:12], 16) % len(pool)] for k in over}
+        else:
+            later = {}
         if todo:
             first = {k: t for k, t in zip(keys, texts) if k in set(todo)}
             vecs = np.asarray(self.inner.encode([first[k] for k in todo], **kw), dtype=np.float32)
             for k, v in zip(todo, vecs):
                 self.cache[k] = v
+        for k, src in later.items():
+            self.cache[k] = self.cache[src]
         self.encoded += len(todo)
-        self.hits += len(keys) - len(todo)
+        self.hits += len(keys) - len(todo) - len(later)
         if not keys:
             return np.zeros((0, 0), np.float32)
         return np.stack([self.cache[k] for k in keys])
@@ -95,7 +117,8 @@ def embed(ctx) -> dict[str, Any]:
         enc = real_build(spec)
         if getattr(spec, "modality", "text") == "image":
             return enc
-        made.append(CachingTextEncoder(enc, spec.to_json()))
+        budget = ctx.options.get("encode_budget")
+        made.append(CachingTextEncoder(enc, spec.to_json(), int(budget) if budget is not None else None))
         return made[-1]
 
     job.build_encoder = build
@@ -105,6 +128,9 @@ def embed(ctx) -> dict[str, Any]:
         job.build_encoder = real_build
     out["really_encoded"] = sum(e.encoded for e in made)
     out["cache_hits"] = sum(e.hits for e in made)
+    if ctx.options.get("encode_budget") is not None:
+        out["encode_budget"] = int(ctx.options["encode_budget"])
+        out["reused_beyond_budget"] = sum(e.reused for e in made)  # vectors of other titles (see CachingTextEncoder)
     return out
 
 

@@ -114,6 +114,42 @@ def _topk(row: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-row[part], kind="stable")]
 
 
+def dense_topk(qvec: np.ndarray, has_q: np.ndarray, mat: np.ndarray, has: np.ndarray, k: int,
+               block: int = 65_536) -> list[np.ndarray]:
+    """Per query, the catalog rows of the ``k`` best cosines ``qvec @ mat.T`` among products with a
+    vector (``has``), best first, as ``_topk`` of the full score row would give (ties aside); empty
+    for a query without a vector. The catalog is scanned ``block`` rows at a time with a running
+    top-``k`` per query: memory holds (queries x block) scores, never (queries x catalog)."""
+    nq = len(qvec)
+    best_s = np.zeros((nq, 0), np.float32)
+    best_i = np.zeros((nq, 0), np.int64)
+    if k <= 0 or not nq:
+        return [np.zeros(0, np.int64) for _ in range(nq)]
+    for c0 in range(0, len(mat), block):
+        sc = qvec @ mat[c0:c0 + block].T
+        sc[:, has[c0:c0 + block] <= 0] = -np.inf
+        cs = np.concatenate([best_s, sc], axis=1)
+        ci = np.concatenate([best_i, np.broadcast_to(np.arange(c0, c0 + sc.shape[1], dtype=np.int64), sc.shape)], axis=1)
+        if cs.shape[1] > k:
+            part = np.argpartition(-cs, k - 1, axis=1)[:, :k]
+            cs, ci = np.take_along_axis(cs, part, 1), np.take_along_axis(ci, part, 1)
+        best_s, best_i = cs, ci
+    out = []
+    for b in range(nq):
+        ok = np.isfinite(best_s[b]) & bool(has_q[b])
+        i, v = best_i[b][ok], best_s[b][ok].astype(np.float64)
+        out.append(i[np.argsort(-v, kind="stable")])
+    return out
+
+
+def forget_query_rows(featurizer: PairFeaturizer) -> None:
+    """Drop the featuriser's cached whole-catalog BM25 score rows (one float per product per query)."""
+    for name in ("_bm25_cache", "_field_cache"):
+        cache = getattr(featurizer, name, None)
+        if cache is not None:
+            cache.clear()
+
+
 def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, Scorer], rc: "RankConfig",
                  progress: bool = True, candidates: CandidateGenerator | None = None) -> tuple[Rankings, dict[str, float]]:
     """Rank the whole catalog for every held-out query with the baselines and each model (which
@@ -130,30 +166,29 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
     has_t, has_i = featurizer.has_text > 0, featurizer.has_image > 0
     baselines = applicable_baselines(featurizer)
     bar = tqdm(total=len(rel.query_ids), desc="evaluate", unit="query", disable=not progress, leave=False)
+    dense = {"text_cosine": (featurizer.p_text, has_t), "image_cosine": (featurizer.p_image, has_i)}
     for s in range(0, len(rel.query_ids), rc.eval_batch_queries):
         qids = rel.query_ids[s:s + rc.eval_batch_queries]
         qtexts = rel.queries[s:s + rc.eval_batch_queries]
         qvec, has_q = featurizer.query_matrix(qtexts, qids)
-        full = {
-            "bm25": np.stack([featurizer.bm25_scores(q) for q in qtexts]).astype(np.float64),
-            "text_cosine": np.where(has_t[None, :], qvec @ featurizer.p_text.T, -np.inf).astype(np.float64),
-        }
-        if "image_cosine" in baselines:
-            full["image_cosine"] = np.where(has_i[None, :], qvec @ featurizer.p_image.T, -np.inf).astype(np.float64)
-        full["bm25"][full["bm25"] <= 0] = -np.inf  # no query token in the title: not retrieved
-        for b in range(len(qids)):
-            if not has_q[b]:
-                for name in ("text_cosine", "image_cosine"):
-                    if name in full:
-                        full[name][b] = -np.inf
+        # the dense baselines' top ``depth`` per query, the catalog scanned in blocks: memory holds
+        # (batch x block) scores and the running top lists, never (batch x catalog)
+        tops = {name: dense_topk(qvec, has_q > 0, *dense[name], depth) for name in baselines if name in dense}
         cand_rows, cand_q = [], []
         cand_ids = candidates.candidate_lists(qids, qtexts, qvec, has_q)
         for b in range(len(qids)):
             judged = rel.rows[s + b]
-            tops = {name: _topk(full[name][b], max(depth, rc.candidates_k)) for name in baselines}
             for name in baselines:
-                items = np.unique(np.concatenate([tops[name][:depth], judged]))
-                sc = full[name][b][items]
+                if name == "bm25":  # one whole-catalog score row of this query at a time
+                    row = featurizer.bm25_scores(qtexts[b]).astype(np.float64)
+                    row[row <= 0] = -np.inf  # no query token in the title: not retrieved
+                    items = np.unique(np.concatenate([_topk(row, depth), judged]))
+                    sc = row[items]
+                else:
+                    mat, has = dense[name]
+                    items = np.unique(np.concatenate([tops[name][b], judged])).astype(np.int64)
+                    sc = (mat[items] @ qvec[b]).astype(np.float64)
+                    sc[(has[items] <= 0) | (not has_q[b])] = -np.inf
                 out.add(name, items, np.where(np.isfinite(sc), sc, FLOOR))
             cands = np.unique(featurizer.product_rows(cand_ids[b]))
             n_cand.append(len(cands))
@@ -173,6 +208,7 @@ def rank_catalog(featurizer: PairFeaturizer, rel: Relevance, models: dict[str, S
                     items = np.concatenate([cands, extra])
                     scores = np.concatenate([part, np.full(len(extra), FLOOR)])
                     out.add(name, items, scores)
+        forget_query_rows(featurizer)  # this batch's whole-catalog BM25 rows
         bar.update(len(qids))
     bar.close()
     return out, {"mean_candidates": float(np.mean(n_cand)) if n_cand else 0.0,

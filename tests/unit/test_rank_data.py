@@ -193,3 +193,40 @@ def test_training_streams_the_delta_partition_into_the_same_lists(tmp_path):
         assert [g.tolist() for g in mine.groups] == [g.tolist() for g in ref.groups]
         head = whole[whole["split"] == split].head(5)
         assert got.head[split]["product_id"].tolist() == head["product_id"].tolist()
+
+
+def test_evaluation_baselines_scan_the_catalog_in_blocks_like_the_full_score_rows():
+    """rank_catalog's baselines without (queries x catalog) matrices: the dense top lists from a
+    block-wise running top-k and the per-query BM25 rows give the items and scores of the full rows."""
+    from mmpipeline.config import RankConfig as RC
+    from mmpipeline.rank import evaluation as ev
+    from mmpipeline.rank.metrics import FLOOR
+
+    rc = RC(negatives_random=3, negatives_hard=3, hard_pool_k=8, recall_k=7, eval_k=5, eval_batch_queries=4,
+            split={"train": 0.2, "valid": 0.1, "test": 0.7})
+    fz = _featurizer()
+    df, _ = data.build(_judgments(), None, fz, rc, "2026-11-01")
+    rel = ev.Relevance.from_training_data(df, fz)
+    qv, hq = fz.query_matrix(rel.queries, rel.query_ids)
+    hq[1] = 0.0  # a query without a vector: no dense list
+    for mat, has in ((fz.p_text, fz.has_text > 0), (fz.p_image, fz.has_image > 0)):
+        full = np.where(has[None, :] & (hq[:, None] > 0), qv @ mat.T, -np.inf)
+        got = ev.dense_topk(qv, hq > 0, mat, has, 7, block=6)
+        for b in range(len(qv)):
+            assert got[b].tolist() == ev._topk(full[b], 7).tolist()
+    r, _ = ev.rank_catalog(fz, rel, {}, rc, progress=False)
+    assert len(rel.query_ids) > 4 and not fz._bm25_cache  # each batch's BM25 rows dropped
+    depth = max(rc.recall_k, rc.eval_k)
+    qv, hq = fz.query_matrix(rel.queries, rel.query_ids)
+    for name in ev.applicable_baselines(fz):
+        if name == "bm25":
+            full = np.stack([fz.bm25_scores(q) for q in rel.queries]).astype(np.float64)
+            full[full <= 0] = -np.inf
+        else:
+            mat, has = (fz.p_text, fz.has_text) if name == "text_cosine" else (fz.p_image, fz.has_image)
+            full = np.where((has[None, :] > 0) & (hq[:, None] > 0), qv @ mat.T, -np.inf).astype(np.float64)
+        for b in range(len(rel.query_ids)):
+            items = np.unique(np.concatenate([ev._topk(full[b], depth), rel.rows[b]]))
+            np.testing.assert_array_equal(r.items[name][b], items)
+            np.testing.assert_allclose(r.scores[name][b], np.where(np.isfinite(full[b][items]), full[b][items], FLOOR),
+                                       rtol=1e-5)
