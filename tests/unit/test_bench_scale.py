@@ -71,3 +71,25 @@ def test_later_stages_registered_in_order_and_text_cache_encodes_each_text_once(
     np.testing.assert_array_equal(v2, [[1, 0], [3, 3]])
     assert a.name == "m"  # everything else is the wrapped encoder's
     assert CachingTextEncoder(inner, "spec-test-2").encode(["b"]).shape == (1, 2) and len(inner.calls) == 3
+
+
+def test_text_cache_encode_budget_reuses_encoded_vectors_beyond_it():
+    import numpy as np
+
+    from mmpipeline.bench.scale_stages import CachingTextEncoder
+
+    class Model:
+        calls: list[list[str]] = []
+
+        def encode(self, texts, **kw):
+            self.calls.append(list(texts))
+            return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+    m = Model()
+    e = CachingTextEncoder(m, "spec-budget-test", budget=2)
+    v = e.encode(["a", "bb", "a", "ccc", "dddd"])
+    assert m.calls == [["a", "bb"]] and e.encoded == 2 and e.reused == 2 and e.hits == 1
+    assert {tuple(r) for r in v[3:]} <= {(1.0, 1.0), (2.0, 1.0)}  # vectors of texts really encoded
+    again = e.encode(["ccc", "dddd"])  # the same stand-in vectors next time (by hash, kept)
+    np.testing.assert_array_equal(again, v[3:])
+    assert len(m.calls) == 1 and e.hits == 3
