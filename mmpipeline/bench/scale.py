@@ -236,7 +236,8 @@ def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, An
     progress(f"size {n:,}: catalog written in {time.perf_counter() - t0:.1f}s {cat['counts']}")
     lake_root = work / "lake"
     cfg = _config(base_cfg, lake_root, cat["sources"])
-    later = {k: params[k] for k in ("train_epochs", "data_engine", "encode_budget") if k in params}  # bench.scale_stages knobs
+    # bench.scale_stages knobs
+    later = {k: params[k] for k in ("train_epochs", "data_engine", "encode_budget") if k in params}
     ctx = RunContext.create(cfg, RUN_DATE, options={"skip_pandas": bool(params.get("skip_pandas")), **later})
     res: dict[str, Any] = {"catalog": cat["counts"], "catalog_seconds": round(time.perf_counter() - t0, 2),
                            "stages": {}}

@@ -254,7 +254,8 @@ _WORKER: dict[str, tuple[PairFeaturizer, list[Any], str]] = {}
 QUERY_BLOCK = 256  # queries per training_rows call in a Spark partition
 
 
-def worker_featurizer(cfg_json: str, run_date: str, versions: dict[str, int | None]) -> tuple[PairFeaturizer, list[Any], str]:
+def worker_featurizer(cfg_json: str, run_date: str,
+                      versions: dict[str, int | None]) -> tuple[PairFeaturizer, list[Any], str]:
     """The featuriser of the catalog known at ``run_date`` (tables at the driver's ``versions``) and
     its hard-negative indexes, cached in this process: a worker running many partitions of a night
     loads them once. Returns (featuriser, indexes, load id)."""
@@ -336,21 +337,27 @@ def build_spark(spark, cfg: Any, pairs: pd.DataFrame, run_date: Any, versions: d
 
 
 def _spark_counts(rows) -> tuple[dict[str, Any], list[list[Any]], float]:
-    """Counts of the Spark rows (as :func:`build` reports them), the split x source table, label mean."""
+    """Counts of the Spark rows (as :func:`build` reports them), the split x source table and the
+    label mean, in one aggregation (a rollup: per split and source, per split, in all)."""
     from pyspark.sql import functions as F
 
-    by = (rows.groupBy("split", "source").agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("query_id").alias("queries"))
-          .orderBy("split", "source").collect())
-    tot = rows.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("query_id").alias("q"), F.avg("label").alias("m")).collect()[0]
-    per_split = {r["split"]: r["q"] for r in rows.groupBy("split").agg(F.countDistinct("query_id").alias("q")).collect()}
-    src = {}
+    agg = (rows.rollup("split", "source")
+           .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("query_id").alias("queries"),
+                F.avg("label").alias("label_mean"))
+           .collect())
+    total = next((r for r in agg if r["split"] is None), None)
+    per_split = {r["split"]: int(r["queries"]) for r in agg if r["split"] is not None and r["source"] is None}
+    by = sorted((r for r in agg if r["split"] is not None and r["source"] is not None),
+                key=lambda r: (r["split"], r["source"]))
+    src: dict[str, int] = {}
     for r in by:
         src[r["source"]] = src.get(r["source"], 0) + int(r["rows"])
     counts = {"hard_negatives": src.get("hard_negative", 0), "random_negatives": src.get("random_negative", 0),
-              "rows": int(tot["n"]), "queries": int(tot["q"])}
+              "rows": int(total["rows"]) if total else 0, "queries": int(total["queries"]) if total else 0}
     for s in SPLITS:
-        counts[f"{s}_queries"] = int(per_split.get(s, 0))
-    return counts, [[r["split"], r["source"], int(r["rows"]), int(r["queries"])] for r in by], float(tot["m"] or 0.0)
+        counts[f"{s}_queries"] = per_split.get(s, 0)
+    mean = float(total["label_mean"] or 0.0) if total else 0.0
+    return counts, [[r["split"], r["source"], int(r["rows"]), int(r["queries"])] for r in by], mean
 
 
 # ------------------------------------------------------------------------------------ stage
@@ -415,7 +422,8 @@ def run(ctx: "RunContext") -> dict[str, Any]:
             raise StageError("the training data is empty (judged products unknown to the catalog?)")
         version = lake.write("gold.training_data", df, mode="overwrite", partition={"run_date": ctx.run_date},
                              metadata=meta)
-        by = df.groupby(["split", "source"]).agg(rows=("product_id", "size"), queries=("query_id", "nunique")).reset_index()
+        by = (df.groupby(["split", "source"]).agg(rows=("product_id", "size"), queries=("query_id", "nunique"))
+              .reset_index())
         table_rows, label_mean = by.values.tolist(), float(df["label"].mean())
     print_table(f"build-training-data {ctx.run_date}: gold.training_data v{version}", ["split", "source", "rows", "queries"],
                 table_rows)

@@ -110,8 +110,10 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     s2 = data.run(ctx)
     td2 = ctx.lake.read_pandas("gold.training_data")
     key = ["split", "query_id", "source", "product_id"]
-    pd.testing.assert_frame_equal(td2.sort_values(key).reset_index(drop=True), td.sort_values(key).reset_index(drop=True))
-    assert {k: s2[k] for k in s if k not in ("version", "engine")} == {k: s[k] for k in s if k not in ("version", "engine")}
+    pd.testing.assert_frame_equal(td2.sort_values(key).reset_index(drop=True),
+                                  td.sort_values(key).reset_index(drop=True))
+    same = [k for k in s if k not in ("version", "engine")]
+    assert {k: s2[k] for k in same} == {k: s[k] for k in same}
 
     t1 = train.run(ctx)
     assert t1["alias"] == "challenger"
