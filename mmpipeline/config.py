@@ -328,6 +328,14 @@ class VoiceConfig(_Model):
     nbest: int = 5  # hypotheses kept per clip (<= beam_size) for the vocabulary rescoring
     # catalog-aware choice among the n-best: avg log-prob + rescore_weight x share of known words; 0: off
     rescore_weight: float = 1.0
+    # second decode of the low-confidence clips only (best avg log-prob below this; None: off): the
+    # hypotheses of a time-stretched copy (redecode_time_stretch; 1.0: none) and of temperature
+    # sampling (redecode_temperatures, redecode_best_of samples each, seeded) join the clip's n-best
+    # list, and the rescoring above chooses among all of them
+    redecode_below_logprob: float | None = None
+    redecode_time_stretch: float = 0.85
+    redecode_temperatures: list[float] = Field(default_factory=list)
+    redecode_best_of: int = 5
     # catalog-aware recognition
     # decoding prompt from the shop's vocabulary; off by default: with Whisper tiny.en both forms raised
     # the word error rate on the Home Depot clips (bench voice, 60 clips: neural 0.32 -> 0.36 with the
