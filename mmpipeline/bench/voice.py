@@ -25,8 +25,17 @@ clip's own query removed from the log and from the word counts, and all benchmar
 from the prompt's frequent queries) and ``full_log``. ``held_out`` is the honest figure for queries
 never seen before; ``full_log`` is what a repeated query gets in production.
 
+* **second decode** (``redecode``, ``redecode+correction``; default variants when
+  ``voice.redecode_below_logprob`` is set): the low-confidence clips decoded again (time-stretched
+  copy, temperature samples), all hypotheses pooled and rescored; its time is part of the stage's
+  real-time factor;
+* **n-best search** (``voice:<variant>:nbest_search@<tau>``, rescore/redecode variants): the clip's
+  hypotheses weighted by ``softmax(score / tau)`` searched together (BM25 score fusion for ``bm25``,
+  weighted reciprocal-rank fusion for other rankers); the chosen transcript stands for the best one.
+
 Params: ``limit`` (clips, default all), ``variants`` (list; default plain, rescore, plain+correction,
-rescore+correction; also prompt, prompt+correction), ``prompt_mode``
+rescore+correction; also prompt, prompt+correction, redecode, redecode+correction), ``nbest_search``
+(list of tau, default [0.1, 0.3]; [] for none), ``prompt_mode``
 (initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, bm25+char: word and character-3-gram BM25 fused, champion),
 ``dump`` (CSV path: per-clip texts for error analysis), ``speed_clips`` (clips timed through both
 paths for the real-time-factor ratio; default all).
@@ -428,7 +437,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         lo, hi = cfg.clean.grade_min, cfg.clean.grade_max
         judg["gain"] = ((judg["grade"] - lo) / (hi - lo)).clip(0, 1) if hi > lo else judg["grade"]
         rankers = list(params.get("rankers") or ["bm25", "champion"])
-        taus = [float(t) for t in (params.get("nbest_search") or [0.1, 0.3])]
+        taus = [float(t) for t in (params["nbest_search"] if params.get("nbest_search") is not None else [0.1, 0.3])]
         all_texts = refs + [t for ts in texts.values() for t in ts] + \
             [t for hs in hyps.values() for h in hs for t, _ in h]
         ndcg: dict[str, Any] = {}

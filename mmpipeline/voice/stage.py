@@ -76,7 +76,8 @@ class Decoding:
                               "prompt": self.prompt, "hotwords": self.hotwords, "lufs": v.target_lufs,
                               "stretch": v.time_stretch,
                               **({"redecode": [v.redecode_below_logprob, v.redecode_time_stretch,
-                                               list(v.redecode_temperatures), v.redecode_best_of]}
+                                               list(v.redecode_temperatures), v.redecode_best_of,
+                                               v.redecode_max_compression_ratio]}
                                  if v.redecode_below_logprob is not None else {}),
                               "trim": v.trim_db}, sort_keys=True)
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
@@ -122,11 +123,17 @@ def redecode(rec, waves: Sequence[np.ndarray], raw: list, v: VoiceConfig, prompt
     for j, t in enumerate(v.redecode_temperatures):
         extra.append(rec.transcribe([waves[i] for i in low], prompt=prompt, hotwords=hotwords, temperature=float(t),
                                     best_of=v.redecode_best_of, seed=j))
+    from faster_whisper.transcribe import get_compression_ratio
+
     out = list(raw)
     for n, i in enumerate(low):
         hyps: dict[str, float] = {}
-        for r in [raw[i]] + [e[n] for e in extra]:
+        for k, r in enumerate([raw[i]] + [e[n] for e in extra]):
             for text, lp in (r.nbest or [(r.text, r.avg_logprob)]):
+                # faster-whisper's guard: a second decode's repetition loop ("national national ...")
+                # scores a high log-prob; it is dropped
+                if k and text and get_compression_ratio(text) > v.redecode_max_compression_ratio:
+                    continue
                 if lp is not None and (text not in hyps or lp > hyps[text]):
                     hyps[text] = lp
         ranked = sorted(hyps.items(), key=lambda kv: -kv[1])
