@@ -110,7 +110,8 @@ class _FakeRecognizer:
             if clip == 0:  # a confident clip
                 out.append(Recognition("pavement paint", -0.1, 0.0, [("pavement paint", -0.1)]))
             elif temperature > 0:
-                out.append(Recognition("sheathing plywood", -0.62, 0.0, [("sheathing plywood", -0.62), ("she", -0.9)]))
+                loop = "national " * 20  # a sampled repetition loop scores high
+                out.append(Recognition(loop, -0.1, 0.0, [(loop, -0.1), ("sheathing plywood", -0.62), ("she", -0.9)]))
             elif len(w) > 16000:  # the time-stretched copy is longer
                 out.append(Recognition("cheating ply wood", -0.55, 0.0, [("cheating ply wood", -0.55)]))
             else:
@@ -138,7 +139,7 @@ def test_redecode_pools_the_second_decodes_of_low_confidence_clips_only():
     assert rec.calls[1][2][0] > 16000
     assert out[0].nbest == [("pavement paint", -0.1)]
     assert out[1].nbest == [("cheating ply wood", -0.55), ("cheating plywood", -0.6), ("sheathing plywood", -0.62),
-                            ("she", -0.7)]  # each text once, at its best log-prob
+                            ("she", -0.7)]  # each text once, at its best log-prob; no repetition loop
     assert (out[1].text, out[1].avg_logprob, out[1].no_speech_prob) == ("cheating ply wood", -0.55, 0.2)
     # the vocabulary rescoring chooses among all of them
     c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
