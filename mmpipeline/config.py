@@ -333,6 +333,18 @@ class VoiceConfig(_Model):
     nbest: int = 5  # hypotheses kept per clip (<= beam_size) for the vocabulary rescoring
     # catalog-aware choice among the n-best: avg log-prob + rescore_weight x share of known words; 0: off
     rescore_weight: float = 1.0
+    # second decode of the low-confidence clips only (best avg log-prob below this; None: off): the
+    # hypotheses of a time-stretched copy (redecode_time_stretch; 1.0: none) and of temperature
+    # sampling (redecode_temperatures, redecode_best_of samples each, seeded) join the clip's n-best
+    # list, and the rescoring above chooses among all of them. Off: no setting helped on the first 100
+    # Home Depot clips (WER neural/formant, correction held out: none 0.319/0.905; -0.9 + stretch
+    # 0.319/0.898; -0.5 + stretch 0.324/0.905; -0.5 + temperatures 0.2,0.5,0.8 0.324/0.932) and each
+    # re-decoded clip costs a second decode (at -0.5, 46 of 100 clips: about +45% recognition time)
+    redecode_below_logprob: float | None = None
+    redecode_time_stretch: float = 0.85
+    redecode_temperatures: list[float] = Field(default_factory=list)
+    redecode_best_of: int = 5
+    redecode_max_compression_ratio: float = 2.4  # second-decode hypotheses more repetitive (gzip) are dropped
     # catalog-aware recognition
     # decoding prompt from the shop's vocabulary; off by default: with Whisper tiny.en both forms raised
     # the word error rate on the Home Depot clips (bench voice, 60 clips: neural 0.32 -> 0.36 with the

@@ -25,8 +25,17 @@ clip's own query removed from the log and from the word counts, and all benchmar
 from the prompt's frequent queries) and ``full_log``. ``held_out`` is the honest figure for queries
 never seen before; ``full_log`` is what a repeated query gets in production.
 
+* **second decode** (``redecode``, ``redecode+correction``; default variants when
+  ``voice.redecode_below_logprob`` is set): the low-confidence clips decoded again (time-stretched
+  copy, temperature samples), all hypotheses pooled and rescored; its time is part of the stage's
+  real-time factor;
+* **n-best search** (``voice:<variant>:nbest_search@<tau>``, rescore/redecode variants): the clip's
+  hypotheses weighted by ``softmax(score / tau)`` searched together (BM25 score fusion for ``bm25``,
+  weighted reciprocal-rank fusion for other rankers); the chosen transcript stands for the best one.
+
 Params: ``limit`` (clips, default all), ``variants`` (list; default plain, rescore, plain+correction,
-rescore+correction; also prompt, prompt+correction), ``prompt_mode``
+rescore+correction; also prompt, prompt+correction, redecode, redecode+correction), ``nbest_search``
+(list of tau, default [0.1, 0.3]; [] for none), ``prompt_mode``
 (initial_prompt | hotwords | both), ``bare_loop`` (default true), ``rankers`` (bm25, bm25+char: word and character-3-gram BM25 fused, champion),
 ``dump`` (CSV path: per-clip texts for error analysis), ``speed_clips`` (clips timed through both
 paths for the real-time-factor ratio; default all).
@@ -218,13 +227,58 @@ def rank_champion(cfg, texts: list[str], k: int = 10) -> dict[str, list[str]]:
     return {t: by_id.get(query_id_for(t), []) for t in uniq}
 
 
+def nbest_lists(recs, chosen: list[str], corrector, holdout, v) -> list[list[tuple[str, float]]]:
+    """Per clip, its distinct n-best hypotheses in written form with their rescoring score (avg
+    log-prob + weight x vocabulary coverage), best first; the chosen query text (after correction)
+    stands in for the best one."""
+    from mmpipeline.voice.textnorm import written_form
+
+    out = []
+    for i, r in enumerate(recs):
+        excl = holdout[i] if holdout is not None else None
+        seen: dict[str, float] = {}
+        for t, lp in (getattr(r, "nbest", None) or [(r.text, r.avg_logprob or 0.0)]):
+            wt = written_form(t)
+            sc = float(lp) + (v.rescore_weight or 1.0) * corrector.coverage(wt, excl)
+            if wt and (wt not in seen or sc > seen[wt]):
+                seen[wt] = sc
+        ranked = sorted(seen.items(), key=lambda kv: -kv[1])
+        if ranked and chosen[i]:
+            ranked = [(chosen[i], ranked[0][1])] + [(t, sc) for t, sc in ranked[1:] if t != chosen[i]]
+        out.append(ranked)
+    return out
+
+
+def nbest_search(hyp_lists, tau: float, ranked: dict[str, list[str]], idx=None, k: int = 10) -> list[list[str]]:
+    """Per clip, the ranking for its n-best list weighted by ``softmax(score / tau)``
+    (:mod:`mmpipeline.voice.search`): with a BM25 index ``idx`` over the catalog, BM25 scores of every hypothesis against the
+    catalog summed with the weights; otherwise weighted reciprocal-rank fusion of the hypotheses'
+    rankings in ``ranked``."""
+    from mmpipeline.voice.search import fuse_rankings, fuse_scores, hypothesis_weights
+
+    out = []
+    for h in hyp_lists:
+        if not h:
+            out.append([])
+            continue
+        w = hypothesis_weights([sc for _, sc in h], tau)
+        keep = [(t, x) for (t, _), x in zip(h, w) if x >= 1e-3]
+        if idx is not None:
+            f = fuse_scores([idx.scores_all(t) for t, _ in keep], [x for _, x in keep])
+            top = np.argsort(-f, kind="stable")[:k]
+            out.append([str(idx.ids[j]) for j in top if f[j] > 0])
+        else:
+            out.append(fuse_rankings([ranked.get(t, []) for t, _ in keep], [x for _, x in keep], k))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
 def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     from mmpipeline.config import load_config
     from mmpipeline.voice.asr import bare_loop
-    from mmpipeline.voice.stage import Decoding, make_recognizer, postprocess, prepare
+    from mmpipeline.voice.stage import Decoding, make_recognizer, postprocess, prepare, recognise, redecode
     from mmpipeline.voice.textnorm import wer_form
     from mmpipeline.voice.vocab import Corrector, Vocabulary, norm, rescore
 
@@ -232,7 +286,11 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         cfg = load_config(REPO / "configs" / "homedepot.yaml")
     v = cfg.voice.model_copy()
     m = load_manifest(cfg, params.get("limit"))
-    variants = list(params.get("variants") or ["plain", "rescore", "plain+correction", "rescore+correction"])
+    variants = list(params.get("variants") or ["plain", "rescore", "plain+correction", "rescore+correction"]
+                    + (["redecode", "redecode+correction"] if v.redecode_below_logprob is not None else []))
+    if any(x.startswith("redecode") for x in variants) and v.redecode_below_logprob is None:
+        raise ValueError("bench voice: the redecode variants need voice.redecode_below_logprob "
+                         "(e.g. --set voice.redecode_below_logprob=-0.5)")
     prompt_mode = str(params.get("prompt_mode") or (v.prompt if v.prompt != "none" else "initial_prompt"))
     cat = load_catalog(cfg)
     refs = [norm(t) for t in m["transcript"]]
@@ -258,7 +316,9 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                      "nbest": v.nbest, "rescore_weight": v.rescore_weight, "word_correction": v.word_correction,
                      "written_form": v.written_form,
                      "min_query_similarity": v.min_query_similarity, "min_word_similarity": v.min_word_similarity,
-                     "batch_size": v.batch_size, "beam_size": v.beam_size},
+                     "batch_size": v.batch_size, "beam_size": v.beam_size,
+                     "redecode": {"below_logprob": v.redecode_below_logprob, "time_stretch": v.redecode_time_stretch,
+                                  "temperatures": list(v.redecode_temperatures), "best_of": v.redecode_best_of}},
         "wer_normalisation": "voice.textnorm.wer_form on both sides: query_norm (NFKC, case-folded, stray "
                              "punctuation dropped) + hyphens/apostrophes dropped + number|unit split (8ft = 8 ft); "
                              "'strict': query_norm only; torchmetrics word_error_rate (jiwer not installed)",
@@ -275,10 +335,21 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw_plain = rec.transcribe(waves)
     t_asr = time.perf_counter() - t0
+    raw_stage, t_re = raw_plain, 0.0
+    if v.redecode_below_logprob is not None:  # part of the stage's path: timed with it
+        t0 = time.perf_counter()
+        raw_stage = redecode(rec, waves, raw_plain, v)
+        t_re = time.perf_counter() - t0
+    t_asr_first = t_asr
+    t_asr += t_re
     audio_s = float(sum(durs))
     result["audio_seconds"] = round(audio_s, 1)
     speed: dict[str, Any] = {"stage_seconds": round(t_prep + t_asr, 2), "prepare_seconds": round(t_prep, 2),
                              "asr_seconds": round(t_asr, 2), "stage_rtf": round((t_prep + t_asr) / audio_s, 4)}
+    if v.redecode_below_logprob is not None:
+        speed.update({"asr_first_decode_seconds": round(t_asr_first, 2), "redecode_seconds": round(t_re, 2),
+                      "redecoded_clips": int(sum(r.avg_logprob is not None and r.avg_logprob < v.redecode_below_logprob
+                                                 for r in raw_plain))})
     if params.get("bare_loop", True):
         from faster_whisper import WhisperModel
 
@@ -288,7 +359,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         if n_sp < len(m):
             t0 = time.perf_counter()
             w_sub, d_sub, _ = prepare(sub, v)
-            rec.transcribe(w_sub)
+            recognise(rec, w_sub, v)
             t_stage = time.perf_counter() - t0
             sub_audio = float(sum(d_sub))
         else:
@@ -329,7 +400,11 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         asr["rescore:held_out"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, holdout)
         asr["rescore:full_log"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, None)
         speed["rescore_seconds"] = round(time.perf_counter() - t0, 2)
+    if any(x.startswith("redecode") for x in variants):
+        asr["redecode:held_out"] = rescore(raw_stage, corrector, v.rescore_weight or 1.0, holdout)
+        asr["redecode:full_log"] = rescore(raw_stage, corrector, v.rescore_weight or 1.0, None)
     texts: dict[str, list[str]] = {}
+    hyps: dict[str, list[list[tuple[str, float]]]] = {}
     wers: dict[str, Any] = {}
     no_itn = v.model_copy(update={"written_form": False})
     wers["plain:no_written_form"] = wer_slices(m, postprocess(raw_plain, no_itn, correction=False)["query_text"].tolist())
@@ -341,6 +416,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             post = postprocess(raw, v, corrector, holdout=holdout if scope == "held_out" else None, correction=corr)
             name = var if scope == "none" else f"{var}:{scope}"
             texts[name] = post["query_text"].tolist()
+            if base in ("rescore", "redecode"):
+                hyps[name] = nbest_lists(raw, texts[name], corrector, holdout if scope == "held_out" else None, v)
             wers[name] = wer_slices(m, texts[name])
             if corr:
                 wers[name]["corrections"] = post["correction"].value_counts().to_dict()
@@ -360,7 +437,9 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         lo, hi = cfg.clean.grade_min, cfg.clean.grade_max
         judg["gain"] = ((judg["grade"] - lo) / (hi - lo)).clip(0, 1) if hi > lo else judg["grade"]
         rankers = list(params.get("rankers") or ["bm25", "champion"])
-        all_texts = refs + [t for ts in texts.values() for t in ts]
+        taus = [float(t) for t in (params["nbest_search"] if params.get("nbest_search") is not None else [0.1, 0.3])]
+        all_texts = refs + [t for ts in texts.values() for t in ts] + \
+            [t for hs in hyps.values() for h in hs for t, _ in h]
         ndcg: dict[str, Any] = {}
         for rk in rankers:
             try:
@@ -373,6 +452,16 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             judged = ~np.isnan(typed)
             per: dict[str, Any] = {"judged_clips": int(judged.sum())}
             systems = {"typed": typed, **{f"voice:{n}": ndcg_table(ranked, refs, ts, judg) for n, ts in texts.items()}}
+            idx = None
+            if rk == "bm25" and hyps:
+                from mmpipeline.retrieval import BM25Index
+
+                idx = BM25Index(cat["products"]["product_id"].tolist(), cat["products"]["title"].fillna("").tolist())
+            for n, hs in hyps.items():  # search with the n-best list: BM25 score fusion (bm25), else rank fusion
+                for tau in taus:
+                    fused = nbest_search(hs, tau, ranked, idx)
+                    keyed = {f"#{i}": r for i, r in enumerate(fused)}
+                    systems[f"voice:{n}:nbest_search@{tau}"] = ndcg_table(keyed, refs, list(keyed), judg)
             for sname, arr in systems.items():
                 row: dict[str, Any] = {"all": round(float(np.nanmean(arr[judged])), 4)}
                 for kind in ("neural", "formant"):

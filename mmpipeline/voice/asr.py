@@ -130,8 +130,14 @@ class Recognizer:
         return self.model.get_prompt(tok, previous_tokens=prev, without_timestamps=True, hotwords=hotwords or None)
 
     def transcribe(self, waves: Sequence[np.ndarray], prompt: str | None = None, hotwords: str | None = None,
-                   block: int | None = None) -> list[Recognition]:
-        """Recognise each clip (16 kHz mono float32). Returns one :class:`Recognition` per clip."""
+                   block: int | None = None, temperature: float = 0.0, best_of: int = 5,
+                   seed: int = 0) -> list[Recognition]:
+        """Recognise each clip (16 kHz mono float32). Returns one :class:`Recognition` per clip.
+
+        ``temperature`` 0: beam search (``beam_size``, ``nbest`` hypotheses); > 0: ``best_of`` samples
+        at that temperature (faster-whisper's fallback decode), seeded with ``seed`` so that a re-run
+        gives the same text; the n-best list then holds the distinct samples, best first."""
+        import ctranslate2
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -140,6 +146,12 @@ class Recognizer:
         max_length = min(self.model.max_length, len(base) + self.max_new_tokens)
         suppress = get_suppressed_tokens(tok, [-1])
         fe = self.model.feature_extractor
+        if temperature > 0:
+            ctranslate2.set_random_seed(int(seed))
+            kw: dict[str, Any] = {"beam_size": 1, "num_hypotheses": max(1, int(best_of)), "sampling_topk": 0,
+                                  "sampling_temperature": float(temperature)}
+        else:
+            kw = {"beam_size": self.beam_size, "num_hypotheses": self.nbest}
         out: list[Recognition] = []
         for s in range(0, len(waves), self.batch_size):
             feats = []
@@ -148,17 +160,20 @@ class Recognizer:
                 feats.append(pad_or_trim(fe(w)[..., :-1]))
             enc = self.model.encode(np.stack(feats).astype(np.float32))
             results = self.model.model.generate(
-                enc, [list(base) for _ in feats], beam_size=self.beam_size, num_hypotheses=self.nbest,
-                max_length=max_length, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-                suppress_tokens=suppress, length_penalty=1.0)
+                enc, [list(base) for _ in feats], max_length=max_length, return_scores=True,
+                return_no_speech_prob=True, suppress_blank=True, suppress_tokens=suppress, length_penalty=1.0, **kw)
             for r in results:
-                hyps = []
+                hyps: dict[str, float] = {}
                 for ids, score in zip(r.sequences_ids, r.scores):
                     ids = [t for t in ids if t < tok.eot]
                     n = len(ids)
-                    hyps.append((tok.decode(ids).strip(), float(score) * n / (n + 1)))  # faster-whisper's avg
-                text, lp = hyps[0] if hyps else ("", None)
-                out.append(Recognition(text, lp, float(r.no_speech_prob), hyps))
+                    text = tok.decode(ids).strip()
+                    lp = float(score) * n / (n + 1)  # faster-whisper's avg log-prob
+                    if text not in hyps or lp > hyps[text]:
+                        hyps[text] = lp
+                ranked = sorted(hyps.items(), key=lambda kv: -kv[1]) if temperature > 0 else list(hyps.items())
+                text, lp = ranked[0] if ranked else ("", None)
+                out.append(Recognition(text, lp, float(r.no_speech_prob), ranked))
         return out
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from mmpipeline.config import Config
 from mmpipeline.context import StageError
@@ -12,11 +14,47 @@ from mmpipeline.context import StageError
 log = logging.getLogger(__name__)
 
 
+def hypothesis_weights(scores: Sequence[float], temperature: float) -> np.ndarray:
+    """Weights of a clip's n-best hypotheses from their scores (avg log-prob + rescoring bonus):
+    ``softmax(score / temperature)``; temperature 0 puts all weight on the best."""
+    s = np.asarray(scores, float)
+    if not len(s):
+        return s
+    if temperature <= 0:
+        w = np.zeros(len(s))
+        w[int(np.argmax(s))] = 1.0
+        return w
+    e = np.exp((s - s.max()) / float(temperature))
+    return e / e.sum()
+
+
+def fuse_scores(score_rows: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of per-hypothesis score vectors over the same products (e.g. BM25 of each
+    hypothesis against the catalog): a product every likely hypothesis matches ranks first."""
+    out = np.zeros_like(np.asarray(score_rows[0], float))
+    for row, w in zip(score_rows, weights):
+        if w > 0:
+            out += w * np.asarray(row, float)
+    return out
+
+
+def fuse_rankings(rankings: Sequence[Sequence[str]], weights: Sequence[float], k: int = 10,
+                  rrf_k: int = 60) -> list[str]:
+    """Weighted reciprocal-rank fusion of the rankings of a clip's hypotheses (any ranker)."""
+    score: dict[str, float] = {}
+    for ranking, w in zip(rankings, weights):
+        if w <= 0:
+            continue
+        for r, pid in enumerate(ranking):
+            score[pid] = score.get(pid, 0.0) + w / (rrf_k + r + 1)
+    return [p for p, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
 def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     """The same checks, preprocessing, prompt and correction as the transcribe stage, for one file."""
     from mmpipeline.lake import Lake
     from mmpipeline.voice.audio import check_clip
-    from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare
+    from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare, recognise
     from mmpipeline.voice.vocab import Corrector, rescore
 
     v = cfg.voice
@@ -28,7 +66,7 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     lake = Lake(cfg.lake.root, engine="delta-rs")
     vocab = load_vocabulary(lake)
     waves, durs, _ = prepare([real], v, with_features=False)
-    raw = make_recognizer(v).transcribe(waves, **_decoding_kwargs(Decoding.from_config(v, vocab)))
+    raw = recognise(make_recognizer(v), waves, v, **_decoding_kwargs(Decoding.from_config(v, vocab)))
     corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
     raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
     post = postprocess(raw, v, corrector).iloc[0].to_dict()

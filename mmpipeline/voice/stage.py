@@ -75,6 +75,10 @@ class Decoding:
                               "nbest": v.nbest, "rescore": v.rescore_weight,
                               "prompt": self.prompt, "hotwords": self.hotwords, "lufs": v.target_lufs,
                               "stretch": v.time_stretch,
+                              **({"redecode": [v.redecode_below_logprob, v.redecode_time_stretch,
+                                               list(v.redecode_temperatures), v.redecode_best_of,
+                                               v.redecode_max_compression_ratio]}
+                                 if v.redecode_below_logprob is not None else {}),
                               "trim": v.trim_db}, sort_keys=True)
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
@@ -85,6 +89,59 @@ def make_recognizer(v: VoiceConfig):
     return Recognizer(v.model, device=v.device, compute_type=v.compute_type, cpu_threads=v.cpu_threads,
                       batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download,
                       nbest=v.nbest if v.rescore_weight > 0 else 1)
+
+
+def recognise(rec, waves: Sequence[np.ndarray], v: VoiceConfig, prompt: str | None = None,
+              hotwords: str | None = None) -> list:
+    """Recognise the clips; the low-confidence ones (best avg log-prob below
+    ``voice.redecode_below_logprob``) are decoded again -- a time-stretched copy (beam search) and/or
+    temperature samples -- and every hypothesis joins the clip's n-best list (best avg log-prob
+    first), for the vocabulary rescoring to choose from."""
+    return redecode(rec, waves, rec.transcribe(waves, prompt=prompt, hotwords=hotwords), v, prompt, hotwords)
+
+
+def redecode(rec, waves: Sequence[np.ndarray], raw: list, v: VoiceConfig, prompt: str | None = None,
+             hotwords: str | None = None) -> list:
+    """The second decode of :func:`recognise`, given the first one's results ``raw``."""
+    from dataclasses import replace
+
+    thr = v.redecode_below_logprob
+    if thr is None:
+        return raw
+    low = [i for i, r in enumerate(raw) if r.avg_logprob is not None and r.avg_logprob < thr]
+    if not low:
+        return raw
+    extra = []
+    if v.redecode_time_stretch and abs(v.redecode_time_stretch - 1.0) > 1e-6:
+        import torch
+
+        from mmpipeline.voice.audio import time_stretch
+
+        slow = [time_stretch(torch.from_numpy(np.asarray(waves[i], np.float32))[None], v.redecode_time_stretch)[0].numpy()
+                for i in low]
+        extra.append(rec.transcribe(slow, prompt=prompt, hotwords=hotwords))
+    for j, t in enumerate(v.redecode_temperatures):
+        extra.append(rec.transcribe([waves[i] for i in low], prompt=prompt, hotwords=hotwords, temperature=float(t),
+                                    best_of=v.redecode_best_of, seed=j))
+    from faster_whisper.transcribe import get_compression_ratio
+
+    out = list(raw)
+    for n, i in enumerate(low):
+        hyps: dict[str, float] = {}
+        for k, r in enumerate([raw[i]] + [e[n] for e in extra]):
+            for text, lp in (r.nbest or [(r.text, r.avg_logprob)]):
+                # faster-whisper's guard: a second decode's repetition loop ("national national ...")
+                # scores a high log-prob; it is dropped
+                if k and text and get_compression_ratio(text) > v.redecode_max_compression_ratio:
+                    continue
+                if lp is not None and (text not in hyps or lp > hyps[text]):
+                    hyps[text] = lp
+        ranked = sorted(hyps.items(), key=lambda kv: -kv[1])
+        if ranked:
+            out[i] = replace(raw[i], text=ranked[0][0], avg_logprob=ranked[0][1], nbest=ranked)
+    log.info("asr: %d of %d clips below avg log-prob %.2f decoded again (%d extra decode(s))", len(low), len(raw),
+             thr, len(extra))
+    return out
 
 
 def prepare(paths: Sequence[str], v: VoiceConfig, with_features: bool = True):
@@ -181,7 +238,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ok = pd.Series([waves[pos[q]] is not None for q in todo["query_id"]], index=todo.index)
     asr_rows = todo[need_asr[todo.index] & ok]
     t0 = time.perf_counter()
-    raw = rec.transcribe([waves[pos[q]] for q in asr_rows["query_id"]], prompt=dec.prompt, hotwords=dec.hotwords)
+    raw = recognise(rec, [waves[pos[q]] for q in asr_rows["query_id"]], v, prompt=dec.prompt, hotwords=dec.hotwords)
     t_asr = time.perf_counter() - t0
     corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
     # the n-best hypothesis the vocabulary explains best is the recognised text (stored: a re-run

@@ -11,8 +11,8 @@ among Whisper's n-best hypotheses, and the correction of transcripts.
   words the vocabulary knows (``voice.rescore_weight``);
 * :class:`Corrector` -- query snap of low-confidence transcripts to the nearest logged query
   (character-n-gram TF-IDF cosine, scikit-learn) and word correction of unknown words by spelling
-  and :func:`phonetic_key` (no rapidfuzz/jellyfish in the lock: difflib ratios and a small
-  Metaphone-like key stand in).
+  and sound: rapidfuzz's normalised Indel similarity of the words and of their Metaphone keys
+  (jellyfish, :func:`phonetic_key`), computed against the whole word list at once (``process.cdist``).
 
 The word vocabulary counts a word when two titles or two logged queries contain it, so one
 customer's typo is not a target. ``exclude`` (a set of normalised queries) holds queries out of the
@@ -116,29 +116,13 @@ class Correction:
     similarity: float | None = None
 
 
-_PHON_RULES = [(re.compile(a), b) for a, b in (
-    (r"[^a-z]", ""), (r"^(kn|gn|pn|wr|ps)", lambda m: m.group(0)[1]), (r"^x", "s"), (r"mb$", "m"),
-    (r"ph", "f"), (r"gh(?![aeiou])", ""), (r"tch", "X"), (r"[cs]h", "X"), (r"dg(?=[eiy])", "j"),
-    (r"th", "0"), (r"tio(?=n)", "X"), (r"sc(?=[eiy])", "s"), (r"c(?=[eiy])", "s"), (r"ck|c|q", "k"), (r"x", "ks"), (r"z", "s"),
-    (r"g(?=[eiy])", "j"), (r"v", "f"), (r"(?<!^)[aeiouy]+", ""), (r"^[aeiouy]+", "a"), (r"(?<!^)[wh]", ""), (r"X", "x"),
-    (r"(.)\1+", r"\1"),
-)]
-
-
 def phonetic_key(word: str) -> str:
-    """A small Metaphone-like key (consonant skeleton after English spelling rules): words that sound
-    alike share it or differ by an edit (``sheathing``/``cheating``, ``stufurhome``/``stu for home``).
-    jellyfish/rapidfuzz (Metaphone, Jaro-Winkler) are not in the lock; this stands in for them."""
-    k = word.lower()
-    for pat, rep in _PHON_RULES:
-        k = pat.sub(rep, k)
-    return k
+    """The word's Metaphone key (jellyfish), lower case: words that sound alike share it or differ by
+    an edit (``sheathing``/``cheating``, ``stufurhome``/``stu for home`` joined)."""
+    import jellyfish
 
-
-def _ratio(a: str, b: str) -> float:
-    from difflib import SequenceMatcher
-
-    return SequenceMatcher(None, a, b, autojunk=False).ratio() if a and b else 0.0
+    w = re.sub(r"[^a-z]", "", word.lower())
+    return jellyfish.metaphone(w).lower() if w else ""
 
 
 class Corrector:
@@ -148,20 +132,19 @@ class Corrector:
     becomes the nearest logged query when their character-n-gram cosine is at least
     ``min_query_similarity``; (2) *word correction* -- each word the vocabulary does not know, and each
     run of 2-3 words whose concatenation is a known word (``stu for home`` -> ``stufurhome``), is
-    replaced by the known word that is closest in spelling and sound (character-n-gram cosine to find
-    candidates; spelling ratio and :func:`phonetic_key` ratio to choose), when that score is at least
+    replaced by the known word that is closest in spelling and sound (mean of rapidfuzz's ``fuzz.ratio``
+    of the words and of their Metaphone keys, against every known word), when that score is at least
     ``min_word_similarity``. The vocabulary: catalog title words seen ``min_word_count`` times and
     words of logged queries; ``exclude`` holds queries (and the words only they contain) out.
     """
 
     def __init__(self, vocab: Vocabulary, min_query_similarity: float = 0.6, min_word_similarity: float = 0.6,
-                 min_word_count: int = 2, candidates: int = 30):
+                 min_word_count: int = 2):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         self.vocab = vocab
         self.min_q = float(min_query_similarity)
         self.min_w = float(min_word_similarity)
-        self.n_cand = int(candidates)
         self.queries = sorted(vocab.queries)
         self.q_index = {q: i for i, q in enumerate(self.queries)}
         self.q_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
@@ -179,10 +162,7 @@ class Corrector:
         self.w_keys = [phonetic_key(w) for w in self.word_list]
         self.w_freq = np.array([vocab.title_words.get(w, 0) + self.q_word_counts.get(w, 0) for w in self.word_list],
                                float)
-        self.w_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3), sublinear_tf=True)
-        self.w_mat = self.w_vec.fit_transform(self.word_list) if self.word_list else None
-        self.k_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 2))
-        self.k_mat = self.k_vec.fit_transform([k or "_" for k in self.w_keys]) if self.word_list else None
+        self.w_len = np.array([len(w) for w in self.word_list], int)
 
     def _known_words(self, exclude: set[str] | None) -> tuple[set[str], np.ndarray | None]:
         if not exclude:
@@ -225,27 +205,23 @@ class Corrector:
         return Correction(self.queries[j], "query", float(sims[j])) if sims[j] >= self.min_q else None
 
     def best_word(self, text: str, mask: np.ndarray | None = None) -> tuple[str | None, float]:
-        """The known word closest to ``text`` (a word, or words joined) in spelling and sound."""
-        if self.w_mat is None or not text:
+        """The known word closest to ``text`` (a word, or words joined) in spelling and sound: the mean
+        of rapidfuzz ``fuzz.ratio`` of the words and of their Metaphone keys (0-1), plus a small
+        frequency prior; words of very different length are not candidates."""
+        from rapidfuzz import fuzz, process
+
+        if not self.word_list or not text:
             return None, 0.0
         key = phonetic_key(text)
-        s = (self.w_mat @ self.w_vec.transform([text]).T).toarray().ravel()
-        s += (self.k_mat @ self.k_vec.transform([key or "_"]).T).toarray().ravel()
+        spell = process.cdist([text], self.word_list, scorer=fuzz.ratio, dtype=np.float32)[0]
+        sound = process.cdist([key], self.w_keys, scorer=fuzz.ratio, dtype=np.float32)[0] if key else 0.0
+        s = (0.5 * spell + 0.5 * sound) / 100.0 + 0.01 * np.log1p(self.w_freq)
+        bad = (self.w_len < 3) | (np.abs(self.w_len - len(text)) > max(2, len(text) // 3))
         if mask is not None:
-            s[mask] = -9.0
-        n = min(self.n_cand, len(s))
-        cand = np.argpartition(-s, n - 1)[:n]
-        best, best_score = None, 0.0
-        for j in cand:
-            if s[j] <= 0:
-                continue
-            w = self.word_list[j]
-            if len(w) < 3 or abs(len(w) - len(text)) > max(2, len(text) // 3):
-                continue
-            score = 0.5 * _ratio(text, w) + 0.5 * _ratio(key, self.w_keys[j]) + 0.01 * np.log1p(self.w_freq[j])
-            if score > best_score:
-                best, best_score = w, score
-        return best, float(best_score)
+            bad |= mask
+        s = np.where(bad, -1.0, s)
+        j = int(np.argmax(s))
+        return (self.word_list[j], float(s[j])) if s[j] > 0 else (None, 0.0)
 
     def correct_words(self, text: str, exclude: set[str] | None = None) -> Correction:
         known_set, mask = self._known_words(exclude)

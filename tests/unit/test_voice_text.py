@@ -92,3 +92,68 @@ def test_rescore_prefers_the_hypothesis_the_vocabulary_explains_and_respects_the
     assert rescore([t], c, 1.0, holdout=[{"toliet seat"}])[0].text == "toilet seat"
     # a recognition without an n-best list (a stored transcript) is kept as it is
     assert rescore([Recognition("bambi palm", -0.3, 0.0)], c, 1.0)[0].text == "bambi palm"
+
+
+class _FakeRecognizer:
+    """Stands in for Whisper: the text depends on the decode (first pass, stretched copy, sampling)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def transcribe(self, waves, prompt=None, hotwords=None, temperature=0.0, best_of=5, seed=0):
+        from mmpipeline.voice.asr import Recognition
+
+        self.calls.append((len(waves), temperature, [len(w) for w in waves]))
+        out = []
+        for w in waves:
+            clip = int(round(float(w[0]) * 10))  # the clip's number is its first sample x 10
+            if clip == 0:  # a confident clip
+                out.append(Recognition("pavement paint", -0.1, 0.0, [("pavement paint", -0.1)]))
+            elif temperature > 0:
+                loop = "national " * 20  # a sampled repetition loop scores high
+                out.append(Recognition(loop, -0.1, 0.0, [(loop, -0.1), ("sheathing plywood", -0.62), ("she", -0.9)]))
+            elif len(w) > 16000:  # the time-stretched copy is longer
+                out.append(Recognition("cheating ply wood", -0.55, 0.0, [("cheating ply wood", -0.55)]))
+            else:
+                out.append(Recognition("cheating plywood", -0.6, 0.2, [("cheating plywood", -0.6), ("she", -0.7)]))
+        return out
+
+
+def test_redecode_pools_the_second_decodes_of_low_confidence_clips_only():
+    import numpy as np
+
+    from mmpipeline.config import VoiceConfig
+    from mmpipeline.voice.stage import recognise
+    from mmpipeline.voice.vocab import rescore
+
+    waves = [np.full(16000, 0.0, np.float32), np.full(16000, 0.1, np.float32)]
+    off = _FakeRecognizer()
+    assert [r.text for r in recognise(off, waves, VoiceConfig())] == ["pavement paint", "cheating plywood"]
+    assert len(off.calls) == 1  # off by default: one decode
+
+    rec = _FakeRecognizer()
+    v = VoiceConfig(redecode_below_logprob=-0.3, redecode_time_stretch=0.85, redecode_temperatures=[0.4])
+    out = recognise(rec, waves, v)
+    # the second decodes see the low-confidence clip only: a stretched copy (longer), then samples
+    assert [(n, t) for n, t, _ in rec.calls] == [(2, 0.0), (1, 0.0), (1, 0.4)]
+    assert rec.calls[1][2][0] > 16000
+    assert out[0].nbest == [("pavement paint", -0.1)]
+    assert out[1].nbest == [("cheating ply wood", -0.55), ("cheating plywood", -0.6), ("sheathing plywood", -0.62),
+                            ("she", -0.7)]  # each text once, at its best log-prob; no repetition loop
+    assert (out[1].text, out[1].avg_logprob, out[1].no_speech_prob) == ("cheating ply wood", -0.55, 0.2)
+    # the vocabulary rescoring chooses among all of them
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    assert rescore(out, c, 1.0)[1].text == "sheathing plywood"
+    assert rescore(recognise(_FakeRecognizer(), waves, VoiceConfig()), c, 1.0)[1].text == "cheating plywood"
+
+
+def test_nbest_search_weights_hypotheses_and_fuses_their_rankings():
+    from mmpipeline.voice.search import fuse_rankings, fuse_scores, hypothesis_weights
+
+    assert hypothesis_weights([-0.2, -0.5], 0).tolist() == [1.0, 0.0]
+    w = hypothesis_weights([-0.2, -0.5], 0.3)
+    assert w[0] > w[1] > 0 and abs(w.sum() - 1) < 1e-9
+    # "b" is second for both hypotheses, "a" first for the likelier one, "c" first for the other
+    assert fuse_rankings([["a", "b"], ["c", "b"]], [0.6, 0.4], k=3) == ["b", "a", "c"]
+    assert fuse_rankings([["a", "b"], ["c", "b"]], [1.0, 0.0], k=3) == ["a", "b"]
+    assert fuse_scores([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], [0.5, 0.5]).tolist() == [2.0, 0.5, 1.0]
