@@ -1,7 +1,11 @@
-"""mm_ranker_weekly: build training data -> train -> evaluate and promote, when its inputs change.
+"""mm_ranker_weekly: tune text tower -> re-embed text -> build training data -> train -> evaluate and
+promote, when its inputs change.
 
-Builds the (query, product, features, label, split) table from the silver judgments/interactions and
-the gold embeddings, trains the fusion ranker (MLflow run, registered as ``challenger``), evaluates it
+Fine-tunes the text tower on training-split queries (promoted only when it beats the frozen model);
+when one is promoted, ``reembed_text`` re-embeds the product and query text with it, so this run's
+training data, evaluation and the scoring DAG use the tuned vectors. Then builds the (query,
+product, features, label, split) table from the silver judgments/interactions and the gold
+embeddings, trains the fusion ranker (MLflow run, registered as ``challenger``), evaluates it
 on held-out queries against BM25, single-modality baselines and the current champion, and promotes it
 to ``champion`` only if it wins by the configured margin with no regressing slice. Emits
 ``mmp_champion_model``, which also triggers ``mm_scoring_nightly``.

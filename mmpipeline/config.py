@@ -242,6 +242,10 @@ class RankConfig(_Model):
     # source maps them): any of brand, category_path, description, attributes; [] = title-only features
     text_fields: list[Literal["brand", "category_path", "description", "attributes"]] = Field(
         default_factory=lambda: ["brand", "category_path", "description", "attributes"])
+    # Kaggle-style query/title match features (query words in the title exact and fuzzy, last word,
+    # whole query, token-set ratio, numbers and units; query-word coverage of brand / description /
+    # attributes separately): retrieval.features.MATCH_FEATURES
+    match_features: bool = True
     # quality benchmark
     bench_fusions: list[str] = Field(default_factory=lambda: ["concat", "weighted", "attention"])
     bench_lambdamart: bool = True  # the LightGBM lambdarank peer on the ranker's own features

@@ -46,7 +46,7 @@ ASSETS: dict[str, AssetSpec] = {a.name: a for a in [
     AssetSpec("mmp_image_tower", "x-mmpipeline://mlflow/image-tower/champion",
               note="registered model <mlflow.model_name>-image-tower"),
     AssetSpec("mmp_text_tower", "x-mmpipeline://mlflow/text-tower/champion",
-              note="registered model <mlflow.model_name>-text-tower (the embed stage re-embeds when it is promoted)"),
+              note="registered model <mlflow.model_name>-text-tower (reembed-text and embed re-embed when it is promoted)"),
     AssetSpec("mmp_voice_transcripts", "x-mmpipeline://lake/gold/voice_transcripts",
               ("gold.voice_transcripts", "gold.voice_features")),
     AssetSpec("mmp_product_embeddings", "x-mmpipeline://lake/gold/product_embeddings",
@@ -111,11 +111,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("embed", "mmpipeline.embed.job:run", S, True, 4 * _H,
           "Incremental text/image/query embeddings -> gold.*_embeddings (never trains).",
           inputs=("mmp_silver_catalog", "mmp_image_tower", "mmp_text_tower"), outputs=("mmp_product_embeddings",)),
-    # ---- mm_ranker_weekly: text tower -> training data -> train -> evaluate/promote
+    # ---- mm_ranker_weekly: text tower -> re-embed text -> training data -> train -> evaluate/promote
     Stage("tune-text-tower", "mmpipeline.embed.text_tune:run", R, False, 2 * _H,
           "Fine-tune the text encoder on training-split queries, register it in MLflow; promoted only when it "
-          "beats the frozen model (the next embed re-embeds with it); a no-op for unchanged inputs.",
+          "beats the frozen model (reembed-text re-embeds with it); a no-op for unchanged inputs.",
           inputs=("mmp_silver_catalog",), outputs=("mmp_text_tower",)),
+    Stage("reembed-text", "mmpipeline.embed.text_tune:reembed", R, False, 2 * _H,
+          "Re-embed product and query text with a text tower promoted this run, so training and scoring use "
+          "it the same night (incremental, text only; a no-op when nothing new was promoted).",
+          inputs=("mmp_silver_catalog", "mmp_text_tower", "mmp_product_embeddings")),
     Stage("build-training-data", "mmpipeline.rank.data:run", R, True, 2 * _H,
           "Judgments + interactions + negatives -> gold.training_data.",
           inputs=("mmp_silver_catalog", "mmp_product_embeddings"), outputs=("mmp_training_data",)),

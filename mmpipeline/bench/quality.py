@@ -17,7 +17,7 @@ default model's (``rank.fusion``) per-query wins / losses / ties against every b
 peer, per slice; ``table`` is a readable markdown table of every system.
 
 Params: any ``rank.*`` field (``epochs=5``, ``max_eval_queries=300``, ``bench_fusions=[concat]``,
-``text_fields=[]`` for title-only features, ``bench_lambdamart=false``), ``colour_free`` (``auto`` |
+``text_fields=[]`` for title-only features, ``match_features=false``, ``bench_lambdamart=false``), ``colour_free`` (``auto`` |
 true | false), ``run_date``.
 """
 
@@ -101,6 +101,7 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
                            for sl, ms in slices.items() if sl != "all"}
         if system in res["rmse"] and res["rmse"][system]:
             entry["rmse_grade"] = round(res["rmse"][system]["rmse"], 4)
+            entry["rmse_grade_linear"] = round(res["rmse"][system]["rmse_linear"], 4)
             entry["rmse_mean_grade_baseline"] = round(res["rmse"][system]["rmse_mean_baseline"], 4)
         if system in fit_info:
             entry["training"] = fit_info[system]
@@ -201,7 +202,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         "image_model": fz.meta.get("image_model"),
         "settings": {k: getattr(rc, k) for k in ("fusion", "loss", "epochs", "hidden_dim", "use_vectors", "negatives_random",
                                                   "negatives_hard", "candidates_k", "max_eval_queries", "max_train_queries",
-                                                  "bench_fusions", "bench_lambdamart", "text_fields")},
+                                                  "bench_fusions", "bench_lambdamart", "text_fields",
+                                                  "match_features")},
     }
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given")
     log.info("titles as given:\n%s", "\n".join(result["titles_as_given"]["table"]))
@@ -231,7 +233,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         qv = (list(fz.q_pos), fz.q_mat)
         fz2 = PairFeaturizer(products, {"text": (list(fz.ids), text_vecs), "image": image}, qv,
                              meta={**fz.meta, "text_model": f"{fz.meta.get('text_model')} (colour-free titles)"},
-                             text_fields=list(rc.text_fields))
+                             text_fields=list(rc.text_fields), match_features=rc.match_features)
         res = _variant(fz2, judgments, interactions, rc, run_date, "colour words removed")
         res["titles_changed"] = int(changed)
         res["colour_words"] = len(vocab)

@@ -177,13 +177,13 @@ def encode_local(encoder, modality: str, payloads: list[str], cfg) -> tuple[np.n
     return vecs, errors, np.zeros(len(payloads), bool)
 
 
-def _commit_metadata(ctx, task) -> dict[str, Any]:
-    return {"stage": "embed", "run_date": ctx.run_date, "modality": task.modality,
+def _commit_metadata(ctx, task, stage: str = "embed") -> dict[str, Any]:
+    return {"stage": stage, "run_date": ctx.run_date, "modality": task.modality,
             "model": f"{task.spec.name}@{task.spec.version}"}
 
 
 # ------------------------------------------------------------------------------------ stage
-def run_task(ctx: "RunContext", task: Task, encoders: dict[str, Any]) -> TaskResult:
+def run_task(ctx: "RunContext", task: Task, encoders: dict[str, Any], stage: str = "embed") -> TaskResult:
     lake, cfg = ctx.lake, ctx.cfg
     t0 = time.perf_counter()
     res = TaskResult(task.label, f"{task.spec.name}@{task.spec.version}", rows_in=task.rows_in,
@@ -228,7 +228,7 @@ def run_task(ctx: "RunContext", task: Task, encoders: dict[str, Any]) -> TaskRes
         source = dels if source is None else pa.concat_tables([sink.conform(task.table, source), dels])
         res.deleted = len(plan.delete)
     if source is not None:  # new vectors and deletions: one commit
-        sink.commit(lake, task.table, source, _commit_metadata(ctx, task))
+        sink.commit(lake, task.table, source, _commit_metadata(ctx, task, stage))
     _record_failures(ctx, task, failure_rows)
     res.seconds = time.perf_counter() - t0
     log.info("embed: %s [%s] encoded %d, reused %d, skipped %d (empty %d, failed %d, known bad %d), deleted %d, "

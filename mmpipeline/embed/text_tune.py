@@ -391,3 +391,55 @@ def run(ctx: "RunContext") -> dict[str, Any]:
             "tuned_ndcg_at_10": round(tuned, 4), "n_examples": len(examples), "n_hard_negatives": n_trip,
             "n_eval_queries": len(eval_q), "n_eval_products": len(catalog), "epochs": history,
             "train_seconds": round(train_s, 1), "device": device}
+
+
+# ------------------------------------------------------------------------------------ same-night re-embed
+REEMBED_STAGE = "reembed-text"
+
+
+def reembed(ctx: "RunContext") -> dict[str, Any]:
+    """``mmpipeline run reembed-text`` (the ranker DAG, right after ``tune-text-tower``): re-embed the
+    product and query **text** with the promoted text tower, so the same night's training data,
+    evaluation and scoring use the tuned vectors (not only the next catalog night's embed).
+
+    The embed stage's incremental text tasks with the encoder :func:`models.text_spec` resolves: the
+    stored vectors are keyed by model version, so after a promotion every text vector is re-encoded
+    once (one Delta merge per table replacing the old version's rows) and a re-run encodes nothing.
+    A no-op without loading a model when no tuned tower is promoted (the catalog night's embed
+    already stored the frozen model's vectors) or tuning is off. Images are never touched."""
+    from mmpipeline.context import StageError
+    from mmpipeline.embed import job
+    from mmpipeline.ops import print_table
+
+    cfg, tc, lake = ctx.cfg, ctx.cfg.text_tune, ctx.lake
+    m = cfg.embed.text_model
+    why = ("text_tune.enabled is false" if not tc.enabled else "text_tune.use_in_embed is false"
+           if not tc.use_in_embed else f"embed.text_model.kind is {m.kind!r}" if m.kind != "sentence-transformers"
+           else None)
+    if why is None and registry.text_tower_version(cfg) is None:
+        why = f"no text tower promoted as {registry.text_tower_registered_name(cfg)}@{tc.alias}"
+    if why is None:
+        if not lake.exists("silver.products"):
+            raise StageError("silver.products does not exist yet: run ingest and clean first")
+        tspec = models.text_spec(cfg)
+        if tspec.version == models.text_spec(cfg, tuned=False).version:
+            why = "the promoted text tower was tuned from another text model (see the warning above)"
+    if why is not None:
+        log.info("reembed-text: nothing to do: %s (the stored text vectors stay)", why)
+        return {"reembedded": False, "encoded": 0, "skipped": f"no re-embed: {why}"}
+    t0 = time.perf_counter()
+    products = edata.load_products(lake, cfg)
+    queries = edata.load_queries(lake, cfg)
+    encoders: dict[str, Any] = {}
+    tasks = job.text_tasks(products, queries, tspec)
+    results = [job.run_task(ctx, t, encoders, stage=REEMBED_STAGE) for t in tasks]
+    seconds = time.perf_counter() - t0
+    print_table(f"reembed-text ({tspec.name}@{tspec.version})",
+                ["table", "encoded", "reused", "skipped", "deleted", "seconds"],
+                [[r.label, r.encoded, r.reused, r.skipped, r.deleted, round(r.seconds, 1)] for r in results])
+    encoded = sum(r.encoded for r in results)
+    log.info("reembed-text: %d text vectors re-encoded with %s@%s, %d up to date, in %.1fs", encoded, tspec.name,
+             tspec.version, sum(r.reused for r in results), seconds)
+    return {"reembedded": encoded > 0, "encoded": encoded, "reused": sum(r.reused for r in results),
+            "text_model": f"{tspec.name}@{tspec.version}", "seconds": round(seconds, 1),
+            "tasks": {r.label: r.as_dict() for r in results}}

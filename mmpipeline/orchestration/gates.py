@@ -13,6 +13,12 @@ unique per write): a merge that changes nothing keeps it, any write that changes
 The check is conservative: a rewrite of identical rows into new files counts as a change (a
 run that was not needed), never the other way round (a skip that was needed).
 
+A DAG may itself write an input table (the ranker's ``reembed-text`` re-embeds the text vectors with
+a text tower promoted in the same run): ``record_inputs`` then records that table as the run left it,
+but only when every commit since ``check_inputs`` came from one of the DAG's own stages (commit
+metadata ``stage``); a write by anything else in between keeps the checked fingerprint, so the next
+run goes ahead.
+
 The state is one JSON file per DAG under the lake root (``<lake>/_orchestration/<dag_id>.json``),
 written atomically; deleting it makes the next run of the DAG run.
 """
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mmpipeline.stages import RANKER_DAG, SCORING_DAG, external_inputs
+from mmpipeline.stages import RANKER_DAG, SCORING_DAG, dag_stages, external_inputs
 
 log = logging.getLogger("mmpipeline.airflow")
 
@@ -95,6 +101,44 @@ def registered_version(cfg: Any, alias: str) -> str | None:
     return str(mv.version)
 
 
+def table_version(uri: str | Path) -> int | None:
+    if not (Path(uri) / "_delta_log").is_dir():
+        return None
+    from deltalake import DeltaTable
+
+    return int(DeltaTable(str(uri)).version())
+
+
+def input_versions(cfg: Any, dag_id: str) -> dict[str, int | None]:
+    """The Delta version of each input table (what :func:`own_writes` compares with after the run)."""
+    from mmpipeline.lake import Lake
+
+    lake = Lake(cfg.lake.root, engine="delta-rs")
+    return {t: table_version(lake.uri(t)) for a in external_inputs(dag_id) for t in a.tables}
+
+
+def own_writes(checked: Mapping[str, Any], dag_id: str) -> dict[str, str]:
+    """The checked components, with each input table that only the DAG's own stages wrote since the
+    check (commit metadata ``stage``) replaced by its fingerprint now: the inputs the run left behind."""
+    from deltalake import DeltaTable
+
+    from mmpipeline.lake import normalise_commit
+
+    components = dict(checked["components"])
+    root, own = Path(checked["lake_root"]), {s.name for s in dag_stages(dag_id)}
+    for table, before in (checked.get("versions") or {}).items():
+        uri = root.joinpath(*table.split("."))
+        now = table_version(uri)
+        if now is None or before is None or now <= before:
+            continue
+        commits = [normalise_commit(h) for h in DeltaTable(str(uri)).history(now - before)]
+        if len(commits) == now - before and all(c["metadata"].get("stage") in own for c in commits):
+            components[table] = table_fingerprint(uri)
+            log.info("record_inputs: %s was written by this run (%s): recorded as it is now", table,
+                     ", ".join(sorted({c["metadata"]["stage"] for c in commits})))
+    return components
+
+
 def fingerprint(components: Mapping[str, str]) -> str:
     return _digest(dict(components))
 
@@ -153,17 +197,19 @@ def check(resolved: Mapping[str, Any], dag_id: str,
     from mmpipeline.config import load_config
 
     cfg = load_config(resolved["config"], list(resolved.get("overrides") or []))
+    versions = input_versions(cfg, dag_id)  # before the fingerprints: a write in between is never taken as ours
     components = input_components(cfg, dag_id, resolved.get("model_alias"), model_version)
     state = read_state(cfg.lake.root, dag_id)
     force = bool(resolved.get("force") or resolved.get("full_refresh"))  # a full refresh recomputes everything
     decision = decide(dag_id, components, str(resolved["run_date"]), state, force)
     return {"run": decision.run, "reason": decision.reason, "fingerprint": fingerprint(components),
-            "components": components, "lake_root": str(cfg.lake.root)}
+            "components": components, "versions": versions, "lake_root": str(cfg.lake.root)}
 
 
 def record(checked: Mapping[str, Any], dag_id: str, run_date: str, dag_run_id: str) -> Path:
     """Body of ``record_inputs`` (after the DAG's last stage succeeded)."""
+    components = own_writes(checked, dag_id)
     return write_state(checked["lake_root"], dag_id, {
         "dag_id": dag_id, "run_date": str(run_date), "dag_run_id": dag_run_id,
-        "fingerprint": checked["fingerprint"], "components": checked["components"],
+        "fingerprint": fingerprint(components), "components": components,
         "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})

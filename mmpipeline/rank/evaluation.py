@@ -323,13 +323,21 @@ def versus(pq: dict[str, dict[str, dict[int, float]]], system: str, others: list
 
 def calibrated_rmse(valid_scores: np.ndarray, valid_grades: np.ndarray, test_scores: np.ndarray,
                     test_grades: np.ndarray, grade_range: tuple[float, float], mean_grade: float) -> dict[str, float]:
-    """RMSE on test pairs of a linear score->grade calibration fitted on validation pairs (clipped to
-    ``grade_range``), next to the RMSE of always predicting ``mean_grade``."""
+    """RMSE on test pairs of a monotone (isotonic) score->grade calibration fitted on validation pairs
+    (clipped to ``grade_range``; a ranking score is monotone in relevance, not linear in the grade),
+    next to the RMSE of a linear calibration (``rmse_linear``) and of always predicting ``mean_grade``."""
+    from sklearn.isotonic import IsotonicRegression
+
     sv, gv = np.asarray(valid_scores, float), np.asarray(valid_grades, float)
     st, gt = np.asarray(test_scores, float), np.asarray(test_grades, float)
     a, b = np.polyfit(sv, gv, 1) if np.std(sv) > 0 else (0.0, float(gv.mean()))
-    pred = np.clip(a * st + b, grade_range[0], grade_range[1])
-    return {"rmse": float(np.sqrt(np.mean((pred - gt) ** 2))),
+    linear = np.clip(a * st + b, grade_range[0], grade_range[1])
+    if np.std(sv) > 0:
+        iso = IsotonicRegression(y_min=grade_range[0], y_max=grade_range[1], increasing=True, out_of_bounds="clip")
+        pred = iso.fit(sv, gv).predict(st)
+    else:
+        pred = np.full(len(st), float(gv.mean()))
+    return {"rmse": float(np.sqrt(np.mean((pred - gt) ** 2))), "rmse_linear": float(np.sqrt(np.mean((linear - gt) ** 2))),
             "rmse_mean_baseline": float(np.sqrt(np.mean((mean_grade - gt) ** 2))), "rmse_pairs": int(len(gt))}
 
 

@@ -15,6 +15,14 @@ modality and the query vectors, plus a BM25 index over the product text
   other text fields (``rank.text_fields``: brand, category path, description and attribute values,
   where the source maps them) and the query-token coverage of those fields.
 
+* match columns (``MATCH_FEATURES``, ``rank.match_features``): what a search team adds to a
+  learning-to-rank model (the Home Depot Kaggle features): query words found in the title (count,
+  exact, and the share found allowing typos / plural forms), whether the last query word (usually
+  the product noun) is in the title, whether the whole query is, rapidfuzz's token-set similarity of
+  query and title, numbers and number + unit pairs of the query found in the title, and the
+  query-word coverage of the brand, the description and the attribute values counted separately
+  (``FIELD_MATCH_FEATURES``, where ``rank.text_fields`` maps them).
+
 A model uses the subset :func:`active_features` picks: a modality or a text field the catalog does
 not have is absent (no all-zero column for a model to learn on); the model input frame always
 carries every column, so one frame feeds any registered model.
@@ -26,6 +34,7 @@ That DataFrame is exactly what the registered model's ``predict`` takes. Trainin
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -52,12 +61,19 @@ STORED_FEATURES = [
 ]
 # per-field text features: recomputed from the catalog when a stored table lacks them
 FIELD_FEATURES = ["bm25_title", "bm25_fields", "fields_coverage", "has_fields"]
-SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES
+# Kaggle-style query/title match features (recomputed like the field features; rank.match_features)
+TITLE_MATCH_FEATURES = ["title_matches", "title_fuzzy_coverage", "last_word_in_title", "query_in_title",
+                        "title_set_ratio", "number_coverage", "unit_coverage", "has_query_number"]
+# query-word coverage per text field, counted separately (only fields the catalog has)
+FIELD_MATCH = {"brand": "brand_coverage", "description": "description_coverage", "attributes": "attributes_coverage"}
+FIELD_MATCH_FEATURES = list(FIELD_MATCH.values())
+MATCH_FEATURES = TITLE_MATCH_FEATURES + FIELD_MATCH_FEATURES
+SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES + MATCH_FEATURES
 IMAGE_FEATURES = ["cos_image", "has_image"]
 # which scalar features feed which modality branch of the fusion model
 MODALITY_SCALARS = {
     "text": ["cos_text", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens", "has_text",
-             "has_query_vec", *FIELD_FEATURES],
+             "has_query_vec", *FIELD_FEATURES, *MATCH_FEATURES],
     "image": list(IMAGE_FEATURES),
     "numeric": ["log_price", "log_popularity", "rating", "has_price", "has_popularity", "has_rating"],
 }
@@ -95,6 +111,7 @@ class PairFeaturizer:
     meta: dict[str, Any] = field(default_factory=dict)
     bm25: BM25Index | None = None
     text_fields: Sequence[str] | None = None  # fields besides the title in the field features (None: all TEXT_FIELDS)
+    match_features: bool = True  # the MATCH_FEATURES columns enter the model (rank.match_features)
 
     def __post_init__(self) -> None:
         p = self.products.drop_duplicates("product_id", keep="last").reset_index(drop=True)
@@ -114,6 +131,7 @@ class PairFeaturizer:
         self.fields_text = fields_text(p, fields).tolist()
         self.fields_tokens = [set(tokenize(t)) for t in self.fields_text]
         self.has_fields = np.array([1.0 if t else 0.0 for t in self.fields_tokens], dtype=np.float32)
+        self._init_match(p, titles, fields)
 
         def num(col: str) -> tuple[np.ndarray, np.ndarray]:
             if col not in p.columns:
@@ -157,7 +175,8 @@ class PairFeaturizer:
 
     def active_features(self) -> list[str]:
         """The scalar features a model trained on this catalog uses (see :func:`active_features`)."""
-        return active_features(bool(self.has_image.any()), bool(self.has_fields.any()))
+        return active_features(bool(self.has_image.any()), bool(self.has_fields.any()),
+                               match_features=self.match_features, match_fields=self.match_fields)
 
     def _align(self, pv: tuple[Sequence[str], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.ids)
@@ -210,7 +229,8 @@ class PairFeaturizer:
         meta = {"text_model": text_model, "image_model": image_model,
                 "versions": {n: versions.get(n, lake.version(n)) for n in
                              ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}}
-        return cls(products, pv, qv, query_encoder, meta, text_fields=list(cfg.rank.text_fields))
+        return cls(products, pv, qv, query_encoder, meta, text_fields=list(cfg.rank.text_fields),
+                   match_features=cfg.rank.match_features)
 
     # ------------------------------------------------------------------------------ lookups
     def product_rows(self, product_ids: Sequence[str]) -> np.ndarray:
@@ -299,7 +319,9 @@ class PairFeaturizer:
                 coverage[idx_a] = [len(toks & self.title_tokens[r[i]]) / len(toks) if known[i] else 0.0 for i in idx]
                 f_coverage[idx_a] = [len(toks & self.fields_tokens[r[i]]) / len(toks) if known[i] else 0.0
                                      for i in idx]
+        match = self.match_scalars(queries, rows)
         return pd.DataFrame({
+            **match,
             "cos_text": cos_text.astype(np.float32), "cos_image": cos_image.astype(np.float32),
             "bm25": bm25, "bm25_rel": bm25_rel, "title_coverage": coverage, "query_tokens": qtok,
             "title_tokens": self.title_len[r] * kn,
@@ -311,6 +333,81 @@ class PairFeaturizer:
             "bm25_title": bm25_title, "bm25_fields": bm25_fields, "fields_coverage": f_coverage,
             "has_fields": self.has_fields[r] * kn,
         })[SCALAR_FEATURES]
+
+    # ------------------------------------------------------------------------------ match features
+    def _init_match(self, p: pd.DataFrame, titles: list[str], fields: list[str]) -> None:
+        """Per product: title token ids (over one vocabulary), lower-cased title, numbers and number+unit
+        pairs of the title, and the token sets of the brand / description / attribute values."""
+        vocab: dict[str, int] = {}
+        self.title_ids = [np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), np.int64)
+                          for toks in self.title_tokens]
+        self.vocab = np.asarray(list(vocab), dtype=object)
+        self.vocab_pos = vocab
+        self.title_lower = [" ".join(tokenize(t)) for t in titles]
+        self.title_numbers = [numbers_and_units(t) for t in titles]
+        self.field_match_tokens: dict[str, list[set[str]]] = {}
+        for f, col in FIELD_MATCH.items():
+            if f in fields and f in p.columns:
+                text = fields_text(p, [f])
+                toks = [set(tokenize(t)) for t in text]
+                if any(toks):
+                    self.field_match_tokens[col] = toks
+        self.match_fields = list(self.field_match_tokens)
+
+    def _fuzzy_hits(self, toks: list[str]) -> np.ndarray:
+        """[len(toks), len(vocab)] bool: catalog title words that match each query word -- exactly, or
+        (words of 4+ letters) at rapidfuzz ratio >= 80 (typos, plural forms: fixures ~ fixtures)."""
+        from rapidfuzz import fuzz, process
+
+        hits = np.zeros((len(toks), len(self.vocab)), bool)
+        if not len(self.vocab):
+            return hits
+        for i, t in enumerate(toks):
+            j = self.vocab_pos.get(t)
+            if j is not None:
+                hits[i, j] = True
+        long = [i for i, t in enumerate(toks) if len(t) >= 4 and not t.isdigit()]
+        if long:
+            sims = process.cdist([toks[i] for i in long], self.vocab, scorer=fuzz.ratio, score_cutoff=80, workers=1)
+            hits[long] |= sims > 0
+        return hits
+
+    def match_scalars(self, queries: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``MATCH_FEATURES`` columns for pairs (query text, catalog row; -1 = unknown product)."""
+        from rapidfuzz import fuzz
+
+        n = len(queries)
+        out = {c: np.zeros(n, np.float32) for c in MATCH_FEATURES}
+        if not self.match_features:
+            return out
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            if rows[i] >= 0:
+                by_query.setdefault(q, []).append(i)
+        for q, idx in by_query.items():
+            toks = list(dict.fromkeys(tokenize(q)))
+            if not toks:
+                continue
+            hits = self._fuzzy_hits(toks)
+            qset, last, qline = set(toks), tokenize(q)[-1], " ".join(tokenize(q))
+            qnums, qunits = numbers_and_units(q)
+            for i in idx:
+                r = rows[i]
+                tt = self.title_tokens[r]
+                out["title_matches"][i] = len(qset & tt)
+                m = hits[:, self.title_ids[r]].any(axis=1) if len(self.title_ids[r]) else np.zeros(len(toks), bool)
+                out["title_fuzzy_coverage"][i] = m.mean()
+                out["last_word_in_title"][i] = float(m[toks.index(last)])
+                out["query_in_title"][i] = float(qline in self.title_lower[r])
+                out["title_set_ratio"][i] = fuzz.token_set_ratio(qline, self.title_lower[r]) / 100.0
+                if qnums:
+                    tnums, tunits = self.title_numbers[r]
+                    out["has_query_number"][i] = 1.0
+                    out["number_coverage"][i] = len(qnums & tnums) / len(qnums)
+                    out["unit_coverage"][i] = len(qunits & tunits) / len(qunits) if qunits else 0.0
+                for col, toks_f in self.field_match_tokens.items():
+                    out[col][i] = len(qset & toks_f[r]) / len(qset)
+        return out
 
     def stored_scalars(self, df: pd.DataFrame) -> np.ndarray:
         """``SCALAR_FEATURES`` of training rows (``query_norm``, ``query_id``, ``product_id`` plus the
@@ -347,16 +444,46 @@ class PairFeaturizer:
         return arrays_to_frame(self.arrays(queries, query_ids, product_ids))
 
 
-def active_features(has_image: bool, has_fields: bool, field_features: bool = True) -> list[str]:
+def active_features(has_image: bool, has_fields: bool, field_features: bool = True, match_features: bool = False,
+                    match_fields: Sequence[str] = ()) -> list[str]:
     """The scalar features a model uses on a catalog: without any product image the image columns
     are absent (the dataset lacks the modality: n/a, not a zero column), and the per-field text
-    features only when some product has text besides its title (and ``field_features``)."""
+    features only when some product has text besides its title (and ``field_features``); with
+    ``match_features`` the title match columns and the coverage of each field in ``match_fields``."""
     drop: set[str] = set()
     if not has_image:
         drop.update(IMAGE_FEATURES)
     if not (has_fields and field_features):
         drop.update(FIELD_FEATURES)
+    if not match_features:
+        drop.update(MATCH_FEATURES)
+    else:
+        drop.update(c for c in FIELD_MATCH_FEATURES if c not in set(match_fields))
     return [c for c in SCALAR_FEATURES if c not in drop]
+
+
+_NUMBER_UNIT = re.compile(
+    r"(\d+(?:\.\d+)?(?:/\d+)?)\s*-?\s*(in\b|inch(?:es)?\b|\"|ft\b|foot\b|feet\b|'|gal(?:lon)?s?\b|lbs?\b|pounds?\b|"
+    r"oz\b|ounces?\b|v\b|volts?\b|w\b|watts?\b|amps?\b|a\b|mm\b|cm\b|sq\b|qt\b|quarts?\b|btu\b|psi\b|cu\b|gpm\b)?",
+    re.IGNORECASE)
+_UNIT = {"inch": "in", "inches": "in", '"': "in", "foot": "ft", "feet": "ft", "'": "ft", "gal": "gal", "gallon": "gal",
+         "gallons": "gal", "gals": "gal", "lb": "lb", "lbs": "lb", "pound": "lb", "pounds": "lb", "ounce": "oz",
+         "ounces": "oz", "volt": "v", "volts": "v", "watt": "w", "watts": "w", "amp": "a", "amps": "a", "quart": "qt",
+         "quarts": "qt"}
+
+
+def numbers_and_units(text: str | None) -> tuple[set[str], set[str]]:
+    """The numbers of a text (``3/4``, ``2.5``, ``10``; leading zeros and ``.0`` dropped) and its
+    number + unit pairs with units normalised (``3/4 in.``, ``3/4-inch`` and ``3/4"`` -> ``3/4 in``)."""
+    nums, units = set(), set()
+    for num, unit in _NUMBER_UNIT.findall((text or "").lower()):
+        if "." in num and "/" not in num:
+            num = num.rstrip("0").rstrip(".") or "0"
+        num = num.lstrip("0") or "0"
+        nums.add(num)
+        if unit:
+            units.add(f"{num} {_UNIT.get(unit, unit)}")
+    return nums, units
 
 
 def _attribute_values(a: Any) -> str:

@@ -104,6 +104,32 @@ def test_ranker_skips_when_nothing_changed_since_the_last_trained_model(lake_cfg
     assert new["run"] and new["reason"].endswith("silver.judgments")
 
 
+def test_ranker_records_the_embeddings_its_own_reembed_wrote(lake_cfg):
+    """reembed-text (a ranker stage) rewrites gold.product_embeddings after check_inputs: the recorded
+    inputs are the table as the run left it (the next run skips), unless another writer came in between."""
+    from deltalake import CommitProperties
+
+    cfg, lake = lake_cfg
+    uri = lake.uri("gold.product_embeddings")
+
+    def write(stage: str, v: int) -> None:
+        write_deltalake(uri, pa.table({"id": ["a", "b"], "v": [v, v]}), mode="overwrite",
+                        commit_properties=CommitProperties(custom_metadata={"stage": stage}))
+
+    first = gates.check(_resolved(cfg, "2026-11-15"), RANKER)
+    write("reembed-text", 5)  # the same run re-embeds with the promoted text tower
+    gates.record(first, RANKER, "2026-11-15", "run_1")
+    again = gates.check(_resolved(cfg, "2026-11-15"), RANKER)
+    assert not again["run"], again["reason"]
+
+    second = gates.check(_resolved(cfg, "2026-11-22", force=True), RANKER)
+    write("embed", 6)  # the catalog DAG's embed wrote meanwhile: that change is not this run's
+    write("reembed-text", 7)
+    gates.record(second, RANKER, "2026-11-22", "run_2")
+    third = gates.check(_resolved(cfg, "2026-11-29"), RANKER)
+    assert third["run"] and third["reason"].endswith("gold.product_embeddings")
+
+
 def test_decide_is_pure_and_conservative():
     comps = {"silver.products": "x", "config.rank": "y"}
     state = {"components": comps, "run_date": "2026-01-01", "dag_run_id": "r"}

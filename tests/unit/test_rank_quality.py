@@ -193,3 +193,49 @@ def test_gate_refuses_a_slice_that_regresses_against_a_baseline():
     assert decide(few, None, rc.model_copy(update={"slice_min_queries": 20}), base)[0]
     # not configured (the default): no baseline check
     assert decide(_m(0.7, long_queries=0.52), None, RankConfig(), base)[0]
+
+
+def test_match_features_count_words_typos_numbers_units_and_fields_separately():
+    from mmpipeline.retrieval.features import FIELD_MATCH_FEATURES, MATCH_FEATURES, numbers_and_units
+
+    products = pd.DataFrame([
+        {"product_id": "a", "title": "Ceiling Mounted Lighting Fixtures 3/4-inch Brass", "brand": "Hampton",
+         "description": "a lamp", "attributes": [("finish", "oil rubbed bronze")]},
+        {"product_id": "b", "title": "Wall Mounted Lighting Fixture 1/2 in. Chrome", "brand": "Acme",
+         "description": "ceiling fixture", "attributes": [("finish", "chrome")]},
+        {"product_id": "c", "title": "Garden Hose", "brand": "", "description": "", "attributes": []},
+    ])
+    basis = np.eye(3, dtype=np.float32)
+    fz = PairFeaturizer(products, {"text": (["a", "b", "c"], basis)})
+    assert set(MATCH_FEATURES) <= set(fz.active_features())
+    q = "ceiling mounted lighting fixures 3/4 in. bronze"
+    f = fz.scalar_features([q] * 3, ["x"] * 3, ["a", "b", "c"])
+    # exact words in the title: ceiling mounted lighting 3 4 (not the misspelt 'fixures')
+    assert f["title_matches"].tolist() == [5.0, 3.0, 0.0]
+    # typos / plural forms match fuzzily: 'fixures' ~ 'fixtures' (a) and 'fixture' (b)
+    assert f.loc[0, "title_fuzzy_coverage"] > f.loc[1, "title_fuzzy_coverage"] > f.loc[2, "title_fuzzy_coverage"] == 0
+    assert f["last_word_in_title"].tolist() == [0.0, 0.0, 0.0]  # 'bronze' is in a's attributes, not its title
+    assert f["attributes_coverage"].tolist() == [pytest.approx(1 / 8), 0.0, 0.0]
+    assert f["description_coverage"].tolist() == [0.0, pytest.approx(1 / 8), 0.0]
+    # numbers and number+unit pairs: 3/4 in. == 3/4-inch, not 1/2 in.
+    assert f["number_coverage"].tolist() == [1.0, 0.0, 0.0] and f["unit_coverage"].tolist() == [1.0, 0.0, 0.0]
+    assert f["has_query_number"].tolist() == [1.0, 1.0, 1.0]
+    assert numbers_and_units('3/4" x 8 ft. 10.0 gal') == ({"3/4", "8", "10"}, {"3/4 in", "8 ft", "10 gal"})
+    g = fz.scalar_features(["garden hose", "lighting fixtures"], ["y", "z"], ["c", "a"])
+    assert g["query_in_title"].tolist() == [1.0, 1.0] and g["last_word_in_title"].tolist() == [1.0, 1.0]
+    assert g.loc[0, "title_set_ratio"] == 1.0 and g["has_query_number"].tolist() == [0.0, 0.0]
+    # off (rank.match_features=false): absent from the model; a title-only catalog has no field columns
+    assert not set(MATCH_FEATURES) & set(PairFeaturizer(products, {"text": (["a", "b", "c"], basis)},
+                                                        match_features=False).active_features())
+    title_only = PairFeaturizer(products[["product_id", "title"]], {"text": (["a", "b", "c"], basis)})
+    assert not set(FIELD_MATCH_FEATURES) & set(title_only.active_features())
+
+
+def test_grade_rmse_calibration_is_monotone_not_linear():
+    from mmpipeline.rank.evaluation import calibrated_rmse
+
+    # grades follow the score as a step (what a ranking score does): a line cannot fit it, an isotonic map can
+    sv = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    gv = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 3.0])
+    out = calibrated_rmse(sv, gv, sv, gv, (1.0, 3.0), mean_grade=2.0)
+    assert out["rmse"] == pytest.approx(0.0, abs=1e-9) and out["rmse_linear"] > 0.3

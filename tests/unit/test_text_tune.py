@@ -84,18 +84,44 @@ def test_tune_registers_a_version_and_a_rerun_reuses_it(make_config, shared_data
     from mmpipeline.embed import models, registry, text_tune
     from mmpipeline.tracking import client
 
-    cfg = make_config({**SMALL, "text_tune.min_gain": -1.0})  # promote whatever wins: checks the embed wiring
+    from mmpipeline.embed import job
+    from mmpipeline.retrieval.features import PairFeaturizer
+
+    cfg = make_config({**SMALL, "text_tune.min_gain": -1.0, "embed.embed_images": False})  # promote whatever wins
     ctx = RunContext.create(cfg, D1)
     assert registry.text_tower_version(cfg) is None and models.text_spec(cfg).version.startswith("sha256:")
     _write_silver(ctx.lake, shared_datasets)
+    job.run(ctx)  # the catalog night: frozen text vectors
+    frozen_version = models.text_spec(cfg, tuned=False).version
+    lake = ctx.lake
+    assert text_tune.reembed(RunContext.create(cfg, D1))["skipped"].startswith("no re-embed: no text tower promoted")
     first = text_tune.run(ctx)
     assert first["trained"] and first["promoted"] and first["version"] == "1"
+    # the same night: reembed-text replaces every text vector by the promoted tower's, before the
+    # training data is built; the featurizer that builds it reads exactly those vectors
+    v_before = lake.version("gold.product_embeddings")
+    frozen_vecs = lake.read_pandas("gold.product_embeddings", columns=["product_id", "vector"])
+    re1 = text_tune.reembed(RunContext.create(cfg, D1))
+    name = registry.text_tower_registered_name(cfg)
+    assert re1["reembedded"] and re1["text_model"].endswith(f"@{name}/v1")
+    stored = lake.read_pandas("gold.product_embeddings", columns=["product_id", "model_version"])
+    assert set(stored["model_version"]) == {f"{name}/v1"} != {frozen_version} and stored["product_id"].is_unique
+    tuned_vecs = lake.read_pandas("gold.product_embeddings", columns=["product_id", "vector"])
+    assert len(tuned_vecs) == len(frozen_vecs) and lake.version("gold.product_embeddings") == v_before + 1
+    fz = PairFeaturizer.from_lake(lake, cfg, as_of=D1)
+    pid = str(tuned_vecs["product_id"].iloc[0])
+    got = fz.p_text[fz.pos[pid]]
+    want = np.asarray(tuned_vecs["vector"].iloc[0], np.float32)
+    old = np.asarray(frozen_vecs.set_index("product_id").loc[pid, "vector"], np.float32)
+    assert np.allclose(got, want / np.linalg.norm(want), atol=1e-5) and not np.allclose(want, old, atol=1e-3)
+    again_re = text_tune.reembed(RunContext.create(cfg, D1))  # a re-run is a no-op: nothing encoded or written
+    assert again_re["encoded"] == 0 and not again_re["reembedded"]
+    assert lake.version("gold.product_embeddings") == v_before + 1
     assert 0 < first["n_examples"] <= 48 and first["n_eval_queries"] > 0
     assert np.isfinite(first["frozen_ndcg_at_10"]) and np.isfinite(first["tuned_ndcg_at_10"])
     again = text_tune.run(RunContext.create(cfg, D1))
     assert not again["trained"] and again["version"] == "1" and again["promoted"]
     assert again["input_fingerprint"] == first["input_fingerprint"]
-    name = registry.text_tower_registered_name(cfg)
     assert [str(v.version) for v in client(cfg).search_model_versions(f"name = '{name}'")] == ["1"]
     spec = models.text_spec(cfg)
     frozen = models.text_spec(cfg, tuned=False)
