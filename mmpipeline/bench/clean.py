@@ -167,9 +167,9 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         spark.read.parquet(str(data)).limit(1).collect()  # warm-up: session, Python workers
         t0 = time.perf_counter()
         bronze = spark.read.parquet(str(data))
-        from mmpipeline.clean.stage import materialize, release
+        from mmpipeline.clean.stage import release, tag_once
 
-        tagged = materialize(T.tag_products(bronze, c))  # as the clean stage does: computed once
+        tagged = tag_once(T.tag_products, bronze, c, cached=[])  # as the clean stage does: computed once
         counts = T.outcome_counts(tagged)
         T.products_silver(tagged).write.format("noop").mode("overwrite").save()
         T.quarantine_rows(tagged, "product_id", "2026-01-01").write.format("noop").mode("overwrite").save()
