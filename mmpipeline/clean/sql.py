@@ -215,8 +215,8 @@ def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
         slow[out] = F.when(F.col(f"__cx{i}_py"), udf_c).otherwise(fast_c)
     any_py = reduce(lambda a, b: a | b, [F.col(c) for c in flags]) if flags else F.lit(False)
     df = df.withColumn("__ct_any", any_py)
-    if store is not None:
-        df = store(df)
+    if store is not None:  # only the results are stored, not the intermediate steps
+        df = store(df.drop(*[c for c in df.columns if c.startswith("__ct") and c.endswith(("_1", "_2"))]))
     out_df = df.where(~F.col("__ct_any")).withColumns(fast).unionByName(
         df.where(F.col("__ct_any")).withColumns(slow))
     return out_df.drop(*[c for c in out_df.columns if c.startswith(("__ct", "__cx"))])
