@@ -6,9 +6,11 @@ formats and currencies (a few unparseable or negative), and ~2% repeated ids wit
 every cleaning step does real work. Both implementations run in the same process on the same
 Parquet file:
 
-* ``spark``: :func:`mmpipeline.clean.transforms.tag_products` (NFKC/HTML/whitespace via vectorised
-  UDFs, price parsing, de-duplication by window, hashes), then the silver and quarantine outputs
-  are materialised (``noop`` sink, so the lake is not part of the measurement);
+* ``spark``: :func:`mmpipeline.clean.transforms.tag_products` as the stage runs it
+  (:func:`mmpipeline.clean.stage.tag_once`: Spark SQL cleaning with bronze read once, vectorised
+  UDFs only for the flagged rows, price parsing, de-duplication by window, hashes), then the
+  silver and quarantine outputs are materialised (``noop`` sink, so the lake is not part of the
+  measurement);
 * ``pandas``: :func:`clean_products_pandas`, the same cleaning written as plain pandas on one core,
   using the same scalar functions.
 
