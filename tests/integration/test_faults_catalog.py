@@ -31,13 +31,13 @@ CATALOG = ["bronze.products", "bronze.queries", "bronze.judgments", "bronze.inte
 VOLATILE = {"_ingested_at", "recorded_at", "validated_at", "started_at", "finished_at", "seconds", "summary"}
 
 
-def _sample_at(tmp_path: Path, write_data: bool = True):
+def _sample_at(tmp_path: Path, data: Path | None = None):
     """(config path, data dir, lake) under ``tmp_path``: the sample config pointed at a 40-product
-    generated catalog (``write_data=False``: the catalog is already there)."""
+    generated catalog (written under ``tmp_path`` unless an existing ``data`` dir is given)."""
     from mmpipeline.sources.sample import write_sample_data
 
-    data = tmp_path / "data"
-    if write_data:
+    if data is None:
+        data = tmp_path / "data"
         write_sample_data(data, n_products=40, seed=3)
     text = (REPO / "configs" / "sample.yaml").read_text().replace("${MMP_SAMPLE_DATA:-../var/sample-data}", str(data))
     cfg = yaml.safe_load(text)
@@ -303,9 +303,10 @@ def test_kill_9_of_clean_leaves_consistent_tables_and_the_rerun_gives_the_same_r
     import shutil
 
     base, reference = before_kill
-    for part in ("data", "lake"):  # each kill starts from its own copy of the same D1 + D2-ingested catalog
-        shutil.copytree(base / part, tmp_path / part)
-    cfg, _, lake = _sample_at(tmp_path, write_data=False)
+    # each kill starts from its own copy of the same D1-cleaned, D2-ingested lake (the source files
+    # and images are shared, read-only: image paths in silver stay those of the reference run)
+    shutil.copytree(base / "lake", tmp_path / "lake")
+    cfg, _, lake = _sample_at(tmp_path, data=base / "data")
     rc = _clean_subprocess(cfg, D2, fault)
     assert rc == -signal.SIGKILL
     _assert_consistent(lake)
