@@ -170,13 +170,13 @@ def clean_vs_pandas(ctx, lake) -> dict[str, Any]:
 
     from mmpipeline.bench.clean import clean_products_pandas
     from mmpipeline.clean import transforms as T
-    from mmpipeline.clean.stage import materialize, release
+    from mmpipeline.clean.stage import release, tag_once
 
     c = ctx.cfg.clean
     bronze = lake.read("bronze.products").where(F.col("run_date") == F.lit(ctx.run_date))
     with RssSampler() as rs:
         t0 = time.perf_counter()
-        tagged = materialize(T.tag_products(bronze, c))  # as the clean stage does: computed once
+        tagged = tag_once(T.tag_products, bronze, c, cached=[])  # as the clean stage does: computed once
         counts = T.outcome_counts(tagged)
         T.products_silver(tagged).write.format("noop").mode("overwrite").save()
         T.quarantine_rows(tagged, "product_id", ctx.run_date).write.format("noop").mode("overwrite").save()
@@ -283,9 +283,16 @@ def _slim(summary: Any) -> Any:
     return summary
 
 
+def _items(value: Any) -> list[str]:
+    """A list param given as ``a,b,c``, ``[a, b, c]`` (YAML list) or one value."""
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [s.strip() for s in str(value).strip("[]").split(",") if s.strip()]
+
+
 def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
-    sizes = [int(s) for s in str(params.get("sizes", "10000,100000,1000000")).split(",") if s.strip()]
-    stages = [s.strip() for s in str(params.get("stages", ",".join(STAGES))).split(",") if s.strip()]
+    sizes = [int(float(s)) for s in _items(params.get("sizes", "10000,100000,1000000"))]
+    stages = _items(params.get("stages", ",".join(STAGES)))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown} in --param stages; registered: {list(STAGES)}")

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 from mmpipeline.clean.text import CURRENCY_CODES, unescape
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from pyspark.sql import Column, DataFrame
 
 # Python's \s on ASCII: [ \t\n\r\x0b\x0c\x1c-\x1f]
@@ -171,7 +173,8 @@ def normalize_query_fast(c: "Column") -> "Column":
 
 
 def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
-                       extra: dict[str, tuple["Column", "Column", "Column"]] | None = None) -> "DataFrame":
+                       extra: dict[str, tuple["Column", "Column", "Column"]] | None = None,
+                       store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
     """Add cleaned columns: ``{out: ("text" | "query", source column)}`` -> ``out`` = clean_text /
     normalize_query of the source, and ``extra`` ``{out: (needs_python, fast, udf)}`` columns.
 
@@ -179,6 +182,10 @@ def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
     off and only they go through the vectorised UDFs (a UDF inside ``CASE WHEN`` would still be
     sent every row). Built in steps of intermediate columns so that Spark does not inline (and
     re-evaluate) a regex result that a later step uses more than once.
+
+    ``store`` (e.g. the clean stage's ``materialize``): the frame with every JVM result and flag is
+    computed once and stored before the split, so the source is read and the regexes run once per
+    row; without it both halves of the split re-read the source (fine for small frames).
     """
     from functools import reduce
 
@@ -208,6 +215,8 @@ def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
         slow[out] = F.when(F.col(f"__cx{i}_py"), udf_c).otherwise(fast_c)
     any_py = reduce(lambda a, b: a | b, [F.col(c) for c in flags]) if flags else F.lit(False)
     df = df.withColumn("__ct_any", any_py)
+    if store is not None:  # only the results are stored, not the intermediate steps
+        df = store(df.drop(*[c for c in df.columns if c.startswith("__ct") and c.endswith(("_1", "_2"))]))
     out_df = df.where(~F.col("__ct_any")).withColumns(fast).unionByName(
         df.where(F.col("__ct_any")).withColumns(slow))
     return out_df.drop(*[c for c in out_df.columns if c.startswith(("__ct", "__cx"))])

@@ -31,6 +31,7 @@ inserted - deleted = rows after = the run's snapshot rows); a difference fails t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -73,6 +74,48 @@ def release(df) -> None:
             plan.rdd().unpersist(False)
     except Exception:  # noqa: BLE001 - Spark Connect or another plan: nothing more to free
         pass
+
+
+@contextlib.contextmanager
+def _sql_conf(spark, conf: dict[str, str]):
+    """Set session SQL confs for the plans executed inside the block, then put them back."""
+    old = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
+
+
+def tag_once(tag, bronze, *args, cached: list):
+    """``materialize(tag(bronze, *args, store=...))``: the cleaned columns are stored once before
+    the split into JVM rows and UDF rows (bronze read once), and freed as soon as the tagged frame
+    is stored. The tagged frame is added to ``cached``."""
+    pre: list = []
+
+    def store(df):
+        # the regex projection of every text column is one method far beyond the JVM's 64 KB limit:
+        # whole-stage codegen would spend seconds compiling it only to fail and fall back to the
+        # per-expression code (small methods the JIT compiles), so that plan goes there directly
+        with _sql_conf(df.sparkSession, {"spark.sql.codegen.wholeStage": "false"}):
+            pre.append(materialize(df))
+        cached.append(pre[-1])
+        return pre[-1]
+
+    # HotSpot does not JIT-compile a method over 8,000 bytes of bytecode (it runs interpreted): plans
+    # whose whole-stage method is larger use Spark's per-operator code instead (Spark's advice for HotSpot)
+    with _sql_conf(bronze.sparkSession, {"spark.sql.codegen.hugeMethodLimit": "8000"}):
+        tagged = materialize(tag(bronze, *args, store=store))
+    cached.append(tagged)
+    for df in pre:
+        release(df)
+    cached[:] = [df for df in cached if all(df is not p for p in pre)]
+    return tagged
 
 
 def _bronze(ctx: RunContext, lake, entity: str):
@@ -310,8 +353,7 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     # ------------------------------------------------------------------------------ products
     if "products" in cfg.sources:
         src = cfg.sources["products"]
-        tagged = materialize(T.tag_products(_bronze(ctx, lake, "products"), c))
-        cached.append(tagged)
+        tagged = tag_once(T.tag_products, _bronze(ctx, lake, "products"), c, cached=cached)
         counts = T.outcome_counts(tagged)
         step("products: tag + counts")
         products = T.products_silver(tagged)
@@ -354,8 +396,7 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     derived_from = []
     if "judgments" in cfg.sources:
         src = cfg.sources["judgments"]
-        tagged = materialize(T.tag_judgments(_bronze(ctx, lake, "judgments"), c, product_ids))
-        cached.append(tagged)
+        tagged = tag_once(T.tag_judgments, _bronze(ctx, lake, "judgments"), c, product_ids, cached=cached)
         counts = T.outcome_counts(tagged)
         label = str(src.params.get("label") or (src.adapter if src.adapter != "generic" else cfg.name))
         silver = T.judgments_silver(tagged, label).withColumn("run_date", F.lit(d).cast("date"))
@@ -365,8 +406,7 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
         step("judgments")
         derived_from.append(tagged.where(F.col("_outcome") == T.KEPT))
     if "interactions" in cfg.sources:
-        tagged = materialize(T.tag_interactions(_bronze(ctx, lake, "interactions"), product_ids))
-        cached.append(tagged)
+        tagged = tag_once(T.tag_interactions, _bronze(ctx, lake, "interactions"), product_ids, cached=cached)
         counts = T.outcome_counts(tagged)
         silver = T.interactions_silver(tagged).withColumn("run_date", F.lit(d).cast("date"))
         _write_partition(ctx, lake, "silver.interactions", silver)
@@ -378,8 +418,7 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     # ---------------------------------------------------------------------------------- queries
     queries = None
     if "queries" in cfg.sources:
-        tagged = materialize(T.tag_queries(_bronze(ctx, lake, "queries")))
-        cached.append(tagged)
+        tagged = tag_once(T.tag_queries, _bronze(ctx, lake, "queries"), cached=cached)
         counts = T.outcome_counts(tagged)
         queries = T.queries_silver(tagged)
         _write_partition(ctx, lake, "quarantine.queries", _quarantine(ctx, tagged, "query", "queries"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     import pandas as pd
     from pyspark.sql import Column, DataFrame
 
@@ -81,10 +83,10 @@ def _price_route(max_price: float) -> tuple["Column", "Column", "Column"]:
     return flag, sql_parse, _udf("parse_price")(F.col("price"), F.lit(float(max_price)))
 
 
-def _with_clean_query(bronze: "DataFrame") -> "DataFrame":
+def _with_clean_query(bronze: "DataFrame", store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
     from mmpipeline.clean.sql import with_clean_columns
 
-    return with_clean_columns(bronze, {"_ct_query": ("text", "query"), "_cq_query": ("query", "query")})
+    return with_clean_columns(bronze, {"_ct_query": ("text", "query"), "_cq_query": ("query", "query")}, store=store)
 
 
 def _blank_to_null(c: "Column") -> "Column":
@@ -148,10 +150,12 @@ def query_id_col(query_norm: "Column | str") -> "Column":
 
 # --------------------------------------------------------------------------------------- products
 
-def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
+def tag_products(bronze: "DataFrame", c: "CleanConfig",
+                 store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
     """Type, normalise and validate products; de-duplicate by product_id keeping the latest record
     (``updated_at``, then ingest order). Superseded records with different content are quarantined
-    as ``duplicate``; identical repeats are ``folded``."""
+    as ``duplicate``; identical repeats are ``folded``. ``store``: see
+    :func:`mmpipeline.clean.sql.with_clean_columns` (bronze is then read once)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -160,7 +164,7 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig") -> "DataFrame":
     bronze = with_price_fast(bronze, "price", c.max_price, "_price_fast")
     bronze = with_clean_columns(
         bronze, {f"_ct_{k}": ("text", k) for k in ("title", "description", "brand", "category_path")},
-        extra={"_price_parsed": _price_route(c.max_price)})
+        extra={"_price_parsed": _price_route(c.max_price)}, store=store)
     price = F.col("_price_parsed")
     df = bronze.select(
         _blank_to_null(F.col("product_id")).alias("product_id"),
@@ -247,12 +251,12 @@ def image_quarantine(checks: "DataFrame", run_date) -> "DataFrame":
 
 # ---------------------------------------------------------------------------------------- queries
 
-def tag_queries(bronze: "DataFrame") -> "DataFrame":
+def tag_queries(bronze: "DataFrame", store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
     """Normalise queries; rows with no usable text (and no audio) are quarantined. Every valid row
     is kept: rows with the same normalised text aggregate into one silver query (frequency)."""
     from pyspark.sql import functions as F
 
-    bronze = _with_clean_query(bronze)
+    bronze = _with_clean_query(bronze, store)
     df = bronze.select(
         F.col("_ct_query").alias("query"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("audio_ref")).alias("audio_ref"),
@@ -310,11 +314,12 @@ def _with_product_check(df: "DataFrame", product_ids: "DataFrame | None") -> "Da
             .withColumn("_known_product", F.coalesce("_known_product", F.lit(False))))
 
 
-def tag_judgments(bronze: "DataFrame", c: "CleanConfig", product_ids: "DataFrame | None" = None) -> "DataFrame":
+def tag_judgments(bronze: "DataFrame", c: "CleanConfig", product_ids: "DataFrame | None" = None,
+                  store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
     """Normalise and validate judgments; repeated (query, product) pairs aggregate (mean grade)."""
     from pyspark.sql import functions as F
 
-    bronze = _with_clean_query(bronze)
+    bronze = _with_clean_query(bronze, store)
     df = bronze.select(
         F.col("_ct_query").alias("_query_text"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("product_id")).alias("product_id"), F.col("grade").alias("_grade_raw"),
@@ -343,12 +348,13 @@ def judgments_silver(tagged: "DataFrame", source: str) -> "DataFrame":
 
 # ----------------------------------------------------------------------------------- interactions
 
-def tag_interactions(bronze: "DataFrame", product_ids: "DataFrame | None" = None) -> "DataFrame":
+def tag_interactions(bronze: "DataFrame", product_ids: "DataFrame | None" = None,
+                     store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
     """Validate search events; exact repeats of an event are folded."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    bronze = _with_clean_query(bronze)
+    bronze = _with_clean_query(bronze, store)
     df = bronze.select(
         F.col("_ct_query").alias("_query_text"), F.col("_cq_query").alias("query_norm"),
         _blank_to_null(F.col("product_id")).alias("product_id"),

@@ -31,13 +31,14 @@ CATALOG = ["bronze.products", "bronze.queries", "bronze.judgments", "bronze.inte
 VOLATILE = {"_ingested_at", "recorded_at", "validated_at", "started_at", "finished_at", "seconds", "summary"}
 
 
-@pytest.fixture()
-def sample(tmp_path):
-    """(config path, data dir, lake): the sample config pointed at a 40-product generated catalog."""
+def _sample_at(tmp_path: Path, data: Path | None = None):
+    """(config path, data dir, lake) under ``tmp_path``: the sample config pointed at a 40-product
+    generated catalog (written under ``tmp_path`` unless an existing ``data`` dir is given)."""
     from mmpipeline.sources.sample import write_sample_data
 
-    data = tmp_path / "data"
-    write_sample_data(data, n_products=40, seed=3)
+    if data is None:
+        data = tmp_path / "data"
+        write_sample_data(data, n_products=40, seed=3)
     text = (REPO / "configs" / "sample.yaml").read_text().replace("${MMP_SAMPLE_DATA:-../var/sample-data}", str(data))
     cfg = yaml.safe_load(text)
     cfg["lake"]["root"] = str(tmp_path / "lake")
@@ -46,6 +47,12 @@ def sample(tmp_path):
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return str(p), data, Lake(tmp_path / "lake")
+
+
+@pytest.fixture()
+def sample(tmp_path):
+    """(config path, data dir, lake): the sample config pointed at a 40-product generated catalog."""
+    return _sample_at(tmp_path)
 
 
 def _chain(cfg: str, day: dt.date, stages=("ingest", "clean", "validate"), **kw):
@@ -215,7 +222,7 @@ def test_rows_lost_in_the_transforms_fail_clean_before_writing(spark, sample, mo
     cfg, _, lake = sample
     run_stage("ingest", cfg, str(D1))
     real = T.tag_interactions
-    monkeypatch.setattr(T, "tag_interactions", lambda bronze, ids=None: real(bronze, ids).limit(3))
+    monkeypatch.setattr(T, "tag_interactions", lambda bronze, ids=None, **kw: real(bronze, ids, **kw).limit(3))
     with pytest.raises(StageError, match=r"rows lost in interactions: bronze.interactions holds \d+ rows"):
         run_stage("clean", cfg, str(D1))
     assert not lake.exists("silver.products") and not lake.exists("silver.interactions")
@@ -279,12 +286,27 @@ def _clean_subprocess(cfg: str, day: dt.date, fault: str) -> int:
     return p.returncode
 
 
-@pytest.mark.parametrize("fault", ["clean:before-write", "clean:after-silver.products"])
-def test_kill_9_of_clean_leaves_consistent_tables_and_the_rerun_gives_the_same_result(spark, sample, fault):
-    cfg, _, lake = sample
+@pytest.fixture(scope="module")
+def before_kill(spark, tmp_path_factory):
+    """A catalog cleaned for D1 and ingested for D2 (built once), and the catalog's contents after D1."""
+    base = tmp_path_factory.mktemp("kill9")
+    cfg, _, lake = _sample_at(base)
     _chain(cfg, D1, ("ingest", "clean"))
     reference = _contents(lake)
     run_stage("ingest", cfg, str(D2))
+    return base, reference
+
+
+@pytest.mark.parametrize("fault", ["clean:before-write", "clean:after-silver.products"])
+def test_kill_9_of_clean_leaves_consistent_tables_and_the_rerun_gives_the_same_result(spark, before_kill, tmp_path,
+                                                                                       fault):
+    import shutil
+
+    base, reference = before_kill
+    # each kill starts from its own copy of the same D1-cleaned, D2-ingested lake (the source files
+    # and images are shared, read-only: image paths in silver stay those of the reference run)
+    shutil.copytree(base / "lake", tmp_path / "lake")
+    cfg, _, lake = _sample_at(tmp_path, data=base / "data")
     rc = _clean_subprocess(cfg, D2, fault)
     assert rc == -signal.SIGKILL
     _assert_consistent(lake)

@@ -6,8 +6,9 @@ from __future__ import annotations
 def test_bench_scale_small(spark, tmp_path, shared_datasets):
     from mmpipeline.bench import scale
 
-    out = scale.main(None, {"sizes": "300,600", "datasets": str(shared_datasets), "workdir": str(tmp_path),
-                            "stages": "ingest,clean,validate"})  # the later stages: bench only (minutes)
+    out = scale.main(None, {"sizes": [300, 600], "datasets": str(shared_datasets), "workdir": str(tmp_path),
+                            "stages": "ingest,clean,validate"})  # sizes as --param sizes=[300,600] gives them; the
+    # later stages: bench only (minutes)
     assert out["sizes"] == [300, 600] and list(out["results"]) == ["300", "600"]
     for n, r in out["results"].items():
         assert r["catalog"]["products"] == int(n)

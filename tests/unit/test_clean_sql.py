@@ -141,6 +141,7 @@ def test_split_route_equals_reference(spark):
 
     from mmpipeline.clean import sql
     from mmpipeline.clean import transforms as T
+    from mmpipeline.clean.stage import materialize, release
 
     values = hostile_strings(1500, seed=5) + [None]
     prices = price_strings(1500, seed=6)[: len(values)]
@@ -148,14 +149,24 @@ def test_split_route_equals_reference(spark):
     df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values, "price": prices}),
                                "i long, s string, price string")
     df = sql.with_price_fast(df, "price", 1e6, "_price_fast")
+    stored = []
+
+    def store(d):  # as the stage does (clean.stage.tag_once): computed once, before the split
+        stored.append(materialize(d))
+        return stored[-1]
+
     out = sql.with_clean_columns(df, {"t": ("text", "s"), "q": ("query", "s")},
-                                 extra={"p": T._price_route(1e6)})
+                                 extra={"p": T._price_route(1e6)}, store=store)
+    # the source is read once: both halves of the split read the stored frame, not the source
+    plan = out._jdf.queryExecution().optimizedPlan().toString()
+    assert len(stored) == 1 and "LocalRelation" not in plan and "LogicalRDD" in plan
     rows = {r["i"]: r for r in out.select("i", "t", "q", F.col("p").alias("p")).collect()}
     assert len(rows) == len(values)  # every row exactly once through the split
     bad = [(values[i], rows[i]["t"], clean_text(values[i])) for i in range(len(values)) if rows[i]["t"] != clean_text(values[i])]
     bad += [(values[i], rows[i]["q"]) for i in range(len(values)) if rows[i]["q"] != normalize_query(values[i])]
     bad += [(prices[i], tuple(rows[i]["p"])) for i in range(len(values))
             if tuple(rows[i]["p"]) != parse_price(prices[i], 1e6)]
+    release(stored[0])
     assert not bad, f"{len(bad)} mismatches, e.g. {bad[:5]}"
 
 
