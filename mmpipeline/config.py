@@ -143,6 +143,10 @@ class EmbedConfig(_Model):
     tower_max_products: int | None = None  # subsample the training pairs
     tower_max_holdout: int | None = 1000  # held-out products used for Recall@10 (gallery size)
     tower_alias: str = "champion"  # registry alias of <mlflow.model_name>-image-tower the embed job loads
+    # negatives: "batch" (in-batch symmetric InfoNCE) | "catalog" (every training product's text)
+    tower_negatives: Literal["batch", "catalog"] = "batch"
+    tower_group_by: str | None = None  # silver.products column (e.g. category_path): batches keep a group together
+    tower_crop_scale: float = Field(1.0, gt=0.0, le=1.0)  # < 1: random crops of that much of the side (plus flips)
     # no tower registered: embed fails naming the train-image-tower stage, or (true) embeds text only
     images_optional: bool = False
     # embed job

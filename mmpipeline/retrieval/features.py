@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from mmpipeline.retrieval import image_features
 from mmpipeline.retrieval.bm25 import BM25Index
 from mmpipeline.retrieval.dense import normalize
 from mmpipeline.retrieval.embeddings import model_stats, pick_model
@@ -52,8 +53,8 @@ STORED_FEATURES = [
 ]
 # per-field text features: recomputed from the catalog when a stored table lacks them
 FIELD_FEATURES = ["bm25_title", "bm25_fields", "fields_coverage", "has_fields"]
-SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES
-IMAGE_FEATURES = ["cos_image", "has_image"]
+SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES + image_features.FEATURES
+IMAGE_FEATURES = ["cos_image", "has_image", *image_features.FEATURES]
 # which scalar features feed which modality branch of the fusion model
 MODALITY_SCALARS = {
     "text": ["cos_text", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens", "has_text",
@@ -310,6 +311,7 @@ class PairFeaturizer:
             "has_popularity": self.has_pop[r] * kn, "has_rating": self.has_rating[r] * kn,
             "bm25_title": bm25_title, "bm25_fields": bm25_fields, "fields_coverage": f_coverage,
             "has_fields": self.has_fields[r] * kn,
+            **image_features.for_featurizer(self, qvec, cos_image, r, kn),
         })[SCALAR_FEATURES]
 
     def stored_scalars(self, df: pd.DataFrame) -> np.ndarray:
