@@ -147,6 +147,7 @@ class EmbedConfig(_Model):
     tower_negatives: Literal["batch", "catalog"] = "batch"
     tower_group_by: str | None = None  # silver.products column (e.g. category_path): batches keep a group together
     tower_crop_scale: float = Field(1.0, gt=0.0, le=1.0)  # < 1: random crops of that much of the side (plus flips)
+    tower_soft_targets: float = Field(0.0, ge=0.0)  # catalog negatives: > 0 shares the target over similar texts (temperature)
     # no tower registered: embed fails naming the train-image-tower stage, or (true) embeds text only
     images_optional: bool = False
     # embed job

@@ -47,3 +47,24 @@ def test_catalog_nce_counts_duplicate_titles_as_positives():
     # loss is log(2) (half each), not the loss of an image that cannot tell two equal texts apart
     assert abs(float(with_dups) - float(np.log(2.0) + 0.0)) < 0.05
     assert float(without) > float(with_dups)
+
+
+def test_group_by_a_missing_column_is_one_clear_error():
+    import pandas as pd
+    import pytest
+
+    from mmpipeline.context import StageError
+    from mmpipeline.embed.tower.train import product_groups
+
+    class Lake:
+        def read_pandas(self, name, columns):
+            if "colour_family" in columns:
+                raise KeyError("colour_family")
+            return pd.DataFrame({"product_id": ["1", "2", "3"], "category_path": ["a > b", None, "a > b"]})
+
+    products = pd.DataFrame({"product_id": ["1", "2", "3"]})
+    assert product_groups(Lake(), products, None) is None
+    g = product_groups(Lake(), products, "category_path")
+    assert g[0] == g[2] != g[1]  # a product without a value is a group of its own
+    with pytest.raises(StageError, match="embed.tower_group_by.*colour_family"):
+        product_groups(Lake(), products, "colour_family")

@@ -20,7 +20,11 @@ from the catalog's image/text pairs. ``run(ctx)``:
 5. checks every image decodes (DataLoader workers; only the errors are kept), then streams the
    images from their files through a DataLoader batch by batch in every epoch (and for the
    held-out evaluation): memory holds a few batches, never the whole catalog's images;
-6. trains for ``tower_epochs`` epochs, logging per-epoch loss and held-out text->image Recall@10 to
+6. trains for ``tower_epochs`` epochs -- against the batch's texts (``tower_negatives: batch``) or
+   every training product's text (``catalog``: the hard negatives, same type in another colour,
+   are always there), batches optionally kept within a group (``tower_group_by``, e.g. the
+   category path: in-batch hard negatives), images flipped and optionally cropped
+   (``tower_crop_scale``; colours are never jittered) -- logging per-epoch loss and held-out text->image Recall@10 to
    one MLflow run, together with the Recall@10 of the same architecture untrained (its initial
    weights, same seed);
 7. logs ``tower/config.json`` + ``tower/state_dict.pt`` as run artifacts and registers them as a
@@ -89,18 +93,25 @@ def info_nce(img, txt, logit_scale):
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def catalog_nce(img, bank, own, logit_scale, same: float = 0.98):
+def catalog_nce(img, bank, own, logit_scale, same: float = 0.98, soft: float = 0.0):
     """InfoNCE of each image against the text vectors of the whole training catalog (``bank``,
     [N, d], normalised; ``own``: each image's row in it) instead of its batch: the text tower is
     frozen, so every product's text is a negative at the cost of one [B, N] product, and the
     hardest ones (same type, another colour) are always there. Texts as close to the image's own
-    text as ``same`` (cosine; duplicate titles) are positives too, sharing the target mass."""
+    text as ``same`` (cosine; duplicate titles) are positives too, sharing the target mass.
+    ``soft`` > 0: the target is instead a softmax of the own text's cosines to the bank at that
+    temperature -- texts like the own one (same type and colour, another brand) share the mass."""
+    import torch
     import torch.nn.functional as F
 
     logits = logit_scale.exp().clamp(max=100) * img @ bank.T
-    pos = (bank[own] @ bank.T >= same).float()
-    pos[range(len(own)), own] = 1.0
-    target = pos / pos.sum(dim=1, keepdim=True)
+    sims = bank[own] @ bank.T
+    if soft > 0:
+        target = torch.softmax(sims / soft, dim=1)
+    else:
+        pos = (sims >= same).float()
+        pos[range(len(own)), own] = 1.0
+        target = pos / pos.sum(dim=1, keepdim=True)
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
@@ -204,7 +215,7 @@ def train_tower(image_paths: list[str], text_vecs: np.ndarray, train_idx: np.nda
                 seed: int = 0, hidden: int = 512, weights: str | None = None, log_metric=None,
                 progress: bool = True, num_workers: int = 0, max_pixels: int = 40_000_000,
                 eval_batch_size: int = 256, negatives: str = "batch", groups: np.ndarray | None = None,
-                crop_scale: float = 1.0) -> tuple[ImageTower, dict[str, Any]]:
+                crop_scale: float = 1.0, soft_targets: float = 0.0) -> tuple[ImageTower, dict[str, Any]]:
     """Train an :class:`ImageTower` on (image, text vector) pairs. Images are streamed from their
     files through a DataLoader (``num_workers`` decoding processes) batch by batch, in the order of
     the seeded permutation -- never all decoded into memory. ``log_metric(name, value, step)``
@@ -257,7 +268,7 @@ def train_tower(image_paths: list[str], text_vecs: np.ndarray, train_idx: np.nda
             with autocast(device, dtype):
                 img = model(x)
             if negatives == "catalog":
-                loss = catalog_nce(img.float(), bank, own[b].to(device), logit_scale)
+                loss = catalog_nce(img.float(), bank, own[b].to(device), logit_scale, soft=soft_targets)
             else:
                 loss = info_nce(img.float(), txt[b].to(device), logit_scale)
             opt.zero_grad(set_to_none=True)
@@ -291,7 +302,8 @@ def training_params(cfg: "Config", tspec: "EncoderSpec") -> dict[str, Any]:
             "dtype": ec.dtype, "max_products": ec.tower_max_products, "holdout_share": ec.tower_holdout_share,
             "max_holdout": ec.tower_max_holdout, "max_pixels": cfg.clean.image.max_pixels,
             "text_model": tspec.name, "text_model_version": tspec.version, "max_text_length": tspec.max_length,
-            "negatives": ec.tower_negatives, "group_by": ec.tower_group_by, "crop_scale": ec.tower_crop_scale}
+            "negatives": ec.tower_negatives, "group_by": ec.tower_group_by, "crop_scale": ec.tower_crop_scale,
+            "soft_targets": ec.tower_soft_targets}
 
 
 def config_fingerprint(params: dict[str, Any]) -> str:
@@ -436,7 +448,8 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                   "init_weights": ec.image_model.weights or "random",
                   "loss": ("InfoNCE against every training product's text" if ec.tower_negatives == "catalog"
                            else "symmetric InfoNCE (CLIP)") + ", text tower frozen",
-                  "group_by": ec.tower_group_by, "crop_scale": ec.tower_crop_scale}
+                  "group_by": ec.tower_group_by, "crop_scale": ec.tower_crop_scale,
+                  "soft_targets": ec.tower_soft_targets}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"image-tower {ctx.run_date}") as mrun:
         mlflow.log_params(run_params)
         mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date),
@@ -447,7 +460,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
             hidden=ec.tower_hidden, weights=ec.image_model.weights,
             log_metric=lambda k, v, step: mlflow.log_metric(k, v, step=step), progress=ec.progress,
             num_workers=ec.num_workers, max_pixels=cfg.clean.image.max_pixels, negatives=ec.tower_negatives,
-            groups=groups, crop_scale=ec.tower_crop_scale)
+            groups=groups, crop_scale=ec.tower_crop_scale, soft_targets=ec.tower_soft_targets)
         mlflow.log_metrics({"final_holdout_recall_at_10": res["trained_recall_at_10"],
                             "final_untrained_holdout_recall_at_10": res["untrained_recall_at_10"],
                             "train_seconds": res["train_seconds"]})
