@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from mmpipeline.retrieval import image_features
 from mmpipeline.retrieval.bm25 import BM25Index
 from mmpipeline.retrieval.dense import normalize
 from mmpipeline.retrieval.embeddings import model_stats, pick_model
@@ -68,8 +69,8 @@ TITLE_MATCH_FEATURES = ["title_matches", "title_fuzzy_coverage", "last_word_in_t
 FIELD_MATCH = {"brand": "brand_coverage", "description": "description_coverage", "attributes": "attributes_coverage"}
 FIELD_MATCH_FEATURES = list(FIELD_MATCH.values())
 MATCH_FEATURES = TITLE_MATCH_FEATURES + FIELD_MATCH_FEATURES
-SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES + MATCH_FEATURES
-IMAGE_FEATURES = ["cos_image", "has_image"]
+SCALAR_FEATURES = STORED_FEATURES + FIELD_FEATURES + MATCH_FEATURES + image_features.FEATURES
+IMAGE_FEATURES = ["cos_image", "has_image", *image_features.FEATURES]
 # which scalar features feed which modality branch of the fusion model
 MODALITY_SCALARS = {
     "text": ["cos_text", "bm25", "bm25_rel", "title_coverage", "query_tokens", "title_tokens", "has_text",
@@ -332,6 +333,7 @@ class PairFeaturizer:
             "has_popularity": self.has_pop[r] * kn, "has_rating": self.has_rating[r] * kn,
             "bm25_title": bm25_title, "bm25_fields": bm25_fields, "fields_coverage": f_coverage,
             "has_fields": self.has_fields[r] * kn,
+            **image_features.for_featurizer(self, qvec, cos_image, r, kn),
         })[SCALAR_FEATURES]
 
     # ------------------------------------------------------------------------------ match features

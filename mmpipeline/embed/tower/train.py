@@ -20,7 +20,11 @@ from the catalog's image/text pairs. ``run(ctx)``:
 5. checks every image decodes (DataLoader workers; only the errors are kept), then streams the
    images from their files through a DataLoader batch by batch in every epoch (and for the
    held-out evaluation): memory holds a few batches, never the whole catalog's images;
-6. trains for ``tower_epochs`` epochs, logging per-epoch loss and held-out text->image Recall@10 to
+6. trains for ``tower_epochs`` epochs -- against the batch's texts (``tower_negatives: batch``) or
+   every training product's text (``catalog``: the hard negatives, same type in another colour,
+   are always there), batches optionally kept within a group (``tower_group_by``, e.g. the
+   category path: in-batch hard negatives), images flipped and optionally cropped
+   (``tower_crop_scale``; colours are never jittered) -- logging per-epoch loss and held-out text->image Recall@10 to
    one MLflow run, together with the Recall@10 of the same architecture untrained (its initial
    weights, same seed);
 7. logs ``tower/config.json`` + ``tower/state_dict.pt`` as run artifacts and registers them as a
@@ -89,6 +93,74 @@ def info_nce(img, txt, logit_scale):
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def catalog_nce(img, bank, own, logit_scale, same: float = 0.98, soft: float = 0.0):
+    """InfoNCE of each image against the text vectors of the whole training catalog (``bank``,
+    [N, d], normalised; ``own``: each image's row in it) instead of its batch: the text tower is
+    frozen, so every product's text is a negative at the cost of one [B, N] product, and the
+    hardest ones (same type, another colour) are always there. Texts as close to the image's own
+    text as ``same`` (cosine; duplicate titles) are positives too, sharing the target mass.
+    ``soft`` > 0: the target is instead a softmax of the own text's cosines to the bank at that
+    temperature -- texts like the own one (same type and colour, another brand) share the mass."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = logit_scale.exp().clamp(max=100) * img @ bank.T
+    sims = bank[own] @ bank.T
+    if soft > 0:
+        target = torch.softmax(sims / soft, dim=1)
+    else:
+        pos = (sims >= same).float()
+        pos[range(len(own)), own] = 1.0
+        target = pos / pos.sum(dim=1, keepdim=True)
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def grouped_batches(train_idx: np.ndarray, groups: np.ndarray | None, batch_size: int, gen) -> list:
+    """One epoch's batches (positions in the catalog). Without ``groups``: a seeded permutation cut
+    into batches. With ``groups`` (a group code per catalog position, e.g. the category path):
+    products of one group are kept together -- groups in random order, products shuffled within
+    each -- so a batch holds few groups and its in-batch negatives are hard ones (same article type,
+    another colour); the batch order is shuffled again."""
+    import torch
+
+    n = len(train_idx)
+    steps = max(1, n // batch_size)
+    perm = train_idx[torch.randperm(n, generator=gen).numpy()]
+    if groups is not None:
+        g = np.asarray(groups)[perm]
+        uniq = np.unique(g)
+        rank = np.empty(len(uniq), np.int64)
+        rank[torch.randperm(len(uniq), generator=gen).numpy()] = np.arange(len(uniq))
+        perm = perm[np.argsort(rank[np.searchsorted(uniq, g)], kind="stable")]
+    batches = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+    if groups is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+    return [torch.from_numpy(np.ascontiguousarray(b)) for b in batches]
+
+
+def augment(x, gen, min_scale: float = 0.75):
+    """Colour-preserving augmentation of a uint8 batch: horizontal flip and a random crop (a side of
+    ``min_scale``..1 of the image, anywhere in it) resized back; no colour jitter -- the colour is
+    what the image has to tell when the title is silent."""
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if min_scale >= 1.0:
+        return x
+    scale = min_scale + (1 - min_scale) * torch.rand(b, generator=gen)
+    out = torch.empty_like(x)
+    for i in range(b):
+        ch, cw = max(1, int(round(h * float(scale[i])))), max(1, int(round(w * float(scale[i]))))
+        top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+        crop = x[i:i + 1, :, top:top + ch, left:left + cw].float()
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).round().clamp(0, 255).to(x.dtype)[0]
+    return out
+
+
 # ------------------------------------------------------------------------------------ training
 def scan_images(paths: list[str], size: int, num_workers: int, progress: bool = True,
                 max_pixels: int = 40_000_000) -> list[str]:
@@ -142,7 +214,8 @@ def train_tower(image_paths: list[str], text_vecs: np.ndarray, train_idx: np.nda
                 arch: str, image_size: int, epochs: int, lr: float, batch_size: int, device: str, dtype: str = "fp32",
                 seed: int = 0, hidden: int = 512, weights: str | None = None, log_metric=None,
                 progress: bool = True, num_workers: int = 0, max_pixels: int = 40_000_000,
-                eval_batch_size: int = 256) -> tuple[ImageTower, dict[str, Any]]:
+                eval_batch_size: int = 256, negatives: str = "batch", groups: np.ndarray | None = None,
+                crop_scale: float = 1.0, soft_targets: float = 0.0) -> tuple[ImageTower, dict[str, Any]]:
     """Train an :class:`ImageTower` on (image, text vector) pairs. Images are streamed from their
     files through a DataLoader (``num_workers`` decoding processes) batch by batch, in the order of
     the seeded permutation -- never all decoded into memory. ``log_metric(name, value, step)``
@@ -159,6 +232,10 @@ def train_tower(image_paths: list[str], text_vecs: np.ndarray, train_idx: np.nda
     tf = ImageTransform(image_size)
     txt = torch.from_numpy(np.ascontiguousarray(text_vecs, dtype=np.float32))
     txt = torch.nn.functional.normalize(txt, dim=-1)
+    if negatives == "catalog":  # the training products' texts, and each position's row among them
+        bank = txt[torch.from_numpy(np.asarray(train_idx))].to(device)
+        own = torch.full((len(text_vecs),), -1, dtype=torch.long)
+        own[torch.from_numpy(np.asarray(train_idx))] = torch.arange(len(train_idx))
 
     def evaluate() -> float:
         if not len(eval_idx):
@@ -181,18 +258,19 @@ def train_tower(image_paths: list[str], text_vecs: np.ndarray, train_idx: np.nda
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
-        perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=gen)]
         total, n = 0.0, 0
-        steps = [perm[s * batch_size:(s + 1) * batch_size] for s in range(steps_per_epoch)]
+        steps = grouped_batches(train_idx, groups, batch_size, gen)
         bar = tqdm(zip(steps, stream_images(image_paths, steps, image_size, num_workers, max_pixels)),
-                   total=steps_per_epoch, desc=f"tower epoch {epoch}/{epochs}", disable=not progress, mininterval=2.0)
+                   total=len(steps), desc=f"tower epoch {epoch}/{epochs}", disable=not progress, mininterval=2.0)
         for b, x in bar:
-            flip = torch.rand(len(b), generator=gen) < 0.5  # horizontal flip augmentation
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            x = augment(x, gen, crop_scale)  # flips (and crops): the colours stay as they are
             x = tf.finish(x.to(device, non_blocking=True))
             with autocast(device, dtype):
                 img = model(x)
-            loss = info_nce(img.float(), txt[b].to(device), logit_scale)
+            if negatives == "catalog":
+                loss = catalog_nce(img.float(), bank, own[b].to(device), logit_scale, soft=soft_targets)
+            else:
+                loss = info_nce(img.float(), txt[b].to(device), logit_scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -223,7 +301,9 @@ def training_params(cfg: "Config", tspec: "EncoderSpec") -> dict[str, Any]:
             "batch_size": ec.tower_batch_size, "hidden": ec.tower_hidden, "seed": ec.tower_seed,
             "dtype": ec.dtype, "max_products": ec.tower_max_products, "holdout_share": ec.tower_holdout_share,
             "max_holdout": ec.tower_max_holdout, "max_pixels": cfg.clean.image.max_pixels,
-            "text_model": tspec.name, "text_model_version": tspec.version, "max_text_length": tspec.max_length}
+            "text_model": tspec.name, "text_model_version": tspec.version, "max_text_length": tspec.max_length,
+            "negatives": ec.tower_negatives, "group_by": ec.tower_group_by, "crop_scale": ec.tower_crop_scale,
+            "soft_targets": ec.tower_soft_targets}
 
 
 def config_fingerprint(params: dict[str, Any]) -> str:
@@ -255,6 +335,28 @@ def training_products(ctx: "RunContext") -> "pd.DataFrame":
     if len(products) < 8:
         raise StageError(f"only {len(products)} products with a usable image and text: too few to train an image tower")
     return products
+
+
+def product_groups(lake, products: "pd.DataFrame", column: str | None) -> np.ndarray | None:
+    """A group code per training product from ``silver.products.<column>`` (``embed.tower_group_by``,
+    e.g. the category path), or None (no grouping) when unset. A product without a value is its own
+    group."""
+    import pandas as pd
+
+    from mmpipeline.context import StageError
+
+    if not column:
+        return None
+    try:
+        df = lake.read_pandas("silver.products", columns=["product_id", column])
+    except Exception as e:  # noqa: BLE001 - a wrong column name is a config error, said in one line
+        raise StageError(f"embed.tower_group_by: silver.products has no column {column!r} ({type(e).__name__}); "
+                         "set it to a silver.products column such as category_path, or unset it") from e
+    by_id = dict(zip(df["product_id"].astype(str), df[column]))
+    vals = [by_id.get(str(p)) for p in products["product_id"]]
+    keys = [str(v) if v is not None and str(v) != "" and v == v else f"\x00{p}" for v, p in
+            zip(vals, products["product_id"])]
+    return pd.factorize(pd.Series(keys, dtype=object), sort=True)[0].astype(np.int64)
 
 
 def run(ctx: "RunContext") -> dict[str, Any]:
@@ -335,6 +437,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     if len(train_idx) < 2:
         raise StageError("too few decodable training images for the image tower")
 
+    groups = product_groups(lake, products, ec.tower_group_by)
     device = resolve_device(ec.device)
     arch = ec.image_model.name
     exp_id = setup_mlflow(cfg)
@@ -343,7 +446,10 @@ def run(ctx: "RunContext") -> dict[str, Any]:
                   "text_model": tspec.name, "text_model_version": tspec.version, "n_train": len(train_idx),
                   "n_holdout": len(eval_idx), "device": device, "dtype": ec.dtype,
                   "init_weights": ec.image_model.weights or "random",
-                  "loss": "symmetric InfoNCE (CLIP), text tower frozen"}
+                  "loss": ("InfoNCE against every training product's text" if ec.tower_negatives == "catalog"
+                           else "symmetric InfoNCE (CLIP)") + ", text tower frozen",
+                  "group_by": ec.tower_group_by, "crop_scale": ec.tower_crop_scale,
+                  "soft_targets": ec.tower_soft_targets}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"image-tower {ctx.run_date}") as mrun:
         mlflow.log_params(run_params)
         mlflow.set_tags({"stage": "train-image-tower", "run_date": str(ctx.run_date),
@@ -353,7 +459,8 @@ def run(ctx: "RunContext") -> dict[str, Any]:
             lr=ec.tower_lr, batch_size=ec.tower_batch_size, device=device, dtype=ec.dtype, seed=ec.tower_seed,
             hidden=ec.tower_hidden, weights=ec.image_model.weights,
             log_metric=lambda k, v, step: mlflow.log_metric(k, v, step=step), progress=ec.progress,
-            num_workers=ec.num_workers, max_pixels=cfg.clean.image.max_pixels)
+            num_workers=ec.num_workers, max_pixels=cfg.clean.image.max_pixels, negatives=ec.tower_negatives,
+            groups=groups, crop_scale=ec.tower_crop_scale, soft_targets=ec.tower_soft_targets)
         mlflow.log_metrics({"final_holdout_recall_at_10": res["trained_recall_at_10"],
                             "final_untrained_holdout_recall_at_10": res["untrained_recall_at_10"],
                             "train_seconds": res["train_seconds"]})
