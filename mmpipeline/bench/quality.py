@@ -179,7 +179,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     from mmpipeline.config import RankConfig
     from mmpipeline.lake import Lake
     from mmpipeline.rank import data
-    from mmpipeline.rank.features import PairFeaturizer
+    from mmpipeline.retrieval.features import PairFeaturizer
     from mmpipeline.rank.train import set_seed
 
     if cfg is None:

@@ -205,7 +205,8 @@ def rank_champion(cfg, texts: list[str], k: int = 10) -> dict[str, list[str]]:
     """The score stage's path (whole-catalog candidates, featuriser, registered champion) on the
     config's lake, for arbitrary query texts."""
     from mmpipeline.lake import Lake
-    from mmpipeline.score.candidates import CandidateGenerator, product_text
+    from mmpipeline.retrieval.candidates import CandidateGenerator
+    from mmpipeline.retrieval.text import product_text
     from mmpipeline.score.job import encode_missing_queries, load_inputs
     from mmpipeline.score.queries import query_id_for
     from mmpipeline.score.scoring import load_ranker, make_featurizer, rank_top, resolve_version, score_pairs

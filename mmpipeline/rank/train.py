@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmpipeline.rank.features import SCALAR_FEATURES, PairFeaturizer
+from mmpipeline.retrieval.features import SCALAR_FEATURES, PairFeaturizer
 from mmpipeline.rank.losses import NEG, get_loss
 from mmpipeline.rank.metrics import mean_list_ndcg
 from mmpipeline.rank.fusion import FusionConfig, FusionRanker, build_ranker

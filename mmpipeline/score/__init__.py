@@ -1,8 +1,8 @@
 """Nightly batch scoring and search-index publishing.
 
 * :mod:`mmpipeline.score.queries`    the query set: head queries by frequency + an explicit list;
-* :mod:`mmpipeline.score.candidates` whole-catalog candidates: dense (text, image) top K union BM25 top K
-  (re-exported from :mod:`mmpipeline.retrieval.candidates`, which evaluation uses too);
+* candidates come from :mod:`mmpipeline.retrieval.candidates` (dense top K union BM25 top K), the one
+  retrieval path evaluation uses too;
 * :mod:`mmpipeline.score.scoring`    the champion model over the candidate pairs (local batches or Spark);
 * :mod:`mmpipeline.score.vectors`    one fused vector per product for an online ANN index;
 * :mod:`mmpipeline.score.checks`     Great Expectations checks of a ranking before it is published;

@@ -93,7 +93,7 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     import mlflow
 
     from mmpipeline.rank import data, evaluate, train
-    from mmpipeline.rank.features import FEATURE_COLUMNS, PairFeaturizer
+    from mmpipeline.retrieval.features import FEATURE_COLUMNS, PairFeaturizer
     from mmpipeline.rank.registry import alias_version, load_ranker
 
     ctx = RunContext.create(rank_cfg, D1)

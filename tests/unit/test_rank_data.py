@@ -9,7 +9,7 @@ import pytest
 from mmpipeline.config import RankConfig
 from mmpipeline.rank import data
 from mmpipeline.rank.gate import decide
-from mmpipeline.rank.features import FEATURE_COLUMNS, PairFeaturizer
+from mmpipeline.retrieval.features import FEATURE_COLUMNS, PairFeaturizer
 
 DIM = 6
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmpipeline.rank.features import SCALAR_FEATURES
+from mmpipeline.retrieval.features import SCALAR_FEATURES
 from mmpipeline.rank.fusion import (FUSIONS, AttentionFusion, ConcatFusion, FusionConfig, FusionRanker, WeightedFusion,
                                     build_ranker, load_ranker_file)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmpipeline.rank import losses
-from mmpipeline.rank.features import SCALAR_FEATURES
+from mmpipeline.retrieval.features import SCALAR_FEATURES
 from mmpipeline.rank.fusion import FusionConfig, build_ranker, load_ranker_file
 
 DIM = 8

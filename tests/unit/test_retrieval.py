@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmpipeline.rank.features import PairFeaturizer
+from mmpipeline.retrieval.features import PairFeaturizer
 from mmpipeline.retrieval import BM25Index, DenseIndex, product_text, query_id_for, tokenize
 from mmpipeline.retrieval.candidates import CandidateGenerator
 from mmpipeline.retrieval.dense import Vectors

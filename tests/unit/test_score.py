@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmpipeline.score.candidates import CandidateGenerator, Vectors, candidate_recall, product_text
+from mmpipeline.retrieval.candidates import CandidateGenerator, candidate_recall
+from mmpipeline.retrieval.dense import Vectors
+from mmpipeline.retrieval.text import product_text
 from mmpipeline.score.queries import build_query_set, normalize_query, query_id_for, read_query_list
 from mmpipeline.score.scoring import rank_top
 from mmpipeline.score.vectors import fuse_product_vectors
