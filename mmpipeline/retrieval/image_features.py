@@ -25,6 +25,7 @@ import numpy as np
 FEATURES = ["cos_image_z", "cos_image_pct"]
 REFERENCE_SIZE = 2048  # reference photos per catalog: enough for a stable mean / spread / percentile
 _SEED = 20261120
+PCT_TOLERANCE = 1e-5  # cosines closer than this count as equal (float32 noise between computations)
 
 
 def reference_rows(has_image: np.ndarray, size: int = REFERENCE_SIZE, seed: int = _SEED) -> np.ndarray:
@@ -46,18 +47,22 @@ def query_relative(qvec: np.ndarray, cos_image: np.ndarray, has_image: np.ndarra
     pct = np.zeros(n, np.float32)
     if not n or not len(reference):
         return {"cos_image_z": z, "cos_image_pct": pct}
-    ref = np.asarray(reference, dtype=np.float32)
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
     q = np.ascontiguousarray(qvec, dtype=np.float32)
     uniq, inv = np.unique(q, axis=0, return_inverse=True)
     inv = np.asarray(inv).reshape(-1)
-    sims = np.sort(uniq @ ref.T, axis=1)  # [queries, reference], ascending
-    mu = sims.mean(axis=1)
-    sd = np.maximum(sims.std(axis=1), 1e-6)
     cos = np.asarray(cos_image, dtype=np.float32)
     for u in range(len(uniq)):
+        # one query at a time (a matrix-vector product), so the reference cosines do not depend on
+        # which other queries share the batch
+        sims = np.sort(ref @ uniq[u])
+        mu, sd = float(sims.mean()), max(float(sims.std()), 1e-6)
         idx = np.flatnonzero(inv == u)
-        z[idx] = (cos[idx] - mu[u]) / sd[u]
-        pct[idx] = np.searchsorted(sims[u], cos[idx], side="left") / sims.shape[1]
+        z[idx] = (cos[idx] - mu) / sd
+        # photos beaten by more than float noise: the product's own photo is in the reference, and its
+        # cosine computed pairwise differs from the reference copy in the last bits, which would add
+        # or drop 1/m depending on the batch (seen as local vs cluster scores differing)
+        pct[idx] = np.searchsorted(sims, cos[idx] - PCT_TOLERANCE, side="left") / len(sims)
     on = np.asarray(has_image, dtype=np.float32) > 0
     return {"cos_image_z": np.where(on, z, 0.0).astype(np.float32),
             "cos_image_pct": np.where(on, pct, 0.0).astype(np.float32)}

@@ -72,3 +72,20 @@ def test_reference_is_a_seeded_sample_of_the_photos():
     a, b = image_features.reference_rows(has, size=100), image_features.reference_rows(has, size=100)
     assert len(a) == 100 and (a == b).all() and (has[a] == 1).all()
     assert len(image_features.reference_rows(has[:50])) == 25
+
+
+def test_percentile_ignores_float_noise_between_the_pair_and_its_reference_copy():
+    """The product's own photo is in the reference; its cosine computed pairwise (einsum) and the
+    reference copy (matrix product) may differ in the last bits. That noise, and which other queries
+    share the batch, must not move the percentile by 1/m (it made local and cluster scores differ)."""
+    rng = np.random.default_rng(3)
+    ref = _unit(rng.standard_normal((50, 16)))
+    queries = _unit(rng.standard_normal((5, 16)))
+    q = queries[0]
+    exact = ref @ q
+    for noise in (-3e-7, 0.0, 3e-7):
+        for batch in (q[None, :], queries):  # alone, and batched with other queries
+            cos = np.full(len(batch), exact[7] + noise, np.float32)
+            cos[1:] = 0.0
+            out = image_features.query_relative(batch, cos, np.ones(len(batch)), ref)
+            assert out["cos_image_pct"][0] == np.float32(np.sum(exact < exact[7] - image_features.PCT_TOLERANCE) / 50)
