@@ -231,7 +231,8 @@ def validate_ranking(ranking: "DataFrame", run_date: dt.date, cfg: "Config", inp
                             duplicate_k=sc.collapse_check_k, duplicate_key=sc.collapse_key,
                             duplicate_severity="critical" if sc.collapse_duplicates else "warning")
     try:
-        return validate_dataframe(ranking, TABLE, SUITE, checks, lake_root=lake_root, run_date=run_date)
+        return validate_dataframe(ranking, TABLE, SUITE, checks, lake_root=lake_root, run_date=run_date,
+                                  data_docs=cfg.quality.data_docs)  # quality.data_docs: as the validate stage
     finally:
         for v in (QUERY_SET_VIEW, CATALOG_VIEW):
             spark.catalog.dropTempView(v)

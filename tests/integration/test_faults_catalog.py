@@ -55,6 +55,33 @@ def sample(tmp_path):
     return _sample_at(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def cleaned_d1(spark, tmp_path_factory):
+    """A catalog ingested and cleaned for D1, built once per module (the prefix several tests share),
+    and its contents. Tests take their own copy (:func:`_copy_of`), never this lake itself."""
+    base = tmp_path_factory.mktemp("cleaned_d1")
+    cfg, _, lake = _sample_at(base)
+    _chain(cfg, D1, ("ingest", "clean"))
+    return base, _contents(lake)
+
+
+def _copy_of(base: Path, tmp_path: Path, own_data: bool = False):
+    """(config path, data dir, lake): a copy of the prepared lake under ``base`` in ``tmp_path``.
+
+    The source files and images stay those under ``base`` (read-only, so image paths in silver are
+    those of the prepared run) unless ``own_data``: then the source files are copied too (for a test
+    that rewrites them; the images are still shared)."""
+    import shutil
+
+    shutil.copytree(base / "lake", tmp_path / "lake")
+    data = base / "data"
+    if own_data:
+        shutil.copytree(data, tmp_path / "data", ignore=shutil.ignore_patterns("images"))
+        data = tmp_path / "data"
+        (data / "images").symlink_to(base / "data" / "images", target_is_directory=True)
+    return _sample_at(tmp_path, data=data)
+
+
 def _chain(cfg: str, day: dt.date, stages=("ingest", "clean", "validate"), **kw):
     for s in stages:
         run_stage(s, cfg, str(day), **kw)
@@ -99,10 +126,11 @@ def _stage_runs(lake: Lake) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------- re-runs
 
 
-def test_rerun_next_date_and_earlier_date(spark, sample):
+def test_rerun_next_date_and_earlier_date(spark, cleaned_d1, tmp_path):
     """Issue 9.1: clean twice, then validate (string_view), the next date, and an earlier date after it."""
-    cfg, _, lake = sample
-    _chain(cfg, D1)
+    base, _ = cleaned_d1
+    cfg, _, lake = _copy_of(base, tmp_path)  # ingest + clean of D1 already ran (built once)
+    _chain(cfg, D1, ("validate",))
     first = _contents(lake)
     _chain(cfg, D1)  # the same date again: a no-op on every table's contents
     _assert_same(first, _contents(lake))
@@ -129,9 +157,9 @@ def _rewrite_products(data: Path, keep) -> int:
     return len(kept)
 
 
-def test_empty_truncated_and_swallowed_exports_are_refused_and_write_nothing(spark, sample):
-    cfg, data, lake = sample
-    _chain(cfg, D1, ("ingest", "clean"))
+def test_empty_truncated_and_swallowed_exports_are_refused_and_write_nothing(spark, cleaned_d1, tmp_path):
+    base, _ = cleaned_d1
+    cfg, data, lake = _copy_of(base, tmp_path, own_data=True)  # ingested + cleaned for D1 (built once)
     good = _contents(lake, ["silver.products", "silver.judgments", "silver.queries"])
     original = (data / "products.csv").read_text()
 
@@ -287,14 +315,14 @@ def _clean_subprocess(cfg: str, day: dt.date, fault: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def before_kill(spark, tmp_path_factory):
-    """A catalog cleaned for D1 and ingested for D2 (built once), and the catalog's contents after D1."""
+def before_kill(spark, cleaned_d1, tmp_path_factory):
+    """A catalog cleaned for D1 and ingested for D2 (built once, from the module's D1 lake), and the
+    catalog's contents after D1."""
+    d1, reference = cleaned_d1
     base = tmp_path_factory.mktemp("kill9")
-    cfg, _, lake = _sample_at(base)
-    _chain(cfg, D1, ("ingest", "clean"))
-    reference = _contents(lake)
+    cfg, _, _ = _copy_of(d1, base)
     run_stage("ingest", cfg, str(D2))
-    return base, reference
+    return base, d1 / "data", reference
 
 
 @pytest.mark.parametrize("fault", ["clean:before-write", "clean:after-silver.products"])
@@ -302,11 +330,11 @@ def test_kill_9_of_clean_leaves_consistent_tables_and_the_rerun_gives_the_same_r
                                                                                        fault):
     import shutil
 
-    base, reference = before_kill
+    base, data, reference = before_kill
     # each kill starts from its own copy of the same D1-cleaned, D2-ingested lake (the source files
     # and images are shared, read-only: image paths in silver stay those of the reference run)
     shutil.copytree(base / "lake", tmp_path / "lake")
-    cfg, _, lake = _sample_at(tmp_path, data=base / "data")
+    cfg, _, lake = _sample_at(tmp_path, data=data)
     rc = _clean_subprocess(cfg, D2, fault)
     assert rc == -signal.SIGKILL
     _assert_consistent(lake)
