@@ -103,6 +103,9 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
             entry["rmse_grade"] = round(res["rmse"][system]["rmse"], 4)
             entry["rmse_grade_linear"] = round(res["rmse"][system]["rmse_linear"], 4)
             entry["rmse_mean_grade_baseline"] = round(res["rmse"][system]["rmse_mean_baseline"], 4)
+            entry["rmse_grade_from"] = res["rmse"][system].get("grade_from")
+            if "rmse_rank_score" in res["rmse"][system]:  # the ranking score calibrated the same way
+                entry["rmse_grade_rank_score"] = round(res["rmse"][system]["rmse_rank_score"], 4)
         if system in fit_info:
             entry["training"] = fit_info[system]
         systems[system] = entry
@@ -203,7 +206,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         "settings": {k: getattr(rc, k) for k in ("fusion", "loss", "epochs", "hidden_dim", "use_vectors", "negatives_random",
                                                   "negatives_hard", "candidates_k", "max_eval_queries", "max_train_queries",
                                                   "bench_fusions", "bench_lambdamart", "text_fields",
-                                                  "match_features")},
+                                                  "match_features", "grade_weight", "scalar_transform",
+                                                  "lambdamart_grade")},
     }
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given")
     log.info("titles as given:\n%s", "\n".join(result["titles_as_given"]["table"]))
