@@ -211,8 +211,9 @@ class RankConfig(_Model):
     patience: int = 4  # early stopping on validation NDCG
     # the grade head: weight of a pointwise MSE on the judged pairs' normalised grade, trained jointly
     # with the ranking loss on the same towers; its prediction is the model's grade (grade RMSE).
-    # 0: no grade head (RMSE from the calibrated ranking score)
-    grade_weight: float = 0.0
+    # 0: no grade head (RMSE from the calibrated ranking score). Home Depot demo, 3 seeds: grade RMSE 0.508 -> 0.488,
+    # NDCG@10 0.622 -> 0.620 (noise)
+    grade_weight: float = Field(1.0, ge=0.0)
     # the ranker's scalar features before standardisation: standard (z-score only), log1p (signed log1p of the
     # non-indicator columns: BM25 scores and counts are heavy-tailed) or quantile (training rows' empirical CDF)
     scalar_transform: Literal["standard", "log1p", "quantile"] = "standard"

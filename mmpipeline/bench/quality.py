@@ -16,6 +16,11 @@ catalog cannot have (image cosine without images) is ``null`` (n/a). ``default_v
 default model's (``rank.fusion``) per-query wins / losses / ties against every baseline and the
 peer, per slice; ``table`` is a readable markdown table of every system.
 
+Grade RMSE (``rmse_grade``): on every judged test pair, of the model's grade -- its grade head
+(``rank.grade_weight`` > 0; the peer's LightGBM regression, ``rank.lambdamart_grade``) or else its
+ranking score -- through an isotonic grade calibration fitted on the validation split's judged pairs
+(``rmse_grade_from`` says which; ``rmse_grade_rank_score`` is the ranking score's, calibrated the same way).
+
 Params: any ``rank.*`` field (``epochs=5``, ``max_eval_queries=300``, ``bench_fusions=[concat]``,
 ``text_fields=[]`` for title-only features, ``match_features=false``, ``bench_lambdamart=false``), ``colour_free`` (``auto`` |
 true | false), ``run_date``.
@@ -103,7 +108,7 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
             entry["rmse_grade"] = round(res["rmse"][system]["rmse"], 4)
             entry["rmse_grade_linear"] = round(res["rmse"][system]["rmse_linear"], 4)
             entry["rmse_mean_grade_baseline"] = round(res["rmse"][system]["rmse_mean_baseline"], 4)
-            entry["rmse_grade_from"] = res["rmse"][system].get("grade_from")
+            entry["rmse_grade_from"] = "grade_head" if res["rmse"][system].get("grade_head") else "rank_score"
             if "rmse_rank_score" in res["rmse"][system]:  # the ranking score calibrated the same way
                 entry["rmse_grade_rank_score"] = round(res["rmse"][system]["rmse_rank_score"], 4)
         if system in fit_info:

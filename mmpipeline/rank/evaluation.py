@@ -389,7 +389,7 @@ def evaluate(featurizer: PairFeaturizer, df: pd.DataFrame, models: dict[str, Any
         rmse[name] = grade_rmse(gs or s, featurizer, df)
         if gs is not None and rmse[name]:
             rmse[name]["rmse_rank_score"] = grade_rmse(s, featurizer, df)["rmse"]
-        if rmse[name]:
-            rmse[name]["grade_from"] = "grade_head" if gs is not None else "rank_score"
+        if rmse[name]:  # numeric like every entry (MLflow metrics): 1.0 = the grade head's prediction
+            rmse[name]["grade_head"] = 1.0 if gs is not None else 0.0
     return {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), "versus": vs,
             "baselines": list(applicable_baselines(featurizer)), **info}

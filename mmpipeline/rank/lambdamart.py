@@ -10,6 +10,11 @@ query x product interaction vectors (``q * p_text`` and, with images, ``q * p_im
 Labels: the training label in [0, 1] (normalised grade) quantised to ``LEVELS + 1`` integer
 relevance levels with linear gains (LightGBM's default gains are 2^l - 1; the evaluation uses the
 label itself as the gain, so linear gains optimise the same NDCG).
+
+Grade: with ``rank.lambdamart_grade`` the peer also trains a LightGBM regression (L2) on the judged
+pairs' normalised grade (early stopping on the validation split's judged pairs): what a team would
+run for grade RMSE, the fair peer of the fusion ranker's grade head (``rank.grade_weight``). Its
+prediction is the peer's grade in ``evaluate``'s RMSE; the lambdarank score is reported next to it.
 """
 
 from __future__ import annotations

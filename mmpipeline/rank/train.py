@@ -131,7 +131,8 @@ def grade_head_rmse(model: FusionRanker, featurizer: PairFeaturizer, data: ListD
 def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc: "RankConfig",
         fusion: str | None = None, loss: str | None = None,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[FusionRanker, list[dict[str, float]]]:
-    """Train one model; returns the best (by validation NDCG@k) model and the per-epoch history."""
+    """Train one model; returns the best (by validation NDCG@k; with a grade head, NDCG@k minus
+    ``rank.grade_weight`` x the head's validation RMSE) model and the per-epoch history."""
     set_seed(rc.seed)
     device = resolve_device(rc.device)
     model = build_ranker(FusionConfig.for_features(featurizer.dim, featurizer.active_features(),
@@ -210,7 +211,8 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
         else:
             bad += 1
             if bad >= rc.patience:
-                log.info("early stopping after epoch %d (best valid NDCG %.4f)", epoch, best)
+                log.info("early stopping after epoch %d (best valid %s %.4f)", epoch,
+                         "NDCG - grade_weight x grade RMSE" if model.has_grade_head else "NDCG", best)
                 break
     if best_state is not None:
         model.load_state_dict(best_state)

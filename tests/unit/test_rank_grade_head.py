@@ -1,5 +1,6 @@
 """The grade head (issue 13): a pointwise regression output of the fusion ranker trained jointly
-with the listwise loss, used for grade RMSE; the LambdaMART peer's grade from its own regression.
+with the listwise loss, used for grade RMSE (the LambdaMART peer's regression: test_rank_quality);
+the scalar-feature transforms.
 
 A tiny in-memory catalog whose grade (1, 2 or 3) is set by how many query words the title carries:
 a listwise loss only orders the products, the grade head has to predict the grade itself."""
@@ -46,7 +47,7 @@ def _world(seed: int = 0):
     return products, {"text": (products["product_id"].tolist(), np.stack(vecs))}, (qids, np.stack(qvecs)), pd.DataFrame(jrows)
 
 
-RC = RankConfig(epochs=12, patience=12, hidden_dim=16, negatives_random=3, negatives_hard=2, hard_pool_k=8,
+RC = RankConfig(epochs=10, patience=10, hidden_dim=16, negatives_random=3, negatives_hard=2, hard_pool_k=8,
                 candidates_k=20, recall_k=20, batch_queries=8, device="cpu", lambdamart_rounds=40, lr=3e-3,
                 text_fields=[], split={"train": 0.6, "valid": 0.2, "test": 0.2})
 
@@ -57,7 +58,8 @@ def world():
     fz = PairFeaturizer(products, pv, qv, text_fields=[])
     df, _ = data.build(judg, None, fz, RC, "2026-11-01")
     lists = {s: train.make_lists(df[df["split"] == s].reset_index(drop=True), fz) for s in ("train", "valid", "test")}
-    return fz, df, lists
+    model, _ = train.fit(fz, lists["train"], lists["valid"], RC.model_copy(update={"grade_weight": 1.0}))
+    return fz, df, lists, model
 
 
 def _judged_rmse(pred: np.ndarray, lists: train.ListData) -> float:
@@ -66,9 +68,7 @@ def _judged_rmse(pred: np.ndarray, lists: train.ListData) -> float:
 
 
 def test_the_grade_head_predicts_the_grade_the_ranking_score_does_not(world):
-    fz, df, lists = world
-    rc = RC.model_copy(update={"grade_weight": 1.0})
-    model, _ = train.fit(fz, lists["train"], lists["valid"], rc)
+    fz, df, lists, model = world
     assert model.has_grade_head and model.cfg.grade_head
     test = lists["test"]
     grades = train.predict_lists(model, fz, test)  # the ranking score: a listwise loss fixes no scale
@@ -79,30 +79,15 @@ def test_the_grade_head_predicts_the_grade_the_ranking_score_does_not(world):
     # the head's raw output is a grade (no calibration): well under predicting the mean grade
     assert _judged_rmse(head, test) < 0.6 * mean_rmse
     assert _judged_rmse(head, test) < _judged_rmse(grades, test)
-    # the model without the head (grade_weight 0) has none, and its grade scorer falls back to None
-    plain, _ = train.fit(fz, lists["train"], lists["valid"], RC.model_copy(update={"epochs": 1}))
+    # evaluate's grade RMSE: the head's prediction, isotonic-calibrated on valid, on every judged test pair
+    res = evaluate(fz, df, {"fusion": model}, RC, progress=False)
+    r = res["rmse"]["fusion"]
+    assert r["grade_head"] == 1.0 and r["rmse"] < r["rmse_rank_score"] and r["rmse"] < 0.8 * r["rmse_mean_baseline"]
+    assert r["rmse_pairs"] == int(((df["split"] == "test") & (df["source"] == "judgment")).sum())
+    # a model without the head (grade_weight 0) has none, and no grade scorer
+    plain = build_ranker(FusionConfig.for_features(DIM, fz.active_features(), hidden_dim=8))
     assert not plain.has_grade_head and not any(k.startswith("grade_net") for k in plain.state_dict())
     assert grade_scorer_for(plain) is None and grade_scorer_for(model) is not None
-
-
-def test_evaluate_reports_the_rmse_of_the_grade_heads_and_of_the_rank_score(world):
-    from mmpipeline.rank.lambdamart import fit_lambdamart
-
-    fz, df, lists = world
-    rc = RC.model_copy(update={"grade_weight": 1.0, "epochs": 3})
-    model, _ = train.fit(fz, lists["train"], lists["valid"], rc)
-    lm = fit_lambdamart(fz, lists["train"], lists["valid"], rc)
-    assert lm.has_grade_head and lm.info["grade_rounds"] > 0
-    res = evaluate(fz, df, {"fusion": model, "lambdamart": lm}, rc, progress=False)
-    for name in ("fusion", "lambdamart"):
-        r = res["rmse"][name]
-        assert r["grade_from"] == "grade_head" and np.isfinite(r["rmse_rank_score"])
-        # every judged test pair counts, retrieved or not
-        assert r["rmse_pairs"] == int(((df["split"] == "test") & (df["source"] == "judgment")).sum())
-    assert res["rmse"]["lambdamart"]["rmse"] < res["rmse"]["lambdamart"]["rmse_mean_baseline"]
-    # without the regression booster the peer's RMSE comes from its ranking score
-    lm0 = fit_lambdamart(fz, lists["train"], lists["valid"], rc.model_copy(update={"lambdamart_grade": False}))
-    assert not lm0.has_grade_head and grade_scorer_for(lm0) is None
 
 
 def test_a_grade_head_survives_save_and_load_and_old_checkpoints_load(tmp_path):
