@@ -82,10 +82,12 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
         model, hist = train.fit(featurizer, tr, va, rc, fusion=fusion)
         name = f"fusion_{fusion}"
         models[name] = model
-        best = max(hist, key=lambda h: h.get(f"valid_ndcg_at_{rc.eval_k}", 0.0))
+        best = max(hist, key=lambda h: train.selection_metric(h, rc))  # the epoch fit kept
         fit_info[name] = {"epochs": len(hist), "best_epoch": best["epoch"],
                           "valid_ndcg_at_10": round(best.get(f"valid_ndcg_at_{rc.eval_k}", float("nan")), 4),
                           "seconds": round(time.perf_counter() - t1, 1)}
+        if "valid_grade_rmse" in best:  # the grade head's raw RMSE (normalised grades) at that epoch
+            fit_info[name]["valid_grade_rmse"] = round(best["valid_grade_rmse"], 4)
         if model.modality_weights():
             fit_info[name]["modality_weights"] = {k: round(v, 3) for k, v in model.modality_weights().items()}
         log.info("%s: trained %s in %.0fs (%s)", label, name, time.perf_counter() - t1, fit_info[name])

@@ -128,6 +128,15 @@ def grade_head_rmse(model: FusionRanker, featurizer: PairFeaturizer, data: ListD
     return float(np.sqrt(np.mean((pred - data.labels[idx]) ** 2)))
 
 
+def selection_metric(rec: dict[str, float], rc: "RankConfig") -> float:
+    """What early stopping maximises for an epoch record: validation NDCG@k (minus the training loss
+    without a validation split), minus ``rank.grade_weight`` x the grade head's validation RMSE."""
+    metric = rec.get(f"valid_ndcg_at_{rc.eval_k}", -rec["train_loss"])
+    if "valid_grade_rmse" in rec and np.isfinite(rec["valid_grade_rmse"]):
+        metric -= rc.grade_weight * rec["valid_grade_rmse"]
+    return metric
+
+
 def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc: "RankConfig",
         fusion: str | None = None, loss: str | None = None,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[FusionRanker, list[dict[str, float]]]:
@@ -147,7 +156,7 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
     rng = np.random.default_rng(rc.seed)
     groups = [g for g in train.groups if len(g) > 1]
     history: list[dict[str, float]] = []
-    best, best_state, bad = -1.0, None, 0
+    best, best_state, bad = -float("inf"), None, 0
     monitor = subset_lists(train, rng.permutation(len(train.groups))[:200]) if train.groups else None
     for epoch in range(1, rc.epochs + 1):
         t0 = time.perf_counter()
@@ -201,9 +210,7 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
         history.append(rec)
         if on_epoch:
             on_epoch(epoch, rec)
-        metric = rec.get(f"valid_ndcg_at_{rc.eval_k}", -rec["train_loss"])
-        if "valid_grade_rmse" in rec:  # the grade head's epoch counts too (NDCG minus weighted RMSE)
-            metric -= rc.grade_weight * rec["valid_grade_rmse"]
+        metric = selection_metric(rec, rc)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
         if metric > best + 1e-5:
             best, bad = metric, 0
@@ -598,7 +605,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         t0 = time.perf_counter()
         model, history = fit(featurizer, train, valid, rc, on_epoch=on_epoch)
         train_seconds = time.perf_counter() - t0
-        best_epoch = max(history, key=lambda h: h.get(f"valid_ndcg_at_{k}", -h["train_loss"]))
+        best_epoch = max(history, key=lambda h: selection_metric(h, rc))  # the epoch fit kept
         summary_metrics = {"best_epoch": best_epoch["epoch"], "epochs_run": len(history),
                            "train_seconds": train_seconds,
                            f"best_valid_ndcg_at_{k}": best_epoch.get(f"valid_ndcg_at_{k}", float("nan"))}
