@@ -16,6 +16,11 @@ catalog cannot have (image cosine without images) is ``null`` (n/a). ``default_v
 default model's (``rank.fusion``) per-query wins / losses / ties against every baseline and the
 peer, per slice; ``table`` is a readable markdown table of every system.
 
+Grade RMSE (``rmse_grade``): on every judged test pair, of the model's grade -- its grade head
+(``rank.grade_weight`` > 0; the peer's LightGBM regression, ``rank.lambdamart_grade``) or else its
+ranking score -- through an isotonic grade calibration fitted on the validation split's judged pairs
+(``rmse_grade_from`` says which; ``rmse_grade_rank_score`` is the ranking score's, calibrated the same way).
+
 Params: any ``rank.*`` field (``epochs=5``, ``max_eval_queries=300``, ``bench_fusions=[concat]``,
 ``text_fields=[]`` for title-only features, ``match_features=false``, ``bench_lambdamart=false``), ``colour_free`` (``auto`` |
 true | false), ``run_date``.
@@ -77,10 +82,12 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
         model, hist = train.fit(featurizer, tr, va, rc, fusion=fusion)
         name = f"fusion_{fusion}"
         models[name] = model
-        best = max(hist, key=lambda h: h.get(f"valid_ndcg_at_{rc.eval_k}", 0.0))
+        best = max(hist, key=lambda h: train.selection_metric(h, rc))  # the epoch fit kept
         fit_info[name] = {"epochs": len(hist), "best_epoch": best["epoch"],
                           "valid_ndcg_at_10": round(best.get(f"valid_ndcg_at_{rc.eval_k}", float("nan")), 4),
                           "seconds": round(time.perf_counter() - t1, 1)}
+        if "valid_grade_rmse" in best:  # the grade head's raw RMSE (normalised grades) at that epoch
+            fit_info[name]["valid_grade_rmse"] = round(best["valid_grade_rmse"], 4)
         if model.modality_weights():
             fit_info[name]["modality_weights"] = {k: round(v, 3) for k, v in model.modality_weights().items()}
         log.info("%s: trained %s in %.0fs (%s)", label, name, time.perf_counter() - t1, fit_info[name])
@@ -103,6 +110,9 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
             entry["rmse_grade"] = round(res["rmse"][system]["rmse"], 4)
             entry["rmse_grade_linear"] = round(res["rmse"][system]["rmse_linear"], 4)
             entry["rmse_mean_grade_baseline"] = round(res["rmse"][system]["rmse_mean_baseline"], 4)
+            entry["rmse_grade_from"] = "grade_head" if res["rmse"][system].get("grade_head") else "rank_score"
+            if "rmse_rank_score" in res["rmse"][system]:  # the ranking score calibrated the same way
+                entry["rmse_grade_rank_score"] = round(res["rmse"][system]["rmse_rank_score"], 4)
         if system in fit_info:
             entry["training"] = fit_info[system]
         systems[system] = entry
@@ -203,7 +213,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         "settings": {k: getattr(rc, k) for k in ("fusion", "loss", "epochs", "hidden_dim", "use_vectors", "negatives_random",
                                                   "negatives_hard", "candidates_k", "max_eval_queries", "max_train_queries",
                                                   "bench_fusions", "bench_lambdamart", "text_fields",
-                                                  "match_features")},
+                                                  "match_features", "grade_weight", "scalar_transform",
+                                                  "lambdamart_grade")},
     }
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given")
     log.info("titles as given:\n%s", "\n".join(result["titles_as_given"]["table"]))

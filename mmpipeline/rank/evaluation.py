@@ -17,8 +17,9 @@ Metrics (definitions of torchmetrics' retrieval metrics, see mmpipeline.rank.met
 products with / without images (relevance restricted to products that have / have no image).
 :func:`versus` counts per-query wins, losses and ties of each model against every other system per
 slice (``evaluate``'s ``versus``). RMSE of predicted
-grades on judged test pairs, with a linear score->grade calibration fitted on the validation split,
-next to the RMSE of predicting the mean training grade.
+grades on every judged test pair (whether retrieved or not), with an isotonic score->grade calibration fitted on the
+judged pairs of the validation split (never on test), next to the RMSE of predicting the mean training grade. The
+score calibrated is the model's grade head where it has one (``grade_scorer_for``), else its ranking score.
 
 :func:`evaluate` is the whole computation (featurizer + training frame + models in, metrics out);
 :func:`compute_metrics` and :func:`calibrated_rmse` are its pure cores. The stage that reads the
@@ -62,6 +63,20 @@ def scorer_for(model: Any, batch_size: int = 8192) -> Scorer:
     if not hasattr(model, "pyfunc") and callable(getattr(model, "score_arrays", None)):  # e.g. the LambdaMART peer
         return lambda a: np.asarray(model.score_arrays(a, batch_size), dtype=np.float64)
     return lambda a: np.asarray(model.predict(arrays_to_frame(a)), dtype=np.float64).reshape(-1)
+
+
+def grade_scorer_for(model: Any, batch_size: int = 8192) -> Scorer | None:
+    """A function arrays -> predicted grades for a model with a grade head (a FusionRanker trained
+    with ``rank.grade_weight > 0``, the LambdaMART peer with its regression booster); None otherwise."""
+    inner = model
+    if hasattr(model, "pyfunc"):  # LoadedRanker
+        try:
+            inner = model.model
+        except Exception:
+            return None
+    if not callable(getattr(inner, "grade_arrays", None)) or not getattr(inner, "has_grade_head", False):
+        return None
+    return lambda a: np.asarray(inner.grade_arrays(a, batch_size), dtype=np.float64)
 
 
 @dataclass
@@ -368,6 +383,13 @@ def evaluate(featurizer: PairFeaturizer, df: pd.DataFrame, models: dict[str, Any
     metrics = compute_metrics(rankings, rel, no_image, rc)
     pq = per_query(rankings, rel, no_image, rc)
     vs = {name: versus(pq, name, list(rankings.items)) for name in scorers}
-    rmse = {name: grade_rmse(s, featurizer, df) for name, s in scorers.items()}
+    rmse = {}
+    for name, s in scorers.items():  # the grade head's prediction where the model has one, else the ranking score
+        gs = grade_scorer_for(models[name], rc.score_batch_size)
+        rmse[name] = grade_rmse(gs or s, featurizer, df)
+        if gs is not None and rmse[name]:
+            rmse[name]["rmse_rank_score"] = grade_rmse(s, featurizer, df)["rmse"]
+        if rmse[name]:  # numeric like every entry (MLflow metrics): 1.0 = the grade head's prediction
+            rmse[name]["grade_head"] = 1.0 if gs is not None else 0.0
     return {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), "versus": vs,
             "baselines": list(applicable_baselines(featurizer)), **info}

@@ -10,6 +10,11 @@ query x product interaction vectors (``q * p_text`` and, with images, ``q * p_im
 Labels: the training label in [0, 1] (normalised grade) quantised to ``LEVELS + 1`` integer
 relevance levels with linear gains (LightGBM's default gains are 2^l - 1; the evaluation uses the
 label itself as the gain, so linear gains optimise the same NDCG).
+
+Grade: with ``rank.lambdamart_grade`` the peer also trains a LightGBM regression (L2) on the judged
+pairs' normalised grade (early stopping on the validation split's judged pairs): what a team would
+run for grade RMSE, the fair peer of the fusion ranker's grade head (``rank.grade_weight``). Its
+prediction is the peer's grade in ``evaluate``'s RMSE; the lambdarank score is reported next to it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,21 @@ class LambdaMartRanker:
     use_image: bool
     best_iteration: int
     info: dict[str, Any] = field(default_factory=dict)
+    grade_booster: Any = None  # LightGBM regression on the judged grade (rank.lambdamart_grade): the peer's grade
+    grade_iteration: int = 0
+
+    @property
+    def has_grade_head(self) -> bool:
+        return self.grade_booster is not None
+
+    def grade_arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 8192, device: Any = None) -> np.ndarray:
+        """Predicted normalised grade: the regression booster (the ranking score without one)."""
+        if self.grade_booster is None:
+            return self.score_arrays(arrays, batch_size, device)
+        x = self.matrix(arrays)
+        if not len(x):
+            return np.zeros(0, np.float64)
+        return np.asarray(self.grade_booster.predict(x, num_iteration=self.grade_iteration or None), dtype=np.float64)
 
     def matrix(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         return design_matrix(arrays, self.features, self.use_vectors, self.use_image)
@@ -116,4 +136,36 @@ def fit_lambdamart(featurizer: "PairFeaturizer", train: "ListData", valid: "List
             "valid_ndcg_at_10_lightgbm": round(float(score), 4) if score is not None else None,
             "seconds": round(time.perf_counter() - t0, 1)}
     log.info("lambdamart: %d rounds, %d features (%s), %.1fs", best, info["features"], features, info["seconds"])
-    return LambdaMartRanker(booster, features, rc.use_vectors, use_image, best, info)
+    ranker = LambdaMartRanker(booster, features, rc.use_vectors, use_image, best, info)
+    if rc.lambdamart_grade:
+        ranker.grade_booster, ranker.grade_iteration = _fit_grade(featurizer, train, valid, features, rc, use_image, params)
+        info["grade_rounds"] = ranker.grade_iteration
+    return ranker
+
+
+def _judged(featurizer: "PairFeaturizer", data: "ListData", features: list[str], use_vectors: bool, use_image: bool):
+    idx = np.flatnonzero(np.isfinite(data.grades))
+    return design_matrix(data.gather(featurizer, idx), features, use_vectors, use_image), data.labels[idx]
+
+
+def _fit_grade(featurizer, train, valid, features, rc, use_image, rank_params) -> tuple[Any, int]:
+    """The peer's grade: LightGBM regression (L2) on the judged pairs' normalised grade, early
+    stopping on the validation split's judged pairs (the fair peer of the fusion ranker's grade head)."""
+    import lightgbm as lgb
+
+    x, y = _judged(featurizer, train, features, rc.use_vectors, use_image)
+    if not len(y):
+        return None, 0
+    params = {k: v for k, v in rank_params.items() if k not in ("objective", "metric", "eval_at", "label_gain",
+                                                                  "lambdarank_truncation_level")}
+    params.update({"objective": "regression", "metric": "rmse"})
+    dtrain = lgb.Dataset(x, label=y, free_raw_data=False)
+    valid_sets, callbacks = None, [lgb.log_evaluation(0)]
+    if valid is not None and len(valid):
+        xv, yv = _judged(featurizer, valid, features, rc.use_vectors, use_image)
+        if len(yv):
+            valid_sets = [lgb.Dataset(xv, label=yv, reference=dtrain)]
+            callbacks.append(lgb.early_stopping(50, verbose=False))
+    booster = lgb.train(params, dtrain, num_boost_round=rc.lambdamart_rounds, valid_sets=valid_sets,
+                        valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
+    return booster, int(booster.best_iteration or booster.current_iteration())

@@ -67,13 +67,17 @@ def lambdaloss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
     return (w * F.softplus(-diff[better])).sum() / w.sum().clamp(min=1e-9)
 
 
-def get_loss(kind: str, pointwise: str = "bce"):
+def get_loss(kind: str, pointwise: str = "bce", temperature: float = 0.1):
+    """The loss ``kind``; ``temperature``: ListNet's label temperature (lower: the target distribution
+    puts nearly all its mass on the best-graded items; higher: the lower grades count too)."""
     if kind == "pointwise":
         return pointwise_bce if pointwise == "bce" else pointwise_mse
     if kind == "pairwise":
         return ranknet
     if kind == "listwise":
-        return listnet
+        if temperature == 0.1:
+            return listnet
+        return lambda scores, labels, mask: listnet(scores, labels, mask, temperature)
     if kind == "lambda":
         return lambdaloss
     raise ValueError(f"unknown loss {kind!r}; expected pointwise, pairwise, listwise or lambda")

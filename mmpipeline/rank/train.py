@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from mmpipeline.retrieval.features import SCALAR_FEATURES, PairFeaturizer
 from mmpipeline.rank.losses import NEG, get_loss
@@ -116,23 +117,46 @@ def predict_lists(model: FusionRanker, featurizer: PairFeaturizer, data: ListDat
     return out
 
 
+def grade_head_rmse(model: FusionRanker, featurizer: PairFeaturizer, data: ListData, batch_size: int = 8192,
+                    device: torch.device | str = "cpu") -> float:
+    """RMSE of the grade head's raw prediction against the normalised grade on the judged pairs of ``data``."""
+    idx = np.flatnonzero(np.isfinite(data.grades))
+    if not len(idx):
+        return float("nan")
+    pred = np.concatenate([model.grade_arrays(data.gather(featurizer, idx[s:s + batch_size]), batch_size, device)
+                           for s in range(0, len(idx), batch_size)])
+    return float(np.sqrt(np.mean((pred - data.labels[idx]) ** 2)))
+
+
+def selection_metric(rec: dict[str, float], rc: "RankConfig") -> float:
+    """What early stopping maximises for an epoch record: validation NDCG@k (minus the training loss
+    without a validation split), minus ``rank.grade_weight`` x the grade head's validation RMSE."""
+    metric = rec.get(f"valid_ndcg_at_{rc.eval_k}", -rec["train_loss"])
+    if "valid_grade_rmse" in rec and np.isfinite(rec["valid_grade_rmse"]):
+        metric -= rc.grade_weight * rec["valid_grade_rmse"]
+    return metric
+
+
 def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc: "RankConfig",
         fusion: str | None = None, loss: str | None = None,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> tuple[FusionRanker, list[dict[str, float]]]:
-    """Train one model; returns the best (by validation NDCG@k) model and the per-epoch history."""
+    """Train one model; returns the best (by validation NDCG@k; with a grade head, NDCG@k minus
+    ``rank.grade_weight`` x the head's validation RMSE) model and the per-epoch history."""
     set_seed(rc.seed)
     device = resolve_device(rc.device)
     model = build_ranker(FusionConfig.for_features(featurizer.dim, featurizer.active_features(),
                                                    fusion=fusion or rc.fusion, hidden_dim=rc.hidden_dim,
-                                                   dropout=rc.dropout, use_vectors=rc.use_vectors))
+                                                   dropout=rc.dropout, use_vectors=rc.use_vectors,
+                                                   grade_head=rc.grade_weight > 0,
+                                                   scalar_transform=rc.scalar_transform))
     model.fit_scaler(train.scalars)
     model.to(device)
-    loss_fn = get_loss(loss or rc.loss, rc.pointwise)
+    loss_fn = get_loss(loss or rc.loss, rc.pointwise, rc.listwise_temperature)
     opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
     rng = np.random.default_rng(rc.seed)
     groups = [g for g in train.groups if len(g) > 1]
     history: list[dict[str, float]] = []
-    best, best_state, bad = -1.0, None, 0
+    best, best_state, bad = -float("inf"), None, 0
     monitor = subset_lists(train, rng.permutation(len(train.groups))[:200]) if train.groups else None
     for epoch in range(1, rc.epochs + 1):
         t0 = time.perf_counter()
@@ -157,12 +181,17 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
             mask_np = idx >= 0
             flat = idx[mask_np]
             b = {k: torch.as_tensor(v, device=device) for k, v in train.gather(featurizer, flat).items()}
-            scores_flat = model(b["q_text"], b["p_text"], b["p_image"], b["scalars"])
+            scores_flat, grades_flat = model.score_and_grade(b["q_text"], b["p_text"], b["p_image"], b["scalars"])
             mask = torch.as_tensor(mask_np, device=device)
             scores = torch.full(mask.shape, NEG, device=device, dtype=scores_flat.dtype).masked_scatter(mask, scores_flat)
             labels = torch.zeros(mask.shape, device=device).masked_scatter(
                 mask, torch.as_tensor(train.labels[flat], device=device))
             loss_v = loss_fn(scores, labels, mask)
+            if grades_flat is not None:  # the grade head: MSE on the judged pairs' normalised grade
+                judged = torch.as_tensor(np.isfinite(train.grades[flat]), device=device)
+                if bool(judged.any()):
+                    target = torch.as_tensor(train.labels[flat], device=device, dtype=grades_flat.dtype)
+                    loss_v = loss_v + rc.grade_weight * F.mse_loss(grades_flat[judged], target[judged])
             opt.zero_grad()
             loss_v.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -173,13 +202,15 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
         if valid is not None and len(valid):
             vs = predict_lists(model, featurizer, valid, rc.score_batch_size, device)
             rec[f"valid_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(vs, valid.labels, valid.groups, rc.eval_k)
+        if valid is not None and len(valid) and model.has_grade_head:
+            rec["valid_grade_rmse"] = grade_head_rmse(model, featurizer, valid, rc.score_batch_size, device)
         if monitor is not None:  # training NDCG on a fixed sample of queries (learning curves)
             ts = predict_lists(model, featurizer, monitor, rc.score_batch_size, device)
             rec[f"train_ndcg_at_{rc.eval_k}"] = mean_list_ndcg(ts, monitor.labels, monitor.groups, rc.eval_k)
         history.append(rec)
         if on_epoch:
             on_epoch(epoch, rec)
-        metric = rec.get(f"valid_ndcg_at_{rc.eval_k}", -rec["train_loss"])
+        metric = selection_metric(rec, rc)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "epoch"))
         if metric > best + 1e-5:
             best, bad = metric, 0
@@ -187,7 +218,8 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
         else:
             bad += 1
             if bad >= rc.patience:
-                log.info("early stopping after epoch %d (best valid NDCG %.4f)", epoch, best)
+                log.info("early stopping after epoch %d (best valid %s %.4f)", epoch,
+                         "NDCG - grade_weight x grade RMSE" if model.has_grade_head else "NDCG", best)
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -573,7 +605,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
         t0 = time.perf_counter()
         model, history = fit(featurizer, train, valid, rc, on_epoch=on_epoch)
         train_seconds = time.perf_counter() - t0
-        best_epoch = max(history, key=lambda h: h.get(f"valid_ndcg_at_{k}", -h["train_loss"]))
+        best_epoch = max(history, key=lambda h: selection_metric(h, rc))  # the epoch fit kept
         summary_metrics = {"best_epoch": best_epoch["epoch"], "epochs_run": len(history),
                            "train_seconds": train_seconds,
                            f"best_valid_ndcg_at_{k}": best_epoch.get(f"valid_ndcg_at_{k}", float("nan"))}

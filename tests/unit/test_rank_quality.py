@@ -13,7 +13,7 @@ import torch
 
 from mmpipeline.config import RankConfig
 from mmpipeline.rank import data, train
-from mmpipeline.rank.evaluation import Rankings, Relevance, evaluate, per_query, versus
+from mmpipeline.rank.evaluation import Rankings, Relevance, evaluate, grade_scorer_for, per_query, versus
 from mmpipeline.rank.fusion import FusionConfig, build_ranker
 from mmpipeline.rank.gate import SLICES, decide
 from mmpipeline.retrieval.features import FIELD_FEATURES, IMAGE_FEATURES, SCALAR_FEATURES, PairFeaturizer
@@ -142,7 +142,13 @@ def test_lambdamart_peer_uses_the_rankers_features_and_learns_the_fields():
     res = evaluate(fz, df, {"lambdamart": lm}, RC, progress=False)
     # the colour is only in the text fields: the peer, which sees them, beats title-only BM25
     assert res["metrics"]["lambdamart"]["all"]["ndcg_at_10"] > res["metrics"]["bm25"]["all"]["ndcg_at_10"]
-    assert res["rmse"]["lambdamart"]["rmse"] < res["rmse"]["lambdamart"]["rmse_mean_baseline"]
+    r = res["rmse"]["lambdamart"]
+    assert r["rmse"] < r["rmse_mean_baseline"]
+    # the peer's grade is its own LightGBM regression (rank.lambdamart_grade), the rank score's RMSE next to it
+    assert lm.has_grade_head and lm.info["grade_rounds"] >= 1 and r["grade_head"] == 1.0
+    assert np.isfinite(r["rmse_rank_score"])
+    lm.grade_booster = None  # without it the ranking score is the grade
+    assert grade_scorer_for(lm) is None
 
 
 def test_per_query_wins_losses_and_ties_per_slice():

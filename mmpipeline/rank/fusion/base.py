@@ -34,6 +34,8 @@ import torch.nn as nn
 from mmpipeline.retrieval.features import INDICATORS, MODALITY_SCALARS, SCALAR_FEATURES
 
 MODALITIES = ("text", "image", "numeric")
+SCALAR_TRANSFORMS = ("standard", "log1p", "quantile")
+QUANTILE_KNOTS = 65
 
 
 @dataclass
@@ -46,6 +48,13 @@ class FusionConfig:
     modality_scalars: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in MODALITY_SCALARS.items()})
     use_vectors: bool = True  # False: the branches see only the scalar features (an ablation)
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # without "image": no image branch
+    # a pointwise grade head next to the ranking head (rank.grade_weight > 0): the normalised grade
+    # regressed from the same modality towers (:meth:`FusionRanker.grade`); models saved without it load
+    grade_head: bool = False
+    # raw scalar features -> model input (non-indicator columns): standard (z-score), log1p (signed
+    # log1p, then z-score: heavy-tailed counts and BM25 scores) or quantile (the training rows'
+    # empirical CDF, piecewise linear over QUANTILE_KNOTS knots, centred and scaled to unit variance)
+    scalar_transform: str = "standard"
 
     @classmethod
     def for_features(cls, dim: int, active: list[str], **kw) -> "FusionConfig":
@@ -101,6 +110,12 @@ class FusionRanker(nn.Module):
         self.has_image_idx = SCALAR_FEATURES.index("has_image")  # in the full input
         self.register_buffer("mean", torch.zeros(len(names)))
         self.register_buffer("std", torch.ones(len(names)))
+        if cfg.scalar_transform not in SCALAR_TRANSFORMS:
+            raise ValueError(f"unknown scalar_transform {cfg.scalar_transform!r}; expected {', '.join(SCALAR_TRANSFORMS)}")
+        self.register_buffer("dense_cols", torch.tensor([c not in INDICATORS for c in names], dtype=torch.bool),
+                             persistent=False)  # derived from the config: not in saved state dicts
+        if cfg.scalar_transform == "quantile":  # per column, the knots of the training rows' quantiles
+            self.register_buffer("knots", torch.zeros(len(names), QUANTILE_KNOTS))
         vd = cfg.dim if cfg.use_vectors else 0
         branches = {"text": ModalityBranch(vd, len(self.idx["text"]), h, cfg.dropout)}
         if self.has_image_branch:
@@ -108,6 +123,8 @@ class FusionRanker(nn.Module):
         branches["numeric"] = ModalityBranch(0, len(self.idx["numeric"]), h, cfg.dropout)
         self.branches = nn.ModuleDict(branches)
         self.build_head(cfg)  # after the branches: the same parameter init order as before the split
+        if cfg.grade_head:  # after the head: a model without it keeps its parameter init order
+            self.grade_net = nn.Sequential(nn.Linear(3 * h, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 1))
 
     # ------------------------------------------------------------------------- the interface
     def build_head(self, cfg: FusionConfig) -> None:  # pragma: no cover - abstract
@@ -127,6 +144,10 @@ class FusionRanker(nn.Module):
     def fit_scaler(self, scalars: np.ndarray) -> None:
         """Standardisation statistics from raw ``SCALAR_FEATURES`` rows (the model's columns)."""
         x = torch.as_tensor(np.asarray(scalars)[:, self.input_cols], dtype=torch.float32)
+        if self.cfg.scalar_transform == "quantile":
+            q = torch.linspace(0, 1, QUANTILE_KNOTS, dtype=torch.float64)
+            self.knots.copy_(torch.quantile(x.double().T, q, dim=1).T.float().to(self.knots.device))
+        x = self.transform_scalars(x.to(self.mean.device)).cpu()
         mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
         for i, name in enumerate(self.cfg.scalar_features):
             if name in INDICATORS:
@@ -134,13 +155,29 @@ class FusionRanker(nn.Module):
         self.mean.copy_(mean.to(self.mean.device))
         self.std.copy_(std.to(self.std.device))
 
+    def transform_scalars(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's columns of the raw scalars -> ``scalar_transform`` (before the z-score)."""
+        kind = self.cfg.scalar_transform
+        if kind == "standard":
+            return x
+        dense = self.dense_cols
+        if kind == "log1p":
+            return torch.where(dense, torch.sign(x) * torch.log1p(x.abs()), x)
+        k = self.knots  # [F, K] ascending
+        xt = x.T.contiguous()
+        i = torch.searchsorted(k, xt).clamp(1, k.shape[1] - 1)
+        lo, hi = k.gather(1, i - 1), k.gather(1, i)
+        frac = ((xt - lo) / (hi - lo).clamp(min=1e-12)).clamp(0, 1)
+        u = ((i - 1).to(x.dtype) + frac) / (k.shape[1] - 1)
+        return torch.where(dense, u.T, x)
+
     # ------------------------------------------------------------------------- forward
     def towers(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
                scalars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(h_text, h_image, h_numeric, has_image): the masked modality outputs. ``scalars`` are the
         full ``SCALAR_FEATURES`` rows; without an image branch ``h_image`` and ``has_image`` are zeros."""
         has_image = scalars[:, self.has_image_idx:self.has_image_idx + 1].clamp(0, 1)
-        z = (scalars[:, self.input_cols] - self.mean) / self.std
+        z = (self.transform_scalars(scalars[:, self.input_cols]) - self.mean) / self.std
         scale = float(self.cfg.dim)
         vt = vi = None
         if self.cfg.use_vectors:
@@ -162,15 +199,44 @@ class FusionRanker(nn.Module):
         h_t, h_i, h_n, has_image = self.towers(q_text, p_text, p_image, scalars)
         return self.fuse(h_t, h_i, h_n, has_image, q_text)
 
+    def score_and_grade(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
+                        scalars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ranking scores [n], predicted normalised grades [n] or None without a grade head): one
+        pass through the towers for both heads (training)."""
+        h_t, h_i, h_n, has_image = self.towers(q_text, p_text, p_image, scalars)
+        score = self.fuse(h_t, h_i, h_n, has_image, q_text)
+        if not self.cfg.grade_head:
+            return score, None
+        return score, self.grade_net(torch.cat([h_t, h_i, h_n], dim=-1)).squeeze(-1)
+
+    @property
+    def has_grade_head(self) -> bool:
+        return bool(self.cfg.grade_head)
+
+    def grade(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
+              scalars: torch.Tensor) -> torch.Tensor:
+        """Predicted normalised grade [n] (the grade head; the ranking score without one)."""
+        score, grade = self.score_and_grade(q_text, p_text, p_image, scalars)
+        return score if grade is None else grade
+
     @torch.no_grad()
     def score_arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 8192,
                      device: str | torch.device = "cpu") -> np.ndarray:
+        return self._batched(self.forward, arrays, batch_size, device)
+
+    @torch.no_grad()
+    def grade_arrays(self, arrays: dict[str, np.ndarray], batch_size: int = 8192,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+        """Predicted normalised grades (the grade head) for the pairs of ``arrays``."""
+        return self._batched(self.grade, arrays, batch_size, device)
+
+    def _batched(self, fn, arrays: dict[str, np.ndarray], batch_size: int, device) -> np.ndarray:
         self.eval()
         n = len(arrays["scalars"])
         out = np.empty(n, dtype=np.float64)
         for s in range(0, n, batch_size):
             b = {k: torch.as_tensor(v[s:s + batch_size], dtype=torch.float32, device=device) for k, v in arrays.items()}
-            out[s:s + batch_size] = self(b["q_text"], b["p_text"], b["p_image"], b["scalars"]).float().cpu().numpy()
+            out[s:s + batch_size] = fn(b["q_text"], b["p_text"], b["p_image"], b["scalars"]).float().cpu().numpy()
         return out
 
     # ------------------------------------------------------------------------- persistence
