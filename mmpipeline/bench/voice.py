@@ -10,7 +10,14 @@ queries), in one run:
   ``plain`` (Whisper's best hypothesis, sizes in written form), ``rescore`` (the n-best hypothesis the
   catalog / query-log vocabulary explains best), ``prompt`` (catalog prompt), each also
   ``+correction`` (query snap of low-confidence transcripts, word correction per
-  ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does;
+  ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does. Each
+  WER block also holds ``v2``: both sides in :func:`mmpipeline.voice.textnorm.wer_form_v2`
+  (Whisper's evaluation approach: spoken numbers/fractions -> digits, ``by`` -> x, one spelling per
+  unit, closed compounds the catalog's titles use), next to the v1 figure, which stays;
+* **correction tuning** (``correction_tuning``; param ``tune_correction``, default true): the
+  correction's confidence threshold and similarities chosen on one half of the clips (split by a
+  hash of the clip id) by v2 WER with the clip's own query held out, reported on the other half
+  against the default setting and no correction;
 * **real-time factor** of the stage's path (decode, preprocess, MFCC, batched recognition) against a
   bare faster-whisper loop (``WhisperModel.transcribe`` file by file) over the same clips; the
   ratio is bare RTF / stage RTF (>= 1: the stage is at least as fast);
@@ -290,27 +297,29 @@ def split_halves(ids) -> np.ndarray:
 
 
 def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds,
-                    thresholds=(-0.2, -0.3, -0.4, -0.5, -0.7, -1.0), similarities=(0.5, 0.6, 0.7, 0.8)) -> dict[str, Any]:
-    """Tune the correction's confidence threshold (``voice.correct_below_logprob``) and word
-    similarity (``voice.min_word_similarity``) on one half of the clips (v2 WER, clip's own query held
-    out of the vocabulary) and report the chosen setting, the default and no correction on the other."""
+                    thresholds=(-0.3, -0.5, -0.7, -1.0), query_similarities=(0.7, 0.8, 0.9),
+                    word_similarities=(0.5, 0.6, 0.8)) -> dict[str, Any]:
+    """Tune the correction's confidence threshold (``voice.correct_below_logprob``), query-snap and
+    word similarities (``voice.min_query_similarity`` / ``min_word_similarity``) on one half of the
+    clips (v2 WER, the clip's own query held out of the vocabulary) and report the chosen setting,
+    the default and no correction on the other half."""
     from mmpipeline.voice.stage import postprocess
     from mmpipeline.voice.textnorm import wer_form_v2
     from mmpipeline.voice.vocab import Corrector
 
     tune = split_halves(m["voice_query_id"])
     refs = [wer_form_v2(t, compounds) for t in m["transcript"]]
-    correctors = {v.min_word_similarity: corrector}
+    correctors = {(v.min_query_similarity, v.min_word_similarity): corrector}
 
-    def run(sel: np.ndarray, thr: float | None, sim: float | None) -> list[str]:
+    def run(sel: np.ndarray, thr: float | None, qsim: float | None = None, sim: float | None = None) -> list[str]:
         idx = np.flatnonzero(sel)
         sub = [raw[i] for i in idx]
         hold = [holdout[i] for i in idx]
         if thr is None:
             return postprocess(sub, v, correction=False)["query_text"].tolist()
-        if sim not in correctors:
-            correctors[sim] = Corrector(corrector.vocab, v.min_query_similarity, sim)
-        c = correctors[sim]
+        if (qsim, sim) not in correctors:
+            correctors[(qsim, sim)] = Corrector(corrector.vocab, qsim, sim)
+        c = correctors[(qsim, sim)]
         vv = v.model_copy(update={"correct_below_logprob": thr})
         return postprocess(sub, vv, c, holdout=hold, correction=True)["query_text"].tolist()
 
@@ -326,16 +335,20 @@ def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds
                 out[k] = wer([r[n] for n in j], [h[n] for n in j])
         return out
 
-    grid = [(None, None)] + [(t, s) for t in thresholds for s in similarities]
-    tuned = {f"{t}/{s}": score(tune, run(tune, t, s))["all"] for t, s in grid}
-    best = min(grid, key=lambda ts: (tuned[f"{ts[0]}/{ts[1]}"], ts[0] is not None))
+    grid = [(None, None, None)] + [(t, q, s) for t in thresholds for q in query_similarities
+                                   for s in word_similarities]
+    tuned = {"/".join(map(str, g)): score(tune, run(tune, *g))["all"] for g in grid}
+    best = min(grid, key=lambda g: (tuned["/".join(map(str, g))], g[0] is not None))
     ev = ~tune
     return {"tune_clips": int(tune.sum()), "eval_clips": int(ev.sum()),
             "grid_tune_half_v2_wer": tuned,
-            "chosen": {"correct_below_logprob": best[0], "min_word_similarity": best[1]},
+            "grid_key": "correct_below_logprob/min_query_similarity/min_word_similarity (None: no correction)",
+            "chosen": {"correct_below_logprob": best[0], "min_query_similarity": best[1],
+                       "min_word_similarity": best[2]},
             "eval_half_v2_wer": {"chosen": score(ev, run(ev, *best)),
-                                 "default": score(ev, run(ev, v.correct_below_logprob, v.min_word_similarity)),
-                                 "no_correction": score(ev, run(ev, None, None))}}
+                                 "default": score(ev, run(ev, v.correct_below_logprob, v.min_query_similarity,
+                                                          v.min_word_similarity)),
+                                 "no_correction": score(ev, run(ev, None))}}
 
 
 # ------------------------------------------------------------------------------------------- main
