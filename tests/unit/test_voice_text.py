@@ -188,3 +188,29 @@ def test_wer_form_v2_keeps_different_words_different_and_joins_only_catalog_comp
     assert wer_form_v2("four door", comp) != wer_form_v2("for door", comp)  # homophones stay errors
     assert wer_form_v2("2 in pipe") != wer_form_v2("3 in pipe")
     assert wer_form_v2("half bath") == "half bath"  # 'half' only becomes 1/2 before a unit
+
+
+def test_bench_wer_keeps_the_v1_figure_next_to_v2_and_tunes_correction_on_the_other_half():
+    import pandas as pd
+
+    from mmpipeline.bench.voice import split_halves, tune_correction, wer_slices
+    from mmpipeline.config import VoiceConfig
+    from mmpipeline.voice.asr import Recognition
+
+    ids = [f"v{i}" for i in range(12)]
+    tune = split_halves(ids)
+    assert tune.any() and (~tune).any() and (split_halves(ids) == tune).all()  # fixed, both halves used
+    refs = ["bamboo palm", "double vanity stufurhome", "sheathing plywood", "2 in pipe"] * 3
+    m = pd.DataFrame({"voice_query_id": ids, "transcript": refs, "kind": ["neural", "formant"] * 6,
+                      "noise": "clean", "sample_rate": 16000})
+    spoken = ["bambi palm", "double vanity stu for home", "cheating plywood", "two inch pipe"] * 3
+    w = wer_slices(m, spoken)
+    assert w["all"] > w["v2"]["all"] > 0  # v2 forgives "two inch" = "2 in", not the misheard words
+    raw = [Recognition(t, -0.9, 0.0) for t in spoken]
+    v = VoiceConfig()
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    t = tune_correction(m, raw, v, c, [{r} for r in refs], None)
+    assert t["tune_clips"] + t["eval_clips"] == 12
+    assert t["chosen"]["correct_below_logprob"] is not None  # word correction fixes bambi/stu for home/cheating
+    ev = t["eval_half_v2_wer"]
+    assert ev["chosen"]["all"] < ev["no_correction"]["all"]
