@@ -370,7 +370,10 @@ class VoiceConfig(_Model):
     # catalog-aware recognition
     # decoding prompt from the shop's vocabulary; off by default: with Whisper tiny.en both forms raised
     # the word error rate on the Home Depot clips (bench voice, 60 clips: neural 0.32 -> 0.36 with the
-    # frequent-query prompt, -> 0.59 with brand hotwords; it spells numbers out and hyphenates)
+    # frequent-query prompt, -> 0.59 with brand hotwords; it spells numbers out and hyphenates).
+    # Re-measured with the v2 WER normaliser (which forgives spelled numbers), first 100 clips, 40
+    # frequent held-out queries as initial_prompt: plain neural/formant 0.320/0.905 -> 0.315/0.803, but
+    # with rescore + correction 0.305/0.891 -> 0.340/0.789: helps the formant voices only, so still off
     prompt: Literal["none", "initial_prompt", "hotwords", "both"] = "none"
     prompt_queries: int = 40  # frequent queries in the prompt
     prompt_brands: int = 40

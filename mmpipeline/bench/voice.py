@@ -10,7 +10,14 @@ queries), in one run:
   ``plain`` (Whisper's best hypothesis, sizes in written form), ``rescore`` (the n-best hypothesis the
   catalog / query-log vocabulary explains best), ``prompt`` (catalog prompt), each also
   ``+correction`` (query snap of low-confidence transcripts, word correction per
-  ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does;
+  ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does. Each
+  WER block also holds ``v2``: both sides in :func:`mmpipeline.voice.textnorm.wer_form_v2`
+  (Whisper's evaluation approach: spoken numbers/fractions -> digits, ``by`` -> x, one spelling per
+  unit, closed compounds the catalog's titles use), next to the v1 figure, which stays;
+* **correction tuning** (``correction_tuning``; param ``tune_correction``, default true): the
+  correction's confidence threshold and similarities chosen on one half of the clips (split by a
+  hash of the clip id) by v2 WER with the clip's own query held out, reported on the other half
+  against the default setting and no correction;
 * **real-time factor** of the stage's path (decode, preprocess, MFCC, batched recognition) against a
   bare faster-whisper loop (``WhisperModel.transcribe`` file by file) over the same clips; the
   ratio is bare RTF / stage RTF (>= 1: the stage is at least as fast);
@@ -115,14 +122,7 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return round(float(word_error_rate([h for h in hyps], [r for r in refs])), 4)
 
 
-def wer_slices(m: pd.DataFrame, hyps: list[str]) -> dict[str, Any]:
-    """WER overall and per slice, both sides in :func:`~mmpipeline.voice.textnorm.wer_form` (case,
-    punctuation incl. hyphens/apostrophes, number-unit spacing); ``strict``: ``query_norm`` only."""
-    from mmpipeline.voice.textnorm import wer_form
-    from mmpipeline.voice.vocab import norm
-
-    refs = [wer_form(t) for t in m["transcript"]]
-    hyp = [wer_form(h) for h in hyps]
+def _wer_by_slice(m: pd.DataFrame, refs: list[str], hyp: list[str]) -> dict[str, Any]:
     df = pd.DataFrame({"ref": refs, "hyp": hyp, "kind": m["kind"].values, "noise": m["noise"].values,
                        "sr": m["sample_rate"].astype(str).values})
     out: dict[str, Any] = {"all": wer(refs, hyp)}
@@ -131,6 +131,22 @@ def wer_slices(m: pd.DataFrame, hyps: list[str]) -> dict[str, Any]:
     nc = df[(df.kind == "neural") & (df.noise == "clean")]
     if len(nc):
         out["neural_clean"] = wer(list(nc["ref"]), list(nc["hyp"]))
+    return out
+
+
+def wer_slices(m: pd.DataFrame, hyps: list[str], compounds: set[str] | None = None) -> dict[str, Any]:
+    """WER overall and per slice, both sides in :func:`~mmpipeline.voice.textnorm.wer_form` (case,
+    punctuation incl. hyphens/apostrophes, number-unit spacing); ``strict``: ``query_norm`` only;
+    ``v2``: both sides in :func:`~mmpipeline.voice.textnorm.wer_form_v2` (Whisper-style number,
+    fraction, unit and compound normalisation, ``compounds`` from the catalog's titles)."""
+    from mmpipeline.voice.textnorm import wer_form, wer_form_v2
+    from mmpipeline.voice.vocab import norm
+
+    refs = [wer_form(t) for t in m["transcript"]]
+    hyp = [wer_form(h) for h in hyps]
+    out = _wer_by_slice(m, refs, hyp)
+    out["v2"] = _wer_by_slice(m, [wer_form_v2(t, compounds) for t in m["transcript"]],
+                              [wer_form_v2(h, compounds) for h in hyps])
     s_ref, s_hyp = [norm(t) for t in m["transcript"]], [norm(h) for h in hyps]
     kinds = m["kind"].to_numpy()
     out["strict"] = {"all": wer(s_ref, s_hyp), **{k: wer([r for r, x in zip(s_ref, kinds) if x == k],
@@ -273,6 +289,68 @@ def nbest_search(hyp_lists, tau: float, ranked: dict[str, list[str]], idx=None, 
     return out
 
 
+def split_halves(ids) -> np.ndarray:
+    """A fixed split of the clips into two halves by a hash of their id (True: the tuning half)."""
+    import hashlib
+
+    return np.array([int(hashlib.sha1(str(i).encode()).hexdigest(), 16) % 2 == 0 for i in ids])
+
+
+def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds,
+                    thresholds=(-0.3, -0.5, -0.7, -1.0), query_similarities=(0.7, 0.8, 0.9),
+                    word_similarities=(0.5, 0.6, 0.8)) -> dict[str, Any]:
+    """Tune the correction's confidence threshold (``voice.correct_below_logprob``), query-snap and
+    word similarities (``voice.min_query_similarity`` / ``min_word_similarity``) on one half of the
+    clips (v2 WER, the clip's own query held out of the vocabulary) and report the chosen setting,
+    the default and no correction on the other half."""
+    from mmpipeline.voice.stage import postprocess
+    from mmpipeline.voice.textnorm import wer_form_v2
+    from mmpipeline.voice.vocab import Corrector
+
+    tune = split_halves(m["voice_query_id"])
+    refs = [wer_form_v2(t, compounds) for t in m["transcript"]]
+    correctors = {(v.min_query_similarity, v.min_word_similarity): corrector}
+
+    def run(sel: np.ndarray, thr: float | None, qsim: float | None = None, sim: float | None = None) -> list[str]:
+        idx = np.flatnonzero(sel)
+        sub = [raw[i] for i in idx]
+        hold = [holdout[i] for i in idx]
+        if thr is None:
+            return postprocess(sub, v, correction=False)["query_text"].tolist()
+        if (qsim, sim) not in correctors:
+            correctors[(qsim, sim)] = Corrector(corrector.vocab, qsim, sim)
+        c = correctors[(qsim, sim)]
+        vv = v.model_copy(update={"correct_below_logprob": thr})
+        return postprocess(sub, vv, c, holdout=hold, correction=True)["query_text"].tolist()
+
+    def score(sel: np.ndarray, texts: list[str]) -> dict[str, float]:
+        idx = np.flatnonzero(sel)
+        r = [refs[i] for i in idx]
+        h = [wer_form_v2(t, compounds) for t in texts]
+        kinds = m["kind"].to_numpy()[idx]
+        out = {"all": wer(r, h)}
+        for k in ("neural", "formant"):
+            j = [n for n, x in enumerate(kinds) if x == k]
+            if j:
+                out[k] = wer([r[n] for n in j], [h[n] for n in j])
+        return out
+
+    grid = [(None, None, None)] + [(t, q, s) for t in thresholds for q in query_similarities
+                                   for s in word_similarities]
+    tuned = {"/".join(map(str, g)): score(tune, run(tune, *g))["all"] for g in grid}
+    best = min(grid, key=lambda g: (tuned["/".join(map(str, g))], g[0] is not None))
+    ev = ~tune
+    return {"tune_clips": int(tune.sum()), "eval_clips": int(ev.sum()),
+            "grid_tune_half_v2_wer": tuned,
+            "grid_key": "correct_below_logprob/min_query_similarity/min_word_similarity (None: no correction)",
+            "chosen": {"correct_below_logprob": best[0], "min_query_similarity": best[1],
+                       "min_word_similarity": best[2]},
+            "eval_half_v2_wer": {"chosen": score(ev, run(ev, *best)),
+                                 "default": score(ev, run(ev, v.correct_below_logprob, v.min_query_similarity,
+                                                          v.min_word_similarity)),
+                                 "no_correction": score(ev, run(ev, None))}}
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -299,6 +377,9 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     vocab = Vocabulary.build(zip(cat["queries"]["query_norm"], cat["queries"]["frequency"]),
                              cat["products"].get("title", pd.Series(dtype=str)).tolist(),
                              cat["products"].get("brand", pd.Series(dtype=str)).tolist())
+    from mmpipeline.voice.textnorm import compound_lexicon
+
+    compounds = compound_lexicon(cat["products"].get("title", pd.Series(dtype=str)).fillna("").tolist())
     result: dict[str, Any] = {
         "clips": len(m), "audio_seconds": None, "model": None, "device": None,
         "slices": {"voice": m["kind"].value_counts().to_dict(), "noise": m["noise"].value_counts().to_dict(),
@@ -322,7 +403,11 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                                   "temperatures": list(v.redecode_temperatures), "best_of": v.redecode_best_of}},
         "wer_normalisation": "voice.textnorm.wer_form on both sides: query_norm (NFKC, case-folded, stray "
                              "punctuation dropped) + hyphens/apostrophes dropped + number|unit split (8ft = 8 ft); "
-                             "'strict': query_norm only; torchmetrics word_error_rate (jiwer not installed)",
+                             "'strict': query_norm only; 'v2': voice.textnorm.wer_form_v2 on both sides (Whisper-style: "
+                             "spoken numbers and fractions -> digits via Whisper's EnglishNumberNormalizer, 'by' -> x, "
+                             "units to one spelling, closed compounds the catalog's titles use); "
+                             "torchmetrics word_error_rate (jiwer not installed)",
+        "v2_compounds": len(compounds),
     }
 
     # --- speed: stage path vs bare faster-whisper loop (model loads excluded from both) -------------
@@ -375,7 +460,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         speed.update({"speed_clips": n_sp, "speed_stage_rtf": round(t_stage / sub_audio, 4),
                       "bare_loop_seconds": round(t_bare, 2), "bare_rtf": round(t_bare / sub_audio, 4),
                       "ratio_bare_rtf_over_stage_rtf": round(t_bare / t_stage, 3)})
-        result["wer_bare_loop"] = wer_slices(m.head(n_sp), bare_texts)
+        result["wer_bare_loop"] = wer_slices(m.head(n_sp), bare_texts, compounds)
         if n_sp < len(m):
             result["wer_bare_loop"]["stage_plain_same_clips"] = wer(
                 [wer_form(t) for t in m["transcript"].head(n_sp)], [wer_form(r.text) for r in raw_plain[:n_sp]])
@@ -408,7 +493,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     hyps: dict[str, list[list[tuple[str, float]]]] = {}
     wers: dict[str, Any] = {}
     no_itn = v.model_copy(update={"written_form": False})
-    wers["plain:no_written_form"] = wer_slices(m, postprocess(raw_plain, no_itn, correction=False)["query_text"].tolist())
+    wers["plain:no_written_form"] = wer_slices(m, postprocess(raw_plain, no_itn, correction=False)["query_text"].tolist(),
+                                           compounds)
     for var in variants:
         base = var.split("+")[0]
         corr = var.endswith("+correction")
@@ -419,10 +505,17 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             texts[name] = post["query_text"].tolist()
             if base in ("rescore", "redecode"):
                 hyps[name] = nbest_lists(raw, texts[name], corrector, holdout if scope == "held_out" else None, v)
-            wers[name] = wer_slices(m, texts[name])
+            wers[name] = wer_slices(m, texts[name], compounds)
             if corr:
                 wers[name]["corrections"] = post["correction"].value_counts().to_dict()
     result["wer"] = wers
+    if params.get("tune_correction", True):
+        base = "rescore" if "rescore:held_out" in asr else "plain"
+        t0 = time.perf_counter()
+        result["correction_tuning"] = {"variant": f"{base}+correction:held_out",
+                                       **tune_correction(m, asr[base if base == "plain" else f"{base}:held_out"],
+                                                         v, corrector, holdout, compounds)}
+        result["correction_tuning"]["seconds"] = round(time.perf_counter() - t0, 1)
     if params.get("dump"):  # per-clip texts and confidences, for error analysis
         d = m[["voice_query_id", "transcript", "kind", "noise", "sample_rate"]].copy()
         for name, raw in asr.items():

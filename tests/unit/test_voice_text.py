@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmpipeline.voice.textnorm import wer_form, written_form
+from mmpipeline.voice.textnorm import compound_lexicon, wer_form, wer_form_v2, written_form
 from mmpipeline.voice.vocab import Corrector, Vocabulary, correct_all, phonetic_key
 
 
@@ -157,3 +157,60 @@ def test_nbest_search_weights_hypotheses_and_fuses_their_rankings():
     assert fuse_rankings([["a", "b"], ["c", "b"]], [0.6, 0.4], k=3) == ["b", "a", "c"]
     assert fuse_rankings([["a", "b"], ["c", "b"]], [1.0, 0.0], k=3) == ["a", "b"]
     assert fuse_scores([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], [0.5, 0.5]).tolist() == [2.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("typed, spoken", [
+    ("1/2 in. pvc", "one half inch pvc"),
+    ("1/2 in pvc", "half inch PVC"),
+    ("2 1/2 inch screws", "two and a half inch screws"),
+    ("2.5 in screws", "2 1/2 inches screws"),
+    ("3/4 x 4 x 8 a/c plywood", "three slash four by four by eight a slash c plywood"),
+    ("2x4 lumber", "two by four lumber"),
+    ("1 gang wall plate", "one gang wall plate"),
+    ("bulb 100watts", "bulb one hundred watts"),
+    ("24 in vanity", "twenty four inch vanity"),
+    ("5 gal bucket", "five gallon bucket"),
+    ("5/8 drywall", "five eighths drywall"),
+    ("up/down lights", "up slash down lights"),
+    ("6 ft. ladder", "six foot ladder"),
+])
+def test_wer_form_v2_writes_spoken_numbers_units_and_fractions_like_typed_ones(typed, spoken):
+    assert wer_form_v2(typed) == wer_form_v2(spoken)
+    assert wer_form(typed) != wer_form(spoken)  # the v1 normaliser counted these as errors
+
+
+def test_wer_form_v2_keeps_different_words_different_and_joins_only_catalog_compounds():
+    comp = compound_lexicon(["kohler bathtub drain", "acrylic bathtub", "bath mat", "bath towel",
+                             "tub spout", "tub drain", "shop light", "shop vac"])
+    assert "bathtub" in comp and "shoplight" not in comp
+    assert wer_form_v2("bath tub drain", comp) == wer_form_v2("bathtub drain", comp) == "bathtub drain"
+    assert wer_form_v2("shop light", comp) == "shop light"
+    assert wer_form_v2("four door", comp) != wer_form_v2("for door", comp)  # homophones stay errors
+    assert wer_form_v2("2 in pipe") != wer_form_v2("3 in pipe")
+    assert wer_form_v2("half bath") == "half bath"  # 'half' only becomes 1/2 before a unit
+
+
+def test_bench_wer_keeps_the_v1_figure_next_to_v2_and_tunes_correction_on_the_other_half():
+    import pandas as pd
+
+    from mmpipeline.bench.voice import split_halves, tune_correction, wer_slices
+    from mmpipeline.config import VoiceConfig
+    from mmpipeline.voice.asr import Recognition
+
+    ids = [f"v{i}" for i in range(12)]
+    tune = split_halves(ids)
+    assert tune.any() and (~tune).any() and (split_halves(ids) == tune).all()  # fixed, both halves used
+    refs = ["bamboo palm", "double vanity stufurhome", "sheathing plywood", "2 in pipe"] * 3
+    m = pd.DataFrame({"voice_query_id": ids, "transcript": refs, "kind": ["neural", "formant"] * 6,
+                      "noise": "clean", "sample_rate": 16000})
+    spoken = ["bambi palm", "double vanity stu for home", "cheating plywood", "two inch pipe"] * 3
+    w = wer_slices(m, spoken)
+    assert w["all"] > w["v2"]["all"] > 0  # v2 forgives "two inch" = "2 in", not the misheard words
+    raw = [Recognition(t, -0.9, 0.0) for t in spoken]
+    v = VoiceConfig()
+    c = Corrector(_vocab(), min_query_similarity=0.9, min_word_similarity=0.6)
+    t = tune_correction(m, raw, v, c, [{r} for r in refs], None)
+    assert t["tune_clips"] + t["eval_clips"] == 12
+    assert t["chosen"]["correct_below_logprob"] is not None  # word correction fixes bambi/stu for home/cheating
+    ev = t["eval_half_v2_wer"]
+    assert ev["chosen"]["all"] < ev["no_correction"]["all"]
