@@ -20,7 +20,11 @@ Extra measurements in the same run, per size:
 Stages are a registry: part 2 of the scale work adds embed/score with one :func:`register` line.
 Params: ``sizes``, ``datasets`` (default ``../shared/datasets``), ``workdir`` (kept when given),
 ``stages`` (comma list, default all registered), ``skip_pandas``, ``skip_extras``, ``partial_json``
-(a file that gets the results of the sizes done so far after each size).
+(a file that gets the results of the sizes done so far after each size), ``extras_at`` (``all``, the
+default, or ``largest``: the extra measurements at the largest size only).
+
+``clean_compare`` (per size): the whole clean stage's rows/s (rows = bronze rows in, all sources)
+next to the product cleaning's Spark and pandas seconds and kept/quarantined counts on the same rows.
 """
 
 from __future__ import annotations
@@ -205,6 +209,21 @@ def clean_vs_pandas(ctx, lake) -> dict[str, Any]:
     return out
 
 
+def clean_compare(res: dict[str, Any]) -> dict[str, Any]:
+    """One size's clean figures side by side: the whole stage (rows = bronze rows in, all sources)
+    and the product cleaning, Spark vs pandas on the same rows, with both kept/quarantined counts."""
+    st = res["stages"].get("clean") or {}
+    cvp = res.get("clean_vs_pandas") or {}
+    sp, pd_ = cvp.get("spark") or {}, cvp.get("pandas") or {}
+    out: dict[str, Any] = {
+        "stage_rows_in": st.get("rows"), "stage_seconds": st.get("seconds"), "stage_rows_per_s": st.get("rows_per_s"),
+        "products": cvp.get("rows"), "spark_seconds": sp.get("seconds"), "pandas_seconds": pd_.get("seconds"),
+        "spark_kept_quarantined": [sp.get("kept"), sp.get("quarantined")] if sp else None,
+        "pandas_kept_quarantined": [pd_.get("kept"), pd_.get("quarantined")] if pd_ else None,
+        "spark_over_pandas": cvp.get("spark_over_pandas"), "same_counts": cvp.get("same_counts")}
+    return out
+
+
 # --------------------------------------------------------------------------------------- main
 
 def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
@@ -258,7 +277,7 @@ def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, An
         res["stages"][name] = rec
         progress(f"size {n:,}: {name} {secs:.1f}s ({rec['rows_per_s']:,} rows/s), driver peak "
                  f"{rec['driver_peak_rss_mb']} MB, tree peak {rec['tree_peak_rss_mb']} MB")
-    if not params.get("skip_extras"):
+    if not params.get("skip_extras") and (params.get("extras_at", "all") != "largest" or params.get("_largest")):
         lake = ctx.spark_lake()
         if "clean" in stages:
             progress(f"size {n:,}: clean vs pandas ...")
@@ -266,6 +285,8 @@ def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, An
             progress(f"size {n:,}: clean vs pandas {res['clean_vs_pandas']}")
             from mmpipeline.bench.images import image_check_bench
 
+            res["clean_compare"] = clean_compare(res)
+            progress(f"size {n:,}: clean compare {res['clean_compare']}")
             res["images"] = image_check_bench(ctx, lake)
             progress(f"size {n:,}: images {res['images']}")
         if "validate" in stages:
@@ -310,7 +331,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             work = root / f"n{n}"
             shutil.rmtree(work, ignore_errors=True)
             t0 = time.perf_counter()
-            r = run_size(n, work, datasets, cfg, params, stages)
+            r = run_size(n, work, datasets, cfg, {**params, "_largest": n == max(sizes)}, stages)
             for st in r["stages"].values():
                 st["summary"] = _slim(st["summary"])
             result["results"][str(n)] = r

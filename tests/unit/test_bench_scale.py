@@ -6,10 +6,11 @@ from __future__ import annotations
 def test_bench_scale_small(spark, tmp_path, shared_datasets):
     from mmpipeline.bench import scale
 
-    out = scale.main(None, {"sizes": [300, 600], "datasets": str(shared_datasets), "workdir": str(tmp_path),
-                            "stages": "ingest,clean,validate"})  # sizes as --param sizes=[300,600] gives them; the
-    # later stages: bench only (minutes)
-    assert out["sizes"] == [300, 600] and list(out["results"]) == ["300", "600"]
+    out = scale.main(None, {"sizes": [150, 300], "datasets": str(shared_datasets), "workdir": str(tmp_path),
+                            "stages": "ingest,clean,validate", "extras_at": "largest"})
+    # sizes as --param sizes=[150,300] gives them; the later stages: bench only (minutes)
+    assert out["sizes"] == [150, 300] and list(out["results"]) == ["150", "300"]
+    assert "clean_vs_pandas" not in out["results"]["150"]  # extras_at=largest: measured once
     for n, r in out["results"].items():
         assert r["catalog"]["products"] == int(n)
         for name in ("ingest", "clean", "validate"):
@@ -21,6 +22,8 @@ def test_bench_scale_small(spark, tmp_path, shared_datasets):
         assert r["stages"]["clean"]["files_written"] > 0
         steps = r["stages"]["clean"]["summary"]["seconds_per_step"]  # where clean's time goes, per step
         assert "products: tag + counts" in steps and "merge silver.products" in steps, steps
+        if n != "300":
+            continue
         cvp = r["clean_vs_pandas"]
         assert cvp["same_counts"], cvp  # Spark and pandas keep and quarantine the same rows
         assert cvp["spark"]["quarantined"] > 0
@@ -30,8 +33,12 @@ def test_bench_scale_small(spark, tmp_path, shared_datasets):
         assert img["warm"]["verdicts_reused"] == img["cold"]["files_opened"]
         ge = r["validate_ge_vs_spark"]
         assert ge["same_verdicts"] and ge["verdicts_compared"] >= 8
+        cc = r["clean_compare"]  # whole stage rows/s and product cleaning Spark vs pandas, same rows
+        assert cc["stage_rows_in"] == sum(r["catalog"][k] for k in ("products", "queries", "judgments"))
+        assert cc["spark_kept_quarantined"] == cc["pandas_kept_quarantined"] and cc["same_counts"]
+        assert cc["spark_seconds"] > 0 and cc["pandas_seconds"] > 0
     assert set(out["scaling_exponent_b"]) == {"ingest", "clean", "validate"}
-    assert out["scaling_between"] == [300, 600]
+    assert out["scaling_between"] == [150, 300]
 
 
 def test_stage_registry_takes_new_stages():
