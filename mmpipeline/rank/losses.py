@@ -12,6 +12,8 @@ the same shape (True = a real item, False = padding); labels are graded relevanc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -75,9 +77,7 @@ def get_loss(kind: str, pointwise: str = "bce", temperature: float = 0.1):
     if kind == "pairwise":
         return ranknet
     if kind == "listwise":
-        if temperature == 0.1:
-            return listnet
-        return lambda scores, labels, mask: listnet(scores, labels, mask, temperature)
+        return functools.partial(listnet, temperature=temperature)
     if kind == "lambda":
         return lambdaloss
     raise ValueError(f"unknown loss {kind!r}; expected pointwise, pairwise, listwise or lambda")
