@@ -40,6 +40,14 @@ def default_model_path() -> str:
 
 
 def resolve_model(model: str | None, allow_download: bool = False) -> str:
+    """A local model directory for ``voice.model``: a directory, a packaged name
+    (:mod:`mmpipeline.voice.packaged`: ``tiny.en``, ``base``), or a hub name when downloads are allowed."""
+    from mmpipeline.voice import packaged
+
+    if model == "tiny.en":
+        model = None
+    elif model in packaged.PACKAGED:
+        return packaged.materialise(model)
     path = model or default_model_path()
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "model.bin")):
@@ -48,9 +56,10 @@ def resolve_model(model: str | None, allow_download: bool = False) -> str:
     if os.sep in path or path.startswith("."):
         raise RuntimeError(f"voice.model: no model directory at {path}")
     if not allow_download:
-        raise RuntimeError(f"voice.model={path!r} is not a local directory; set voice.allow_download=true to let "
-                           "faster-whisper fetch it from the Hugging Face hub, or point voice.model at a local "
-                           "CTranslate2 Whisper directory")
+        raise RuntimeError(f"voice.model={path!r} is not a local directory nor a packaged model "
+                           f"({', '.join(packaged.NAMES)}); set voice.allow_download=true to let faster-whisper "
+                           "fetch it from the Hugging Face hub, or point voice.model at a local CTranslate2 "
+                           "Whisper directory")
     return path
 
 
