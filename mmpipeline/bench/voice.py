@@ -18,6 +18,9 @@ queries), in one run:
   correction's confidence threshold and similarities chosen on one half of the clips (split by a
   hash of the clip id) by v2 WER with the clip's own query held out, reported on the other half
   against the default setting and no correction;
+* **snap curve** (``snap_curve``; param ``snap_curve``, default true): v2 WER per voice kind for a
+  grid of query-snap settings (``voice.min_query_similarity`` / ``voice.snap_confident_above``) with
+  the clip's query in the log and held out, next to no correction;
 * **real-time factor** of the stage's path (decode, preprocess, MFCC, batched recognition) against a
   bare faster-whisper loop (``WhisperModel.transcribe`` file by file) over the same clips; the
   ratio is bare RTF / stage RTF (>= 1: the stage is at least as fast);
@@ -351,6 +354,42 @@ def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds
                                  "no_correction": score(ev, run(ev, None))}}
 
 
+def snap_curve(m: pd.DataFrame, raw_by_scope: dict[str, list], v, vocab, holdout, compounds,
+               grid=((0.9, None), (0.8, None), (0.8, 0.85), (0.75, 0.85), (0.7, 0.85), (0.7, 0.8),
+                     (0.6, 0.8))) -> dict[str, Any]:
+    """v2 WER per voice kind for query-snap settings ``(min_query_similarity, snap_confident_above)``,
+    with the spoken query in the log (``full_log``: a repeated query) and held out (``held_out``: a
+    new one): how far to trust the log is a trade-off between the two, which this curve shows."""
+    from mmpipeline.voice.stage import postprocess
+    from mmpipeline.voice.textnorm import wer_form_v2
+    from mmpipeline.voice.vocab import Corrector
+
+    refs = [wer_form_v2(t, compounds) for t in m["transcript"]]
+    kinds = m["kind"].to_numpy()
+
+    def score(texts: list[str]) -> dict[str, float]:
+        h = [wer_form_v2(t, compounds) for t in texts]
+        out = {"all": wer(refs, h)}
+        for k in sorted(set(kinds)):
+            j = [n for n, x in enumerate(kinds) if x == k]
+            out[k] = wer([refs[n] for n in j], [h[n] for n in j])
+        return out
+
+    correctors: dict[float, Any] = {}
+    rows = [{"setting": "no correction", **{sc: score(postprocess(raw, v, correction=False)["query_text"].tolist())
+                                            for sc, raw in raw_by_scope.items()}}]
+    for q, above in grid:
+        c = correctors.setdefault(q, Corrector(vocab, q, v.min_word_similarity))
+        vv = v.model_copy(update={"min_query_similarity": q, "snap_confident_above": above})
+        row: dict[str, Any] = {"setting": f"{q}/{above}",
+                               "default": (q, above) == (v.min_query_similarity, v.snap_confident_above)}
+        for sc, raw in raw_by_scope.items():
+            row[sc] = score(postprocess(raw, vv, c, holdout=holdout if sc == "held_out" else None,
+                                        correction=True)["query_text"].tolist())
+        rows.append(row)
+    return {"key": "min_query_similarity/snap_confident_above", "rows": rows}
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -395,6 +434,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                        "held_out": "per clip, its own query is removed from the log and from the word counts "
                                    "(a word only that query had is unknown); full_log keeps it"},
         "settings": {"prompt_mode": prompt_mode, "correct_below_logprob": v.correct_below_logprob,
+                     "snap_confident_above": v.snap_confident_above,
                      "nbest": v.nbest, "rescore_weight": v.rescore_weight, "word_correction": v.word_correction,
                      "written_form": v.written_form,
                      "min_query_similarity": v.min_query_similarity, "min_word_similarity": v.min_word_similarity,
@@ -516,6 +556,12 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                                        **tune_correction(m, asr[base if base == "plain" else f"{base}:held_out"],
                                                          v, corrector, holdout, compounds)}
         result["correction_tuning"]["seconds"] = round(time.perf_counter() - t0, 1)
+    if params.get("snap_curve", True):
+        base = "rescore" if "rescore:held_out" in asr else "plain"
+        by_scope = {sc: asr["plain"] if base == "plain" else asr[f"{base}:{sc}"] for sc in ("full_log", "held_out")}
+        t0 = time.perf_counter()
+        result["snap_curve"] = {"variant": f"{base}+correction", **snap_curve(m, by_scope, v, vocab, holdout, compounds)}
+        result["snap_curve"]["seconds"] = round(time.perf_counter() - t0, 1)
     if params.get("dump"):  # per-clip texts and confidences, for error analysis
         d = m[["voice_query_id", "transcript", "kind", "noise", "sample_rate"]].copy()
         for name, raw in asr.items():

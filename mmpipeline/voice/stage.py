@@ -177,7 +177,7 @@ def postprocess(raw: Sequence[Any], v: VoiceConfig, corrector=None, holdout: Seq
     lps = [r.avg_logprob for r in raw]
     use_corr = v.correction if correction is None else correction
     corr = correct_all(corrector if use_corr else None, texts, lps, v.correct_below_logprob, holdout,
-                       words=v.word_correction)
+                       words=v.word_correction, snap_above=v.snap_confident_above)
     out = pd.DataFrame({
         "raw_text": [r.text for r in raw], "text_norm": texts, "avg_logprob": lps,
         "no_speech_prob": [r.no_speech_prob for r in raw], "correction": [c.method for c in corr],

@@ -9,8 +9,9 @@ among Whisper's n-best hypotheses, and the correction of transcripts.
   worse with tiny.en, so off by default (``voice.prompt``);
 * :func:`rescore` -- per clip, the n-best hypothesis with the best avg log-prob + weight x share of
   words the vocabulary knows (``voice.rescore_weight``);
-* :class:`Corrector` -- query snap of low-confidence transcripts to the nearest logged query
-  (character-n-gram TF-IDF cosine, scikit-learn) and word correction of unknown words by spelling
+* :class:`Corrector` -- query snap of transcripts to the nearest logged query (candidates by
+  character-n-gram TF-IDF cosine of the words and of their Metaphone keys, scikit-learn; scored by
+  spelling and sound, rapidfuzz) and word correction of unknown words by spelling
   and sound: rapidfuzz's normalised Indel similarity of the words and of their Metaphone keys
   (jellyfish, :func:`phonetic_key`), computed against the whole word list at once (``process.cdist``).
 
@@ -125,12 +126,17 @@ def phonetic_key(word: str) -> str:
     return jellyfish.metaphone(w).lower() if w else ""
 
 
+def phonetic_phrase(text: str) -> str:
+    """The Metaphone keys of the words of ``text``, space-separated (numbers kept as they are)."""
+    return " ".join(phonetic_key(w) or w for w in text.split())
+
+
 class Corrector:
     """Correct transcripts against the query log and the catalog vocabulary.
 
-    Two steps: (1) *query snap* -- a low-confidence transcript (avg log-prob below the threshold)
-    becomes the nearest logged query when their character-n-gram cosine is at least
-    ``min_query_similarity``; (2) *word correction* -- each word the vocabulary does not know, and each
+    Two steps: (1) *query snap* -- a transcript becomes the nearest logged query (:meth:`nearest_query`:
+    spelling and sound) when that is at least ``min_query_similarity`` close and the transcript has low
+    confidence, or at least ``snap_above`` close whatever its confidence (:func:`correct_all`); (2) *word correction* -- each word the vocabulary does not know, and each
     run of 2-3 words whose concatenation is a known word (``stu for home`` -> ``stufurhome``), is
     replaced by the known word that is closest in spelling and sound (mean of rapidfuzz's ``fuzz.ratio``
     of the words and of their Metaphone keys, against every known word), when that score is at least
@@ -149,6 +155,10 @@ class Corrector:
         self.q_index = {q: i for i, q in enumerate(self.queries)}
         self.q_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
         self.q_mat = self.q_vec.fit_transform(self.queries) if self.queries else None
+        self.snap_candidates = 200
+        self.q_keys = [phonetic_phrase(q) for q in self.queries]
+        self.k_vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
+        self.k_mat = self.k_vec.fit_transform(self.q_keys) if any(self.q_keys) else None
         # word vocabulary: title words seen min_word_count times, plus words of at least min_word_count
         # logged queries (one query's typo is not a word); plain letters only (no hyphen/apostrophe forms)
         self.min_count = int(min_word_count)
@@ -192,17 +202,40 @@ class Corrector:
         return sum(w in self.w_index and w not in gone for w in ws) / len(ws)
 
     def snap(self, text: str, exclude: set[str] | None = None) -> Correction | None:
-        """The nearest logged query when similar enough, else None."""
+        """The nearest logged query when similar enough (:meth:`snap_score` >= ``min_query_similarity``),
+        else None."""
+        best = self.nearest_query(text, exclude)
+        return best if best is not None and best.similarity >= self.min_q else None
+
+    def nearest_query(self, text: str, exclude: set[str] | None = None) -> Correction | None:
+        """The logged query closest to ``text`` in spelling and sound, with its similarity (0-1).
+
+        Candidates: the ``snap_candidates`` queries nearest by character-n-gram TF-IDF cosine of the
+        words and of their Metaphone keys (sparse products, so the cost grows with the candidates,
+        not with a full string comparison against the whole log); each scored by the mean of
+        rapidfuzz's ``fuzz.ratio`` of the texts and of their Metaphone keys. Sound matters for
+        speech: ``single wall storm pipe`` is closer to the logged ``singel wall stove pipe`` by key
+        than by letters."""
+        from rapidfuzz import fuzz
+
         if not text or self.q_mat is None:
             return None
-        sims = (self.q_mat @ self.q_vec.transform([text]).T).toarray().ravel()
+        cand: set[int] = set()
+        key = phonetic_phrase(text)
+        for mat, vec, q in ((self.q_mat, self.q_vec, text), (self.k_mat, self.k_vec, key)):
+            if mat is None or not q:
+                continue
+            sims = (mat @ vec.transform([q]).T).toarray().ravel()
+            k = min(self.snap_candidates, len(sims))
+            cand.update(int(i) for i in np.argpartition(-sims, k - 1)[:k] if sims[i] > 0)
         if exclude:
-            for q in exclude:
-                i = self.q_index.get(q)
-                if i is not None:
-                    sims[i] = -1.0
-        j = int(np.argmax(sims))
-        return Correction(self.queries[j], "query", float(sims[j])) if sims[j] >= self.min_q else None
+            cand -= {self.q_index[q] for q in exclude if q in self.q_index}
+        if not cand:
+            return None
+        scored = [((fuzz.ratio(text, self.queries[i]) + fuzz.ratio(key, self.q_keys[i])) / 200.0, -i)
+                  for i in cand]
+        sc, neg = max(scored)
+        return Correction(self.queries[-neg], "query", float(sc))
 
     def best_word(self, text: str, mask: np.ndarray | None = None) -> tuple[str | None, float]:
         """The known word closest to ``text`` (a word, or words joined) in spelling and sound: the mean
@@ -280,15 +313,20 @@ class Corrector:
 
 def correct_all(corrector: Corrector | None, texts: Sequence[str], logprobs: Sequence[float | None],
                 below_logprob: float, holdout: Sequence[set[str] | None] | None = None,
-                words: str = "low_confidence") -> list[Correction]:
-    """Correct transcripts: those whose average log-probability is below ``below_logprob`` are snapped
-    to a logged query when one is close enough; word correction (``words``: off | low_confidence |
-    always) for the others."""
+                words: str = "low_confidence", snap_above: float | None = None) -> list[Correction]:
+    """Correct transcripts: one whose average log-probability is below ``below_logprob`` is snapped to
+    the nearest logged query when that is at least ``min_query_similarity`` close, and any transcript
+    when it is at least ``snap_above`` close (None: low-confidence ones only); word correction
+    (``words``: off | low_confidence | always) for the others."""
     out = []
     for i, (t, lp) in enumerate(zip(texts, logprobs)):
         excl = holdout[i] if holdout is not None else None
         low = lp is not None and lp < below_logprob
-        c = corrector.snap(t, excl) if corrector is not None and low else None
+        c = None
+        if corrector is not None and (low or snap_above is not None):
+            near = corrector.nearest_query(t, excl)
+            if near is not None and near.similarity >= (corrector.min_q if low else max(corrector.min_q, snap_above)):
+                c = near
         if c is None and corrector is not None and t and (words == "always" or (words == "low_confidence" and low)):
             c = corrector.correct_words(t, excl)
         out.append(c or Correction(t, "none"))

@@ -76,6 +76,26 @@ def test_correct_all_snaps_low_confidence_and_word_corrects_per_mode():
     assert [x.method for x in held] == ["words", "words"]  # its own query held out: no snap to it
 
 
+def test_query_snap_matches_by_sound_and_snaps_confident_transcripts_only_when_very_close():
+    v = Vocabulary.build([("singel wall stove pipe", 1), ("single hung window", 4), ("stove pipe", 2),
+                          ("wall oven", 3), ("ceiling fan", 5)], [])
+    c = Corrector(v, min_query_similarity=0.8, min_word_similarity=0.6)
+    # Whisper spells the word it hears; the shop's log has the customer's spelling
+    near = c.nearest_query("single wall storm pipe")
+    assert near.text == "singel wall stove pipe" and 0.8 <= near.similarity < 0.9
+    assert c.nearest_query("single wall storm pipe", exclude={"singel wall stove pipe"}).text != "singel wall stove pipe"
+    texts, lps = ["single wall storm pipe", "ceiling fans"], [-0.1, -0.1]  # both confident
+    assert [x.method for x in correct_all(c, texts, lps, -0.3, words="off")] == ["none", "none"]
+    snapped = correct_all(c, texts, lps, -0.3, words="off", snap_above=0.85)
+    assert [(x.text, x.method) for x in snapped] == [("single wall storm pipe", "none"), ("ceiling fan", "query")]
+    low = correct_all(c, texts, [-0.9, -0.9], -0.3, words="off", snap_above=0.85)
+    assert [x.text for x in low] == ["singel wall stove pipe", "ceiling fan"]
+    # held out, the nearest other query is too far: the transcript stays
+    held = correct_all(c, texts, [-0.9, -0.9], -0.3, holdout=[{"singel wall stove pipe"}, {"ceiling fan"}],
+                       words="off", snap_above=0.85)
+    assert [x.method for x in held] == ["none", "none"]
+
+
 def test_rescore_prefers_the_hypothesis_the_vocabulary_explains_and_respects_the_hold_out():
     from mmpipeline.voice.asr import Recognition
     from mmpipeline.voice.vocab import rescore
@@ -214,3 +234,14 @@ def test_bench_wer_keeps_the_v1_figure_next_to_v2_and_tunes_correction_on_the_ot
     assert t["chosen"]["correct_below_logprob"] is not None  # word correction fixes bambi/stu for home/cheating
     ev = t["eval_half_v2_wer"]
     assert ev["chosen"]["all"] < ev["no_correction"]["all"]
+
+    from mmpipeline.bench.voice import snap_curve
+
+    # the clips' own queries in the log ("bamboo palm" is logged): snapping helps; held out it cannot
+    v_snap = VoiceConfig(word_correction="off")
+    curve = snap_curve(m, {"full_log": raw, "held_out": raw}, v_snap, _vocab(), [{r} for r in refs], None,
+                       grid=((0.6, None), (0.99, None)))
+    none, loose, strict = curve["rows"]
+    assert none["setting"] == "no correction" and loose["setting"] == "0.6/None"
+    assert loose["full_log"]["all"] < none["full_log"]["all"]
+    assert loose["full_log"]["all"] < loose["held_out"]["all"]
