@@ -181,10 +181,12 @@ class PairFeaturizer:
 
     def _align(self, pv: tuple[Sequence[str], np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.ids)
-        mat = np.zeros((n, self.dim), np.float32)
         has = np.zeros(n, np.float32)
         if pv is None or len(pv[0]) == 0:
-            return mat, has
+            # a modality the catalog lacks (e.g. images): one read-only zero row seen n times, not an
+            # n x dim matrix of zeros (1.5 GB per process at 1M products and 384 dims)
+            return np.broadcast_to(np.zeros(self.dim, np.float32), (n, self.dim)), has
+        mat = np.zeros((n, self.dim), np.float32)
         ids, m = pv
         m = normalize(np.asarray(m, np.float32))
         rows = np.array([self.pos.get(str(i), -1) for i in ids])
