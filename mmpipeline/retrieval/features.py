@@ -85,6 +85,17 @@ INDICATORS = [c for c in SCALAR_FEATURES if c.startswith("has_")]
 FEATURE_COLUMNS = VECTOR_FEATURES + SCALAR_FEATURES
 
 
+# bytes of per-query whole-catalog score rows a featuriser keeps (each cache: BM25, title + fields)
+ROW_CACHE_BYTES = 256 << 20
+
+
+def _bounded_put(cache: dict, key: Any, value: Any, max_entries: int) -> None:
+    """Insert, dropping the oldest entries beyond ``max_entries`` (dicts keep insertion order)."""
+    while len(cache) >= max_entries:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+
+
 def _pick_model(df: pd.DataFrame, modality: str, wanted: str | None) -> str | None:
     return pick_model(model_stats(df[df["modality"] == modality]), wanted, f"{modality} vectors")
 
@@ -168,8 +179,11 @@ class PairFeaturizer:
             self.bm25 = BM25Index(self.ids, product_text(p).tolist())
         self.bm25_title = BM25Index(self.ids, titles)
         self.bm25_fields = BM25Index(self.ids, self.fields_text) if self.has_fields.any() else None
+        # per-query whole-catalog BM25 rows (4 bytes per product each), oldest dropped first, bounded by
+        # bytes: a count bound (4,096 queries) held 3.2 GB per process at 100k products, 32 GB at 1M
         self._bm25_cache: dict[str, np.ndarray] = {}
         self._field_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache_rows = max(4, ROW_CACHE_BYTES // max(1, 4 * n))
         log.info("featurizer: %d products (%d with text vectors, %d with image vectors, %d with text fields %s), "
                  "%d query vectors, dim %d", n, int(self.has_text.sum()), int(self.has_image.sum()),
                  int(self.has_fields.sum()), fields, len(self.q_pos), self.dim)
@@ -267,9 +281,7 @@ class PairFeaturizer:
         s = self._bm25_cache.get(query)
         if s is None:
             s = self.bm25.scores_all(query)
-            if len(self._bm25_cache) > 4096:
-                self._bm25_cache.clear()
-            self._bm25_cache[query] = s
+            _bounded_put(self._bm25_cache, query, s, self._cache_rows)
         return s
 
     def field_scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
@@ -278,9 +290,8 @@ class PairFeaturizer:
         if s is None:
             t = self.bm25_title.scores_all(query)
             f = self.bm25_fields.scores_all(query) if self.bm25_fields is not None else np.zeros(len(self.ids), np.float32)
-            if len(self._field_cache) > 4096:
-                self._field_cache.clear()
-            s = self._field_cache[query] = (t, f)
+            s = (t, f)
+            _bounded_put(self._field_cache, query, s, max(2, self._cache_rows // 2))
         return s
 
     # ------------------------------------------------------------------------------ features

@@ -181,3 +181,30 @@ def test_import_direction_rank_and_score_use_retrieval_never_the_reverse():
         assert not {m for m in mods if m.startswith(("mmpipeline.clean", "mmpipeline.embed"))}, name
     # the encoder and the query normaliser are reached through retrieval only
     assert any(m.startswith("mmpipeline.embed") for m in _imports("retrieval")["encoder.py"])
+
+
+def test_featuriser_score_row_caches_are_bounded_by_bytes_and_keep_values(monkeypatch):
+    """Whole-catalog BM25 rows are cached per query up to ROW_CACHE_BYTES (oldest dropped first):
+    a count bound held gigabytes per process on a large catalog. A modality the catalog lacks
+    costs no n x dim matrix."""
+    import numpy as np
+    import pandas as pd
+
+    from mmpipeline.retrieval import features as fe
+
+    n = 64
+    p = pd.DataFrame({"product_id": [f"p{i}" for i in range(n)],
+                      "title": [f"drill {i} cordless" if i % 2 else f"white paint {i}" for i in range(n)],
+                      "description": [f"model {i} for walls" for i in range(n)]})
+    vec = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    monkeypatch.setattr(fe, "ROW_CACHE_BYTES", 4 * n * 10)  # room for 10 BM25 rows, 5 title+fields pairs
+    fz = fe.PairFeaturizer(p, {"text": (p["product_id"].tolist(), vec)})
+    assert fz.p_image.shape == (n, 8) and fz.p_image.strides[0] == 0 and not fz.p_image.any()
+    queries = [f"drill {i}" for i in range(30)]
+    first = {q: fz.bm25_scores(q).copy() for q in queries}
+    fields = {q: tuple(a.copy() for a in fz.field_scores(q)) for q in queries}
+    assert len(fz._bm25_cache) == 10 and list(fz._bm25_cache) == queries[-10:]
+    assert len(fz._field_cache) == 5 and list(fz._field_cache) == queries[-5:]
+    for q in queries:  # recomputed after eviction: the same rows
+        assert np.array_equal(fz.bm25_scores(q), first[q])
+        assert all(np.array_equal(a, b) for a, b in zip(fz.field_scores(q), fields[q]))
