@@ -9,7 +9,7 @@ queries), in one run:
   per slice (voice kind neural/formant, clean/noisy, sample rate), for each recognition variant:
   ``plain`` (Whisper's best hypothesis, sizes in written form), ``rescore`` (the n-best hypothesis the
   catalog / query-log vocabulary explains best), ``prompt`` (catalog prompt), each also
-  ``+correction`` (query snap of low-confidence transcripts, word correction per
+  ``+correction`` (query snap of low-confidence or very close transcripts, word correction per
   ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does. Each
   WER block also holds ``v2``: both sides in :func:`mmpipeline.voice.textnorm.wer_form_v2`
   (Whisper's evaluation approach: spoken numbers/fractions -> digits, ``by`` -> x, one spelling per
