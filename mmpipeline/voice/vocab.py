@@ -136,8 +136,8 @@ class Corrector:
 
     Two steps: (1) *query snap* -- a transcript becomes the nearest logged query (:meth:`nearest_query`:
     spelling and sound) when that is at least ``min_query_similarity`` close and the transcript has low
-    confidence, or at least ``snap_above`` close whatever its confidence (:func:`correct_all`); (2) *word correction* -- each word the vocabulary does not know, and each
-    run of 2-3 words whose concatenation is a known word (``stu for home`` -> ``stufurhome``), is
+    confidence, or at least ``snap_above`` close whatever its confidence (:func:`correct_all`);
+    (2) *word correction* -- each word the vocabulary does not know, and each run of 2-3 words whose concatenation is a known word (``stu for home`` -> ``stufurhome``), is
     replaced by the known word that is closest in spelling and sound (mean of rapidfuzz's ``fuzz.ratio``
     of the words and of their Metaphone keys, against every known word), when that score is at least
     ``min_word_similarity``. The vocabulary: catalog title words seen ``min_word_count`` times and
@@ -202,8 +202,8 @@ class Corrector:
         return sum(w in self.w_index and w not in gone for w in ws) / len(ws)
 
     def snap(self, text: str, exclude: set[str] | None = None) -> Correction | None:
-        """The nearest logged query when similar enough (:meth:`snap_score` >= ``min_query_similarity``),
-        else None."""
+        """The nearest logged query (:meth:`nearest_query`) when its similarity is at least
+        ``min_query_similarity``, else None."""
         best = self.nearest_query(text, exclude)
         return best if best is not None and best.similarity >= self.min_q else None
 
