@@ -138,9 +138,9 @@ class Corrector:
     spelling and sound) when that is at least ``min_query_similarity`` close and the transcript has low
     confidence, or at least ``snap_above`` close whatever its confidence (:func:`correct_all`);
     (2) *word correction* -- each word the vocabulary does not know, and each run of 2-3 words whose
-    concatenation is a known word (``stu for home`` -> ``stufurhome``), is replaced by the known word that is closest in spelling and sound (mean of rapidfuzz's ``fuzz.ratio``
-    of the words and of their Metaphone keys, against every known word), when that score is at least
-    ``min_word_similarity``. The vocabulary: catalog title words seen ``min_word_count`` times and
+    concatenation is a known word (``stu for home`` -> ``stufurhome``), is replaced by the known word
+    that is closest in spelling and sound (mean of rapidfuzz's ``fuzz.ratio`` of the words and of their
+    Metaphone keys, against every known word), when that score is at least ``min_word_similarity``. The vocabulary: catalog title words seen ``min_word_count`` times and
     words of logged queries; ``exclude`` holds queries (and the words only they contain) out.
     """
 
