@@ -140,8 +140,9 @@ class Corrector:
     (2) *word correction* -- each word the vocabulary does not know, and each run of 2-3 words whose
     concatenation is a known word (``stu for home`` -> ``stufurhome``), is replaced by the known word
     that is closest in spelling and sound (mean of rapidfuzz's ``fuzz.ratio`` of the words and of their
-    Metaphone keys, against every known word), when that score is at least ``min_word_similarity``. The vocabulary: catalog title words seen ``min_word_count`` times and
-    words of logged queries; ``exclude`` holds queries (and the words only they contain) out.
+    Metaphone keys, against every known word), when that score is at least ``min_word_similarity``.
+    The vocabulary: catalog title words seen ``min_word_count`` times and words of logged queries;
+    ``exclude`` holds queries (and the words only they contain) out.
     """
 
     def __init__(self, vocab: Vocabulary, min_query_similarity: float = 0.6, min_word_similarity: float = 0.6,
