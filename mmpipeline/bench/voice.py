@@ -125,6 +125,16 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return round(float(word_error_rate([h for h in hyps], [r for r in refs])), 4)
 
 
+def wer_by_kind(refs: list[str], hyps: list[str], kinds, names) -> dict[str, float]:
+    """WER over all clips and per voice kind in ``names`` (kinds without clips left out)."""
+    out = {"all": wer(refs, hyps)}
+    for k in names:
+        j = [n for n, x in enumerate(kinds) if x == k]
+        if j:
+            out[k] = wer([refs[n] for n in j], [hyps[n] for n in j])
+    return out
+
+
 def _wer_by_slice(m: pd.DataFrame, refs: list[str], hyp: list[str]) -> dict[str, Any]:
     df = pd.DataFrame({"ref": refs, "hyp": hyp, "kind": m["kind"].values, "noise": m["noise"].values,
                        "sr": m["sample_rate"].astype(str).values})
@@ -152,9 +162,7 @@ def wer_slices(m: pd.DataFrame, hyps: list[str], compounds: set[str] | None = No
                               [wer_form_v2(h, compounds) for h in hyps])
     s_ref, s_hyp = [norm(t) for t in m["transcript"]], [norm(h) for h in hyps]
     kinds = m["kind"].to_numpy()
-    out["strict"] = {"all": wer(s_ref, s_hyp), **{k: wer([r for r, x in zip(s_ref, kinds) if x == k],
-                                                         [h for h, x in zip(s_hyp, kinds) if x == k])
-                                                  for k in sorted(set(kinds))}}
+    out["strict"] = wer_by_kind(s_ref, s_hyp, kinds, sorted(set(kinds)))
     return out
 
 
@@ -308,11 +316,9 @@ def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds
     the default and no correction on the other half."""
     from mmpipeline.voice.stage import postprocess
     from mmpipeline.voice.textnorm import wer_form_v2
-    from mmpipeline.voice.vocab import Corrector
 
     tune = split_halves(m["voice_query_id"])
     refs = [wer_form_v2(t, compounds) for t in m["transcript"]]
-    correctors = {(v.min_query_similarity, v.min_word_similarity): corrector}
 
     def run(sel: np.ndarray, thr: float | None, qsim: float | None = None, sim: float | None = None) -> list[str]:
         idx = np.flatnonzero(sel)
@@ -320,23 +326,14 @@ def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds
         hold = [holdout[i] for i in idx]
         if thr is None:
             return postprocess(sub, v, correction=False)["query_text"].tolist()
-        if (qsim, sim) not in correctors:
-            correctors[(qsim, sim)] = Corrector(corrector.vocab, qsim, sim)
-        c = correctors[(qsim, sim)]
+        c = corrector.with_similarities(qsim, sim)
         vv = v.model_copy(update={"correct_below_logprob": thr})
         return postprocess(sub, vv, c, holdout=hold, correction=True)["query_text"].tolist()
 
     def score(sel: np.ndarray, texts: list[str]) -> dict[str, float]:
         idx = np.flatnonzero(sel)
-        r = [refs[i] for i in idx]
-        h = [wer_form_v2(t, compounds) for t in texts]
-        kinds = m["kind"].to_numpy()[idx]
-        out = {"all": wer(r, h)}
-        for k in ("neural", "formant"):
-            j = [n for n, x in enumerate(kinds) if x == k]
-            if j:
-                out[k] = wer([r[n] for n in j], [h[n] for n in j])
-        return out
+        return wer_by_kind([refs[i] for i in idx], [wer_form_v2(t, compounds) for t in texts],
+                           m["kind"].to_numpy()[idx], ("neural", "formant"))
 
     grid = [(None, None, None)] + [(t, q, s) for t in thresholds for q in query_similarities
                                    for s in word_similarities]
@@ -354,7 +351,7 @@ def tune_correction(m: pd.DataFrame, raw: list, v, corrector, holdout, compounds
                                  "no_correction": score(ev, run(ev, None))}}
 
 
-def snap_curve(m: pd.DataFrame, raw_by_scope: dict[str, list], v, vocab, holdout, compounds,
+def snap_curve(m: pd.DataFrame, raw_by_scope: dict[str, list], v, corrector, holdout, compounds,
                grid=((0.9, None), (0.8, None), (0.8, 0.85), (0.75, 0.85), (0.7, 0.85), (0.7, 0.8),
                      (0.6, 0.8))) -> dict[str, Any]:
     """v2 WER per voice kind for query-snap settings ``(min_query_similarity, snap_confident_above)``,
@@ -362,24 +359,17 @@ def snap_curve(m: pd.DataFrame, raw_by_scope: dict[str, list], v, vocab, holdout
     new one): how far to trust the log is a trade-off between the two, which this curve shows."""
     from mmpipeline.voice.stage import postprocess
     from mmpipeline.voice.textnorm import wer_form_v2
-    from mmpipeline.voice.vocab import Corrector
 
     refs = [wer_form_v2(t, compounds) for t in m["transcript"]]
     kinds = m["kind"].to_numpy()
 
     def score(texts: list[str]) -> dict[str, float]:
-        h = [wer_form_v2(t, compounds) for t in texts]
-        out = {"all": wer(refs, h)}
-        for k in sorted(set(kinds)):
-            j = [n for n, x in enumerate(kinds) if x == k]
-            out[k] = wer([refs[n] for n in j], [h[n] for n in j])
-        return out
+        return wer_by_kind(refs, [wer_form_v2(t, compounds) for t in texts], kinds, sorted(set(kinds)))
 
-    correctors: dict[float, Any] = {}
     rows = [{"setting": "no correction", **{sc: score(postprocess(raw, v, correction=False)["query_text"].tolist())
                                             for sc, raw in raw_by_scope.items()}}]
     for q, above in grid:
-        c = correctors.setdefault(q, Corrector(vocab, q, v.min_word_similarity))
+        c = corrector.with_similarities(q, v.min_word_similarity)
         vv = v.model_copy(update={"min_query_similarity": q, "snap_confident_above": above})
         row: dict[str, Any] = {"setting": f"{q}/{above}",
                                "default": (q, above) == (v.min_query_similarity, v.snap_confident_above)}
@@ -549,18 +539,17 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             if corr:
                 wers[name]["corrections"] = post["correction"].value_counts().to_dict()
     result["wer"] = wers
+    base = "rescore" if "rescore:held_out" in asr else "plain"  # the variant correction is measured on
     if params.get("tune_correction", True):
-        base = "rescore" if "rescore:held_out" in asr else "plain"
         t0 = time.perf_counter()
         result["correction_tuning"] = {"variant": f"{base}+correction:held_out",
                                        **tune_correction(m, asr[base if base == "plain" else f"{base}:held_out"],
                                                          v, corrector, holdout, compounds)}
         result["correction_tuning"]["seconds"] = round(time.perf_counter() - t0, 1)
     if params.get("snap_curve", True):
-        base = "rescore" if "rescore:held_out" in asr else "plain"
         by_scope = {sc: asr["plain"] if base == "plain" else asr[f"{base}:{sc}"] for sc in ("full_log", "held_out")}
         t0 = time.perf_counter()
-        result["snap_curve"] = {"variant": f"{base}+correction", **snap_curve(m, by_scope, v, vocab, holdout, compounds)}
+        result["snap_curve"] = {"variant": f"{base}+correction", **snap_curve(m, by_scope, v, corrector, holdout, compounds)}
         result["snap_curve"]["seconds"] = round(time.perf_counter() - t0, 1)
     if params.get("dump"):  # per-clip texts and confidences, for error analysis
         d = m[["voice_query_id", "transcript", "kind", "noise", "sample_rate"]].copy()

@@ -175,6 +175,14 @@ class Corrector:
                                float)
         self.w_len = np.array([len(w) for w in self.word_list], int)
 
+    def with_similarities(self, min_query_similarity: float, min_word_similarity: float) -> "Corrector":
+        """The same corrector (vocabulary, indexes: shared, not rebuilt) with other thresholds."""
+        import copy
+
+        c = copy.copy(self)
+        c.min_q, c.min_w = float(min_query_similarity), float(min_word_similarity)
+        return c
+
     def _known_words(self, exclude: set[str] | None) -> tuple[set[str], np.ndarray | None]:
         if not exclude:
             return set(self.word_list), None

@@ -239,7 +239,7 @@ def test_bench_wer_keeps_the_v1_figure_next_to_v2_and_tunes_correction_on_the_ot
 
     # the clips' own queries in the log ("bamboo palm" is logged): snapping helps; held out it cannot
     v_snap = VoiceConfig(word_correction="off")
-    curve = snap_curve(m, {"full_log": raw, "held_out": raw}, v_snap, _vocab(), [{r} for r in refs], None,
+    curve = snap_curve(m, {"full_log": raw, "held_out": raw}, v_snap, Corrector(_vocab()), [{r} for r in refs], None,
                        grid=((0.6, None), (0.99, None)))
     none, loose, strict = curve["rows"]
     assert none["setting"] == "no correction" and loose["setting"] == "0.6/None"
