@@ -204,9 +204,10 @@ def tag_products(bronze: "DataFrame", c: "CleanConfig",
     df = df.withColumn("_content", content)
     w = (Window.partitionBy("product_id", F.col("_reason").isNull())
          .orderBy(F.col("updated_at").desc_nulls_last(), F.col("_row_id").desc()))
-    df = (df.withColumn("_rn", F.row_number().over(w))
-          .withColumn("_winner_content", F.first("_content").over(w))
-          .withColumn("_winner_row", F.first("_row_id").over(w)))
+    # one projection: Spark then computes the three in one Window operator (one shuffle and sort of
+    # the rows); three withColumn calls gave three Exchange + Sort + Window stages
+    df = df.withColumns({"_rn": F.row_number().over(w), "_winner_content": F.first("_content").over(w),
+                         "_winner_row": F.first("_row_id").over(w)})
     valid = F.col("_reason").isNull()
     outcome = (F.when(~valid, F.lit(QUARANTINED)).when(F.col("_rn") == 1, F.lit(KEPT))
                .when(F.col("_content") == F.col("_winner_content"), F.lit(FOLDED)).otherwise(F.lit(QUARANTINED)))
