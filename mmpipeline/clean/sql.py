@@ -84,14 +84,13 @@ def entity_table() -> tuple[tuple[str, str], ...]:
 
 
 @lru_cache(maxsize=1)
-def _patterns() -> dict[str, str]:
-    # every spelling the decode passes take (case-insensitive groups where all cases decode alike)
-    spellings = "|".join(pattern[len("&(?:"):-len(");")] for pattern, _ in _decode_passes())
-    spellings = f"(?:{spellings});"
-    # an '&' the reference leaves alone (html.unescape's regex does not start a reference there)
-    # or that starts one of the common entities; anything else -> Python
-    needs_py = rf"{_NON_ASCII}|&(?!(?:{spellings})|[\t\n\f <&;]|\z)"
-    return {"needs_py": needs_py, "rare_amp": rf"&(?!(?:{spellings})|[\t\n\f <&;]|\z)"}
+def _rare_amp() -> str:
+    """An ``&`` that starts neither one of the common entities (any spelling :func:`_entity_names`
+    decodes) nor nothing at all (html.unescape's regex does not start a reference before
+    ``\\t\\n\\f <&;`` or at the end): such text goes to Python."""
+    exact, folded = _entity_names()
+    spellings = "|".join([*(_java_quote(n) for n in sorted(exact)), *(f"(?i:{_java_quote(n)})" for n in sorted(folded))])
+    return rf"&(?!(?:{spellings});|[\t\n\f <&;]|\z)"
 
 
 def text_needs_python(c: "Column") -> "Column":
@@ -103,7 +102,7 @@ def text_needs_python(c: "Column") -> "Column":
     from pyspark.sql import functions as F
 
     non_ascii = F.octet_length(c) != F.length(c)
-    rare = F.when(c.contains("&"), c.rlike(_patterns()["rare_amp"])).otherwise(F.lit(False))
+    rare = F.when(c.contains("&"), c.rlike(_rare_amp())).otherwise(F.lit(False))
     return F.coalesce(non_ascii | rare, F.lit(False))
 
 
@@ -123,27 +122,6 @@ def _strip_tags(c: "Column") -> "Column":
 
     return _let(c, lambda v: F.when(v.contains("<"), F.regexp_replace(F.regexp_replace(v, _BLOCK, " "), _TAG, " "))
                 .otherwise(v))
-
-
-@lru_cache(maxsize=1)
-def _decode_passes() -> tuple[tuple[str, str], ...]:
-    """(Java regex, replacement) per decoded character, the one giving ``&`` last: the spellings of
-    the common entities as regexes (the "needs Python" flag is built from them)."""
-    by_result: dict[str, dict[str, list[str]]] = {}
-    for ent, dec in entity_table():
-        name = ent[1:-1]
-        by_result.setdefault(dec, {}).setdefault(name.lower(), []).append(name)
-    passes = []
-    for dec in sorted(by_result, key=lambda d: d == "&"):
-        alts = []
-        for low, names in sorted(by_result[dec].items()):
-            all_cases = {"".join(p) for p in itertools.product(*[(ch.lower(), ch.upper()) for ch in low])}
-            if set(names) == all_cases:
-                alts.append(f"(?i:{_java_quote(low)})")
-            else:
-                alts.extend(_java_quote(n) for n in sorted(names))
-        passes.append((f"&(?:{'|'.join(alts)});", dec.replace("\\", "\\\\").replace("$", "\\$")))
-    return tuple(passes)
 
 
 @lru_cache(maxsize=1)
