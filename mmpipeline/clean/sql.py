@@ -14,7 +14,8 @@ other rows through the vectorised UDFs (:mod:`mmpipeline.clean.udfs`). The rows 
   value is above ``clean.max_price`` (its message prints the number as Python does).
 
 Everything else (tags, ``<style>``/``<script>`` elements, common entities, control characters,
-whitespace, query normalisation, price parsing) runs as regular expressions inside the JVM.
+whitespace, query normalisation, price parsing) runs inside the JVM: regular expressions, string
+functions, and for entities one split at ``&`` with a lookup of each name.
 Regexes are Java's; character classes are spelled out so they match exactly what Python's
 ``\\s``/``\\w``/``\\d`` match on ASCII text.
 """
