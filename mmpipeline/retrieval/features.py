@@ -100,10 +100,64 @@ def _pick_model(df: pd.DataFrame, modality: str, wanted: str | None) -> str | No
     return pick_model(model_stats(df[df["modality"] == modality]), wanted, f"{modality} vectors")
 
 
-def _to_matrix(vectors: Sequence[Any], dim: int | None = None) -> np.ndarray:
-    if len(vectors) == 0:
-        return np.zeros((0, dim or 0), dtype=np.float32)
-    return np.stack([np.asarray(v, dtype=np.float32) for v in vectors])
+class TokenRows:
+    """The distinct tokens of one text per product, as ids over a shared vocabulary (CSR: ``indptr``
+    [n + 1] int64, ``ids`` int32): what a list of Python token sets held, at 4 bytes per token
+    instead of about 60 (a set of strings per product was 1.2 GB of titles and several GB of
+    descriptions per process at 1M products)."""
+
+    __slots__ = ("indptr", "ids")
+
+    def __init__(self, indptr: np.ndarray, ids: np.ndarray):
+        self.indptr, self.ids = indptr, ids
+
+    @classmethod
+    def build(cls, token_lists: Any, vocab: dict[str, int]) -> "TokenRows":
+        """From one iterable of tokens per product; new tokens are added to ``vocab``."""
+        from array import array
+
+        lens, flat = array("q", [0]), array("i")
+        total = 0
+        for toks in token_lists:
+            ids = {vocab.setdefault(t, len(vocab)) for t in toks}
+            flat.extend(sorted(ids))
+            total += len(ids)
+            lens.append(total)
+        return cls(np.frombuffer(lens, dtype=np.int64).copy(), np.frombuffer(flat, dtype=np.int32).copy())
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def nbytes(self) -> int:
+        return int(self.indptr.nbytes + self.ids.nbytes)
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token ids of ``rows`` one after another, start and end of each row in that array)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        lens = ends - starts
+        stop = np.cumsum(lens)
+        begin = stop - lens
+        idx = np.arange(int(stop[-1]) if len(stop) else 0, dtype=np.int64) - np.repeat(begin - starts, lens)
+        return self.ids[idx], begin, stop
+
+    def counts(self, rows: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
+        """Per row of ``rows``, how many of its distinct tokens are among ``query_ids``."""
+        flat, begin, stop = self._gather(rows)
+        q = np.asarray(query_ids, dtype=np.int64)  # sorted, distinct
+        found = q[np.minimum(np.searchsorted(q, flat), len(q) - 1)] == flat if len(q) else np.zeros(len(flat), bool)
+        hit = np.concatenate([[0], np.cumsum(found, dtype=np.int64)])
+        return (hit[stop] - hit[begin]).astype(np.float32)
+
+    def any_hits(self, rows: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """[len(rows), T] bool: row ``i`` has a token ``j`` with ``hits[t, j]``, for each of the T rows of ``hits``."""
+        flat, begin, stop = self._gather(rows)
+        cs = np.concatenate([np.zeros((hits.shape[0], 1), np.int64), np.cumsum(hits[:, flat], axis=1, dtype=np.int64)],
+                            axis=1)
+        return (cs[:, stop] - cs[:, begin]).T > 0
 
 
 @dataclass
@@ -126,24 +180,38 @@ class PairFeaturizer:
     match_features: bool = True  # the MATCH_FEATURES columns enter the model (rank.match_features)
 
     def __post_init__(self) -> None:
+        import pyarrow as pa
+
         p = self.products.drop_duplicates("product_id", keep="last").reset_index(drop=True)
-        self.products = p
         self.ids = p["product_id"].astype(str).to_numpy(dtype=object)
         self.pos = {pid: i for i, pid in enumerate(self.ids)}
         n = len(self.ids)
         titles = p["title"].fillna("").astype(str).tolist()
-        self.titles = titles
-        self.title_tokens = [set(tokenize(t)) for t in titles]
-        self.title_len = np.array([len(tokenize(t)) for t in titles], dtype=np.float32)
+        # what the features read per candidate row; the catalog frame itself is not kept
+        self.titles = pa.array(titles, pa.large_string())
         fields = list(TEXT_FIELDS if self.text_fields is None else self.text_fields)
         unknown = sorted(set(fields) - set(TEXT_FIELDS))
         if unknown:
             raise ValueError(f"rank.text_fields: unknown fields {unknown}; choose from {list(TEXT_FIELDS)}")
         self.text_fields = fields
-        self.fields_text = fields_text(p, fields).tolist()
-        self.fields_tokens = [set(tokenize(t)) for t in self.fields_text]
-        self.has_fields = np.array([1.0 if t else 0.0 for t in self.fields_tokens], dtype=np.float32)
-        self._init_match(p, titles, fields)
+        # one vocabulary for every text: the query's token ids are looked up once
+        self.vocab_pos: dict[str, int] = {}
+        title_toks = [tokenize(t) for t in titles]
+        self.title_len = np.array([len(t) for t in title_toks], dtype=np.float32)
+        self.title_rows = TokenRows.build(title_toks, self.vocab_pos)
+        del title_toks
+        # the fuzzy title match compares query words with the words of titles (ids 0 .. len - 1), not descriptions
+        self.title_vocab = np.asarray(list(self.vocab_pos), dtype=object)
+        fields_text_ = fields_text(p, fields).tolist()
+        self.fields_rows = TokenRows.build((tokenize(t) for t in fields_text_), self.vocab_pos)
+        self.has_fields = (self.fields_rows.lengths() > 0).astype(np.float32)
+        self.field_match_rows: dict[str, TokenRows] = {}
+        for f, col in FIELD_MATCH.items():
+            if f in fields and f in p.columns:
+                rows = TokenRows.build((tokenize(t) for t in fields_text(p, [f])), self.vocab_pos)
+                if len(rows.ids):
+                    self.field_match_rows[col] = rows
+        self.match_fields = list(self.field_match_rows)
 
         def num(col: str) -> tuple[np.ndarray, np.ndarray]:
             if col not in p.columns:
@@ -163,30 +231,46 @@ class PairFeaturizer:
         if text is None or len(text[0]) == 0:
             raise ValueError("PairFeaturizer needs product text vectors (gold.product_embeddings, modality text)")
         self.dim = int(np.asarray(text[1]).shape[1])
-        self.p_text, self.has_text = self._align(text)
         image = self.product_vectors.get("image")
         if image is not None and len(image[0]) and np.asarray(image[1]).shape[1] != self.dim:
             raise ValueError(f"image vectors have dim {np.asarray(image[1]).shape[1]} but text vectors {self.dim}: "
                              "image vectors must live in the text-embedding space")
+        self.p_text, self.has_text = self._align(text)
         self.p_image, self.has_image = self._align(image)
+        self.product_vectors = {}  # aligned copies above; the inputs are not kept (1.5 GB each at 1M x 384)
         self.q_pos: dict[str, int] = {}
         self.q_mat = np.zeros((0, self.dim), np.float32)
         if self.query_vectors is not None and len(self.query_vectors[0]):
             qids, qm = self.query_vectors
             self.q_mat = normalize(np.asarray(qm, np.float32))
             self.q_pos = {str(q): i for i, q in enumerate(qids)}
+        # the product-text BM25 index: a given one (the candidate generator's, memory-mapped) read
+        # through a permutation when its product order differs; else built here
+        self._bm25_perm: np.ndarray | None = None
+        if self.bm25 is not None and not np.array_equal(np.asarray(self.bm25.ids, dtype=object), self.ids):
+            perm = np.array([self.bm25._pos.get(i, -1) for i in self.ids], dtype=np.int64)
+            if (perm < 0).any():
+                log.info("featurizer: the given BM25 index lacks %d catalog products; building one",
+                         int((perm < 0).sum()))
+                self.bm25 = None
+            else:
+                self._bm25_perm = perm
         if self.bm25 is None:
             self.bm25 = BM25Index(self.ids, product_text(p).tolist())
         self.bm25_title = BM25Index(self.ids, titles)
-        self.bm25_fields = BM25Index(self.ids, self.fields_text) if self.has_fields.any() else None
+        self.bm25_fields = BM25Index(self.ids, fields_text_) if self.has_fields.any() else None
+        del fields_text_, titles
+        self.products = p[["product_id"]]
         # per-query whole-catalog BM25 rows (4 bytes per product each), oldest dropped first, bounded by
         # bytes: a count bound (4,096 queries) held 3.2 GB per process at 100k products, 32 GB at 1M
         self._bm25_cache: dict[str, np.ndarray] = {}
         self._field_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._cache_rows = max(4, ROW_CACHE_BYTES // max(1, 4 * n))
         log.info("featurizer: %d products (%d with text vectors, %d with image vectors, %d with text fields %s), "
-                 "%d query vectors, dim %d", n, int(self.has_text.sum()), int(self.has_image.sum()),
-                 int(self.has_fields.sum()), fields, len(self.q_pos), self.dim)
+                 "%d query vectors, dim %d; token rows %.0f MB over %d words", n, int(self.has_text.sum()),
+                 int(self.has_image.sum()), int(self.has_fields.sum()), fields, len(self.q_pos), self.dim,
+                 (self.title_rows.nbytes() + self.fields_rows.nbytes()
+                  + sum(r.nbytes() for r in self.field_match_rows.values())) / 2**20, len(self.vocab_pos))
 
     def active_features(self) -> list[str]:
         """The scalar features a model trained on this catalog uses (see :func:`active_features`)."""
@@ -202,21 +286,23 @@ class PairFeaturizer:
             return np.broadcast_to(np.zeros(self.dim, np.float32), (n, self.dim)), has
         mat = np.zeros((n, self.dim), np.float32)
         ids, m = pv
-        m = normalize(np.asarray(m, np.float32))
-        rows = np.array([self.pos.get(str(i), -1) for i in ids])
+        rows = np.array([self.pos.get(str(i), -1) for i in ids], dtype=np.int64)
         ok = rows >= 0
-        mat[rows[ok]] = m[ok]
+        mat[rows[ok]] = np.asarray(m, np.float32)[ok]
         has[rows[ok]] = 1.0
+        for s in range(0, n, 65536):  # normalised in place, in blocks (no second n x dim copy)
+            mat[s:s + 65536] = normalize(mat[s:s + 65536])
         return mat, has
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_lake(cls, lake: "Lake", cfg: "Config", as_of: Any = None,
                   query_encoder: Callable[[list[str]], np.ndarray] | None = None,
-                  versions: dict[str, int] | None = None) -> "PairFeaturizer":
+                  versions: dict[str, int] | None = None, bm25: BM25Index | None = None) -> "PairFeaturizer":
         """Catalog from ``silver.products``, vectors from ``gold.product_embeddings`` /
         ``gold.query_embeddings`` (only rows with ``run_date <= as_of`` when given); ``versions``
-        pins table versions (time travel) for reproducible training."""
+        pins table versions (time travel) for reproducible training. ``bm25``: an index over the same
+        catalog's :func:`product_text` to use instead of building one (the score stage's saved one)."""
         versions = versions or {}
 
         def read(name: str, columns: list[str]) -> pd.DataFrame:
@@ -225,28 +311,48 @@ class PairFeaturizer:
                 df = df[pd.to_datetime(df["run_date"]).dt.date <= pd.Timestamp(as_of).date()]
             return df
 
+        def vectors(name: str, id_col: str, modality: str, model: str) -> tuple[list[str], np.ndarray]:
+            # Arrow list column -> one float32 matrix (no Python object per vector: at 1M products a
+            # pandas column of arrays cost twice the 1.5 GB matrix while it was stacked)
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            t = lake.read_arrow(name, version=versions.get(name), columns=[id_col, "vector", "run_date"],
+                                filters=[("modality", "=", modality), ("model_name", "=", model)])
+            keep = pc.invert(pc.is_null(t.column("vector")))
+            if as_of is not None:
+                day = pa.scalar(pd.Timestamp(as_of).date(), pa.date32())
+                keep = pc.and_(keep, pc.less_equal(pc.cast(t.column("run_date"), pa.date32()), day))
+            t = t.filter(pc.fill_null(keep, False))
+            ids = [str(i) for i in t.column(id_col).to_pylist()]
+            if not t.num_rows:
+                return ids, np.zeros((0, 0), np.float32)
+            vec = t.column("vector").combine_chunks()
+            lengths = np.unique(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
+            if len(lengths) != 1:
+                raise ValueError(f"{name}: {modality} vectors of model {model} have mixed dimensions {lengths.tolist()}")
+            flat = vec.flatten().to_numpy(zero_copy_only=False)
+            del t, vec
+            return ids, flat.astype(np.float32, copy=False).reshape(-1, int(lengths[0]))
+
         prod_cols = ["product_id", *dict.fromkeys([*BM25_FIELDS, *TEXT_FIELDS]), "price", "popularity", "rating",
                      "run_date"]
         products = read("silver.products", prod_cols)
-        emb = read("gold.product_embeddings",
-                   ["product_id", "modality", "model_name", "vector", "run_date", "embedded_at"])
+        emb = read("gold.product_embeddings", ["product_id", "modality", "model_name", "run_date", "embedded_at"])
         text_model = _pick_model(emb, "text", cfg.rank.text_model_name)
         image_model = _pick_model(emb, "image", cfg.rank.image_model_name)
+        del emb
         pv: dict[str, tuple[Sequence[str], np.ndarray]] = {}
         for modality, model in (("text", text_model), ("image", image_model)):
-            if model is None:
-                continue
-            sub = emb[(emb["modality"] == modality) & (emb["model_name"] == model)]
-            pv[modality] = (sub["product_id"].astype(str).tolist(), _to_matrix(sub["vector"].tolist()))
+            if model is not None:
+                pv[modality] = vectors("gold.product_embeddings", "product_id", modality, model)
         qv = None
-        if lake.exists("gold.query_embeddings"):
-            qe = read("gold.query_embeddings", ["query_id", "modality", "model_name", "vector", "run_date"])
-            qe = qe[(qe["modality"] == "text") & (qe["model_name"] == text_model)]
-            qv = (qe["query_id"].astype(str).tolist(), _to_matrix(qe["vector"].tolist()))
+        if lake.exists("gold.query_embeddings") and text_model is not None:
+            qv = vectors("gold.query_embeddings", "query_id", "text", text_model)
         meta = {"text_model": text_model, "image_model": image_model,
                 "versions": {n: versions.get(n, lake.version(n)) for n in
                              ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}}
-        return cls(products, pv, qv, query_encoder, meta, text_fields=list(cfg.rank.text_fields),
+        return cls(products, pv, qv, query_encoder, meta, bm25=bm25, text_fields=list(cfg.rank.text_fields),
                    match_features=cfg.rank.match_features)
 
     # ------------------------------------------------------------------------------ lookups
@@ -281,6 +387,8 @@ class PairFeaturizer:
         s = self._bm25_cache.get(query)
         if s is None:
             s = self.bm25.scores_all(query)
+            if self._bm25_perm is not None:
+                s = s[self._bm25_perm]
             _bounded_put(self._bm25_cache, query, s, self._cache_rows)
         return s
 
@@ -330,9 +438,10 @@ class PairFeaturizer:
             toks = set(tokenize(q))
             qtok[idx_a] = len(toks)
             if toks:
-                coverage[idx_a] = [len(toks & self.title_tokens[r[i]]) / len(toks) if known[i] else 0.0 for i in idx]
-                f_coverage[idx_a] = [len(toks & self.fields_tokens[r[i]]) / len(toks) if known[i] else 0.0
-                                     for i in idx]
+                qids = self.token_ids(toks)
+                kn_a = known[idx_a]
+                coverage[idx_a] = np.where(kn_a, self.title_rows.counts(r[idx_a], qids) / len(toks), 0.0)
+                f_coverage[idx_a] = np.where(kn_a, self.fields_rows.counts(r[idx_a], qids) / len(toks), 0.0)
         match = self.match_scalars(queries, rows)
         return pd.DataFrame({
             **match,
@@ -350,32 +459,18 @@ class PairFeaturizer:
         })[SCALAR_FEATURES]
 
     # ------------------------------------------------------------------------------ match features
-    def _init_match(self, p: pd.DataFrame, titles: list[str], fields: list[str]) -> None:
-        """Per product: title token ids (over one vocabulary), lower-cased title, numbers and number+unit
-        pairs of the title, and the token sets of the brand / description / attribute values."""
-        vocab: dict[str, int] = {}
-        self.title_ids = [np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), np.int64)
-                          for toks in self.title_tokens]
-        self.vocab = np.asarray(list(vocab), dtype=object)
-        self.vocab_pos = vocab
-        self.title_lower = [" ".join(tokenize(t)) for t in titles]
-        self.title_numbers = [numbers_and_units(t) for t in titles]
-        self.field_match_tokens: dict[str, list[set[str]]] = {}
-        for f, col in FIELD_MATCH.items():
-            if f in fields and f in p.columns:
-                text = fields_text(p, [f])
-                toks = [set(tokenize(t)) for t in text]
-                if any(toks):
-                    self.field_match_tokens[col] = toks
-        self.match_fields = list(self.field_match_tokens)
+    def token_ids(self, toks: Any) -> np.ndarray:
+        """Sorted vocabulary ids of the tokens ``toks`` that occur in the catalog."""
+        ids = np.fromiter((self.vocab_pos.get(t, -1) for t in toks), np.int64)
+        return np.unique(ids[ids >= 0])
 
     def _fuzzy_hits(self, toks: list[str]) -> np.ndarray:
         """[len(toks), len(vocab)] bool: catalog title words that match each query word -- exactly, or
         (words of 4+ letters) at rapidfuzz ratio >= 80 (typos, plural forms: fixures ~ fixtures)."""
         from rapidfuzz import fuzz, process
 
-        hits = np.zeros((len(toks), len(self.vocab)), bool)
-        if not len(self.vocab):
+        hits = np.zeros((len(toks), len(self.vocab_pos)), bool)
+        if not len(self.title_vocab):
             return hits
         for i, t in enumerate(toks):
             j = self.vocab_pos.get(t)
@@ -383,8 +478,10 @@ class PairFeaturizer:
                 hits[i, j] = True
         long = [i for i, t in enumerate(toks) if len(t) >= 4 and not t.isdigit()]
         if long:
-            sims = process.cdist([toks[i] for i in long], self.vocab, scorer=fuzz.ratio, score_cutoff=80, workers=1)
-            hits[long] |= sims > 0
+            sims = process.cdist([toks[i] for i in long], self.title_vocab, scorer=fuzz.ratio, score_cutoff=80,
+                                 workers=1)
+            nt = len(self.title_vocab)
+            hits[long, :nt] = hits[long, :nt] | (sims > 0)
         return hits
 
     def match_scalars(self, queries: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -403,25 +500,27 @@ class PairFeaturizer:
             toks = list(dict.fromkeys(tokenize(q)))
             if not toks:
                 continue
-            hits = self._fuzzy_hits(toks)
+            idx_a = np.asarray(idx, dtype=np.int64)
+            rr = rows[idx_a]
             qset, last, qline = set(toks), tokenize(q)[-1], " ".join(tokenize(q))
+            qids = self.token_ids(qset)
+            out["title_matches"][idx_a] = self.title_rows.counts(rr, qids)
+            m = self.title_rows.any_hits(rr, self._fuzzy_hits(toks))  # [pairs, query words]
+            out["title_fuzzy_coverage"][idx_a] = m.mean(axis=1)
+            out["last_word_in_title"][idx_a] = m[:, toks.index(last)]
+            titles = self.titles.take(pa_indices(rr)).to_pylist()
+            lower = [" ".join(tokenize(t)) for t in titles]
+            out["query_in_title"][idx_a] = [float(qline in t) for t in lower]
+            out["title_set_ratio"][idx_a] = [fuzz.token_set_ratio(qline, t) / 100.0 for t in lower]
             qnums, qunits = numbers_and_units(q)
-            for i in idx:
-                r = rows[i]
-                tt = self.title_tokens[r]
-                out["title_matches"][i] = len(qset & tt)
-                m = hits[:, self.title_ids[r]].any(axis=1) if len(self.title_ids[r]) else np.zeros(len(toks), bool)
-                out["title_fuzzy_coverage"][i] = m.mean()
-                out["last_word_in_title"][i] = float(m[toks.index(last)])
-                out["query_in_title"][i] = float(qline in self.title_lower[r])
-                out["title_set_ratio"][i] = fuzz.token_set_ratio(qline, self.title_lower[r]) / 100.0
-                if qnums:
-                    tnums, tunits = self.title_numbers[r]
-                    out["has_query_number"][i] = 1.0
+            if qnums:
+                out["has_query_number"][idx_a] = 1.0
+                for i, t in zip(idx, titles):
+                    tnums, tunits = numbers_and_units(t)
                     out["number_coverage"][i] = len(qnums & tnums) / len(qnums)
                     out["unit_coverage"][i] = len(qunits & tunits) / len(qunits) if qunits else 0.0
-                for col, toks_f in self.field_match_tokens.items():
-                    out[col][i] = len(qset & toks_f[r]) / len(qset)
+            for col, field_rows in self.field_match_rows.items():
+                out[col][idx_a] = field_rows.counts(rr, qids) / len(qset)
         return out
 
     def stored_scalars(self, df: pd.DataFrame) -> np.ndarray:
@@ -457,6 +556,12 @@ class PairFeaturizer:
         """The model input for these (query, product) pairs: ``FEATURE_COLUMNS``, one row per pair,
         in the given order. ``queries`` are normalised query texts; unknown products get zero features."""
         return arrays_to_frame(self.arrays(queries, query_ids, product_ids))
+
+
+def pa_indices(rows: np.ndarray):
+    import pyarrow as pa
+
+    return pa.array(np.asarray(rows, dtype=np.int64))
 
 
 def active_features(has_image: bool, has_fields: bool, field_features: bool = True, match_features: bool = False,

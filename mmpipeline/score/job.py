@@ -218,7 +218,7 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
         recall = candidate_recall(cands, inputs.judgments, sc.candidates_k, sc.recall_min_grade)
         t0 = time.perf_counter()
         ranker = load_ranker(cfg, alias, expect_version=version)
-        featurize = make_featurizer(cfg, lake)
+        featurize = make_featurizer(cfg, lake, bm25=gen.bm25)
         scored = score_pairs(cands, featurize, ranker, sc.batch_size, progress=progress, timings=timings)
         if groups is None:
             ranked = rank_top(scored, sc.output_k)

@@ -99,7 +99,8 @@ def make_query_encoder(cfg: Config, versions: set[str] | None = None) -> Callabl
     return query_encoder(cfg, versions)
 
 
-def make_featurizer(cfg: Config, lake=None) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def make_featurizer(cfg: Config, lake=None, bm25=None) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """``bm25``: the candidate generator's index over the same catalog text (not built twice)."""
     from mmpipeline.retrieval.features import PairFeaturizer
 
     if lake is None:
@@ -107,7 +108,7 @@ def make_featurizer(cfg: Config, lake=None) -> Callable[[pd.DataFrame], pd.DataF
 
         lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only (delta-rs), no Spark on workers
     try:
-        fz = PairFeaturizer.from_lake(lake, cfg, query_encoder=make_query_encoder(cfg))
+        fz = PairFeaturizer.from_lake(lake, cfg, query_encoder=make_query_encoder(cfg), bm25=bm25)
     except ValueError as e:
         raise StageError(f"cannot featurise candidates: {e}") from e
     return RankFeaturizer(fz)
@@ -197,13 +198,13 @@ def worker_state(cfg_json: str, alias: str, version: str, artifacts: dict[str, s
     cfg = _Config.model_validate_json(cfg_json)
     ranker = load_ranker(cfg, alias, expect_version=version)
     lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only, pinned versions
-    try:
-        fz = PairFeaturizer.from_lake(lake, cfg, query_encoder=make_query_encoder(cfg),
-                                      versions={k: v for k, v in versions.items() if v is not None})
-    except ValueError as e:
-        raise StageError(f"cannot featurise candidates: {e}") from e
     gen = CandidateGenerator.from_artifacts(artifacts, cfg.score.candidates_k, list(cfg.score.candidate_sources),
                                             cfg.score.query_batch_size)
+    try:  # the featuriser's BM25 feature reads the same memory-mapped index (pages shared by the workers)
+        fz = PairFeaturizer.from_lake(lake, cfg, query_encoder=make_query_encoder(cfg),
+                                      versions={k: v for k, v in versions.items() if v is not None}, bm25=gen.bm25)
+    except ValueError as e:
+        raise StageError(f"cannot featurise candidates: {e}") from e
     _WORKER_STATE.clear()  # one night's state per worker
     st = _WORKER_STATE[key] = WorkerState(ranker, RankFeaturizer(fz), gen, f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
                                           time.perf_counter() - t0)

@@ -208,3 +208,53 @@ def test_featuriser_score_row_caches_are_bounded_by_bytes_and_keep_values(monkey
     for q in queries:  # recomputed after eviction: the same rows
         assert np.array_equal(fz.bm25_scores(q), first[q])
         assert all(np.array_equal(a, b) for a, b in zip(fz.field_scores(q), fields[q]))
+
+
+def test_token_rows_count_and_match_like_python_sets():
+    """The featuriser keeps each product's distinct tokens as ids (CSR), not a Python set per product
+    (several GB per process at 1M products): counts and fuzzy-hit lookups equal the set arithmetic."""
+    import numpy as np
+
+    from mmpipeline.retrieval.features import TokenRows
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(40)]
+    docs = [list(rng.choice(words, int(rng.integers(0, 9)))) for _ in range(300)]  # repeats and empty rows
+    vocab: dict[str, int] = {}
+    tr = TokenRows.build(docs, vocab)
+    assert len(tr) == 300 and list(tr.lengths()) == [len(set(d)) for d in docs]
+    rows = rng.integers(0, 300, 500)
+    q = {"w1", "w7", "w30", "absent"}
+    qids = np.unique([vocab[w] for w in q if w in vocab])
+    assert tr.counts(rows, qids).tolist() == [float(len(q & set(docs[r]))) for r in rows]
+    assert tr.counts(rows, np.zeros(0, np.int64)).tolist() == [0.0] * len(rows)
+    hits = rng.random((3, len(vocab))) < 0.1  # 3 query words x vocabulary
+    want = [[any(hits[t, vocab[w]] for w in set(docs[r])) for t in range(3)] for r in rows]
+    assert tr.any_hits(rows, hits).tolist() == want
+
+
+def test_featurizer_reads_a_shared_bm25_index_in_another_product_order():
+    """Score workers hand the featuriser the candidate generator's memory-mapped BM25 index (sorted
+    by product id) instead of building a second one: the features are the same as with its own."""
+    import numpy as np
+    import pandas as pd
+
+    from mmpipeline.retrieval.bm25 import BM25Index
+    from mmpipeline.retrieval.features import PairFeaturizer
+    from mmpipeline.retrieval.text import product_text
+
+    n = 50
+    p = pd.DataFrame({"product_id": [f"p{(i * 7) % n:02d}" for i in range(n)],  # not in id order
+                      "title": [f"drill {i} cordless" if i % 3 else f"white paint {i}" for i in range(n)],
+                      "brand": ["Ryobi" if i % 2 else "Behr" for i in range(n)]})
+    vec = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    srt = p.sort_values("product_id").reset_index(drop=True)
+    shared = BM25Index(srt["product_id"].tolist(), product_text(srt).tolist())
+    own = PairFeaturizer(p, {"text": (p["product_id"].tolist(), vec)})
+    given = PairFeaturizer(p, {"text": (p["product_id"].tolist(), vec)}, bm25=shared)
+    assert given.bm25 is shared
+    pairs = (["drill 4", "white paint", "ryobi drill"] * 20, ["q1", "q2", "q3"] * 20,
+             list(np.random.default_rng(1).choice(p["product_id"], 60)))
+    a, b = own.arrays(*pairs), given.arrays(*pairs)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["scalars"][:, 2].any()  # the bm25 column is not all zero
