@@ -12,8 +12,9 @@ the run's config before the first of them (:func:`prepare`):
   larger ones. The summary says how many texts the model really encoded (``really_encoded``) and
   how many came from the cache (``cache_hits``); the stage itself (plan, hashing, merges) is timed
   in full. ``--param encode_budget=N`` caps the texts really encoded in the run: new texts beyond it
-  reuse the vector of an encoded text picked by hash (``reused_beyond_budget`` in the summary; those
-  vectors belong to other titles, so at such sizes the figures are about time and memory, not quality);
+  get a stand-in, the vector of an encoded text picked by hash plus a small perturbation seeded by the
+  hash (``reused_beyond_budget`` in the summary; those vectors belong to other titles, so at such sizes
+  the figures are about time and memory, not quality);
 * build-training-data: ``rank.data_engine`` from ``--param data_engine`` (default ``spark``: negatives
   and features per query partition on the executors; ``local`` for the one-process path);
 * train: ``rank.epochs`` capped (``--param train_epochs``, default 2), the new version is the
@@ -42,10 +43,17 @@ _TEXT_CACHE: dict[str, dict[str, np.ndarray]] = {}
 class CachingTextEncoder:
     """Wraps a text encoder: ``encode`` asks the model only for texts it has not seen before.
 
-    ``budget``: at most this many texts really encoded in this process (all sizes together); a new
-    text beyond it gets the vector of an already encoded text picked by its hash (``reused``), so a
-    1M catalog does not take hours of encoding on 2 cores. Those vectors belong to other titles:
-    timings and memory of the later stages stay real, their retrieval quality does not."""
+    ``budget``: at most this many texts really encoded in this process (all sizes together). Once it
+    is spent, a new text gets a stand-in: the vector of an encoded text picked by the new text's
+    hash, plus a small perturbation seeded by that hash (the same text always gets the same vector).
+    The perturbation keeps the vectors distinct: with exact copies an approximate index's recall
+    against exact search is meaningless (ties among identical vectors are broken differently) and its
+    tuning runs away. Stand-ins are not stored, so the cache stays at ``budget`` vectors. They belong
+    to other titles: timings and memory of the later stages stay real, their retrieval quality does
+    not. ``encoded``: texts really encoded; ``hits``: texts answered from the cache; ``reused``:
+    stand-in vectors handed out."""
+
+    JITTER = 0.1  # perturbation norm relative to the vector's
 
     def __init__(self, inner: Any, namespace: str, budget: int | None = None):
         self.inner = inner
@@ -54,36 +62,49 @@ class CachingTextEncoder:
         self.encoded = 0
         self.hits = 0
         self.reused = 0
+        self._pool: list[str] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def _stand_in(self, key: str) -> np.ndarray:
+        if self._pool is None:
+            self._pool = sorted(self.cache)
+        src = self.cache[self._pool[int(key[:12], 16) % len(self._pool)]]
+        rng = np.random.default_rng(int(key[12:28], 16))
+        noise = rng.standard_normal(src.shape).astype(np.float32)
+        noise *= self.JITTER * float(np.linalg.norm(src)) / max(float(np.linalg.norm(noise)), 1e-12)
+        return src + noise
 
     def encode(self, texts: list[str], **kw: Any) -> np.ndarray:
         keys = [hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in texts]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
         if self.budget is not None and len(self.cache) + len(todo) > self.budget:
             room = max(0, self.budget - len(self.cache))
-            todo, over = todo[:room], todo[room:]
-            if over and not self.cache and not todo:
-                todo, over = over[:1], over[1:]  # something to reuse from
-            pool = list(self.cache) + todo
-            if over:
-                self.reused += len(over)
-            later = {k: pool[int(k[:12], 16) % len(pool)] for k in over}
-        else:
-            later = {}
+            if room == 0 and not self.cache:
+                room = 1  # something to stand in from
+            todo = todo[:room]
         if todo:
             first = {k: t for k, t in zip(keys, texts) if k in set(todo)}
             vecs = np.asarray(self.inner.encode([first[k] for k in todo], **kw), dtype=np.float32)
             for k, v in zip(todo, vecs):
                 self.cache[k] = v
-        for k, src in later.items():
-            self.cache[k] = self.cache[src]
+            self._pool = None
         self.encoded += len(todo)
-        self.hits += len(keys) - len(todo) - len(later)
         if not keys:
             return np.zeros((0, 0), np.float32)
-        return np.stack([self.cache[k] for k in keys])
+        out = np.empty((len(keys), len(next(iter(self.cache.values())))), np.float32)
+        served = 0
+        for i, k in enumerate(keys):
+            v = self.cache.get(k)
+            if v is None:
+                v = self._stand_in(k)
+                self.reused += 1
+            else:
+                served += 1
+            out[i] = v
+        self.hits += served - len(todo)
+        return out
 
 
 def prepare(ctx) -> None:
