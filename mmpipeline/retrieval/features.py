@@ -87,6 +87,8 @@ FEATURE_COLUMNS = VECTOR_FEATURES + SCALAR_FEATURES
 
 # bytes of per-query whole-catalog score rows a featuriser keeps (each cache: BM25, title + fields)
 ROW_CACHE_BYTES = 256 << 20
+# query words whose fuzzy title-word matches a featuriser keeps (a few ids each)
+FUZZY_CACHE_WORDS = 200_000
 
 
 def _bounded_put(cache: dict, key: Any, value: Any, max_entries: int) -> None:
@@ -266,6 +268,7 @@ class PairFeaturizer:
         self._bm25_cache: dict[str, np.ndarray] = {}
         self._field_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._cache_rows = max(4, ROW_CACHE_BYTES // max(1, 4 * n))
+        self._fuzzy_cache: dict[str, np.ndarray] = {}
         log.info("featurizer: %d products (%d with text vectors, %d with image vectors, %d with text fields %s), "
                  "%d query vectors, dim %d; token rows %.0f MB over %d words", n, int(self.has_text.sum()),
                  int(self.has_image.sum()), int(self.has_fields.sum()), fields, len(self.q_pos), self.dim,
@@ -464,11 +467,22 @@ class PairFeaturizer:
         ids = np.fromiter((self.vocab_pos.get(t, -1) for t in toks), np.int64)
         return np.unique(ids[ids >= 0])
 
+    def _fuzzy_words(self, words: Any) -> None:
+        """Cache, per word, the title-vocabulary ids within rapidfuzz ratio >= 80 of it: one batched
+        scan of the vocabulary for all words not cached yet (query words repeat across queries,
+        batches and epochs; the scan was most of the cost of the match features)."""
+        from rapidfuzz import fuzz, process
+
+        todo = list(dict.fromkeys(w for w in words if len(w) >= 4 and not w.isdigit() and w not in self._fuzzy_cache))
+        if not todo or not len(self.title_vocab):
+            return
+        sims = process.cdist(todo, self.title_vocab, scorer=fuzz.ratio, score_cutoff=80, workers=1)
+        for w, row in zip(todo, sims):
+            _bounded_put(self._fuzzy_cache, w, np.flatnonzero(row > 0), FUZZY_CACHE_WORDS)
+
     def _fuzzy_hits(self, toks: list[str]) -> np.ndarray:
         """[len(toks), len(vocab)] bool: catalog title words that match each query word -- exactly, or
         (words of 4+ letters) at rapidfuzz ratio >= 80 (typos, plural forms: fixures ~ fixtures)."""
-        from rapidfuzz import fuzz, process
-
         hits = np.zeros((len(toks), len(self.vocab_pos)), bool)
         if not len(self.title_vocab):
             return hits
@@ -476,12 +490,12 @@ class PairFeaturizer:
             j = self.vocab_pos.get(t)
             if j is not None:
                 hits[i, j] = True
-        long = [i for i, t in enumerate(toks) if len(t) >= 4 and not t.isdigit()]
-        if long:
-            sims = process.cdist([toks[i] for i in long], self.title_vocab, scorer=fuzz.ratio, score_cutoff=80,
-                                 workers=1)
-            nt = len(self.title_vocab)
-            hits[long, :nt] = hits[long, :nt] | (sims > 0)
+            if len(t) >= 4 and not t.isdigit():
+                ids = self._fuzzy_cache.get(t)
+                if ids is None:
+                    self._fuzzy_words([t])
+                    ids = self._fuzzy_cache[t]
+                hits[i, ids] = True
         return hits
 
     def match_scalars(self, queries: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -496,6 +510,7 @@ class PairFeaturizer:
         for i, q in enumerate(queries):
             if rows[i] >= 0:
                 by_query.setdefault(q, []).append(i)
+        self._fuzzy_words(w for q in by_query for w in tokenize(q))  # one scan for the new words of all queries
         for q, idx in by_query.items():
             toks = list(dict.fromkeys(tokenize(q)))
             if not toks:

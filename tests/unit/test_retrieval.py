@@ -258,3 +258,30 @@ def test_featurizer_reads_a_shared_bm25_index_in_another_product_order():
     a, b = own.arrays(*pairs), given.arrays(*pairs)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert a["scalars"][:, 2].any()  # the bm25 column is not all zero
+
+
+def test_fuzzy_title_matches_are_the_same_batched_cached_or_one_query_at_a_time():
+    """Query words' fuzzy title matches are computed in one batched scan per call and cached per word:
+    the match features do not depend on what was featurised before."""
+    import numpy as np
+    import pandas as pd
+
+    from mmpipeline.retrieval.features import MATCH_FEATURES, PairFeaturizer
+
+    titles = ["ceiling mounted light fixtures", "pendant lighting fixture", "cordless drill kit", "white ceiling paint",
+              "led ceilling fan", "drill bits 3/4 in."]
+    p = pd.DataFrame({"product_id": [f"p{i}" for i in range(len(titles))], "title": titles})
+    vec = np.random.default_rng(0).standard_normal((len(titles), 8)).astype(np.float32)
+    queries = ["ceiling mounted lighting fixures", "cordles drills", "3/4 in drill", "ceiling fan", "paint"]
+    qs = [q for q in queries for _ in titles]
+    pids = list(p["product_id"]) * len(queries)
+    rows = np.arange(len(titles)).tolist() * len(queries)
+    batched = PairFeaturizer(p, {"text": (p["product_id"].tolist(), vec)}).match_scalars(qs, np.array(rows))
+    one = PairFeaturizer(p, {"text": (p["product_id"].tolist(), vec)})
+    singles = [one.match_scalars([q], np.array([r])) for q, r in zip(reversed(qs), reversed(rows))][::-1]
+    for c in MATCH_FEATURES:
+        assert batched[c].tolist() == [s[c][0] for s in singles], c
+    # 'fixures' ~ 'fixtures' (not 'lighting' ~ 'light': ratio 0.77); 'cordles drills' ~ the drill kit
+    assert batched["title_fuzzy_coverage"][0] == 0.75 and batched["title_matches"][0] == 2.0
+    assert batched["title_fuzzy_coverage"][len(titles) + 2] == 1.0 and batched["title_matches"][len(titles) + 2] == 0
+    assert len(pids) == len(qs)
