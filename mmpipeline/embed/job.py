@@ -100,6 +100,10 @@ class TaskResult:
 
 
 # ------------------------------------------------------------------------------------ helpers
+# distinct contents encoded per chunk by the local engine (bounds the vectors held twice at a time)
+ENCODE_CHUNK = 65_536
+
+
 def vectors_table(id_col: str, ids: list[str], spec: EncoderSpec, modality: str, hashes: list[str],
                   vecs: np.ndarray, run_date: dt.date) -> pa.Table:
     """Rows of ``gold.*_embeddings`` as Arrow (vectors as list<float>, no per-row Python lists)."""
@@ -205,18 +209,29 @@ def run_task(ctx: "RunContext", task: Task, encoders: dict[str, Any], stage: str
         key = task.spec.to_json()
         if key not in encoders:
             encoders[key] = build_encoder(task.spec)
-        vecs_u, errors_u, trunc_u = encode_local(encoders[key], task.modality,
-                                                 todo["payload"].iloc[first].tolist(), cfg)
-        errors = [errors_u[c] for c in codes]
-        res.truncated = int(np.asarray(trunc_u, bool)[codes].sum())
-        ok = np.array([not e for e in errors], bool)
-        ids, hashes = todo[task.id_col].tolist(), todo["content_hash"].tolist()
-        failure_rows += [(ids[k], hashes[k], "decode_failed", errors[k]) for k in np.flatnonzero(~ok)]
-        if ok.any():
-            keep = np.flatnonzero(ok)
-            source = vectors_table(task.id_col, [ids[k] for k in keep], task.spec, task.modality,
-                                   [hashes[k] for k in keep], vecs_u[codes[keep]], ctx.run_date)
-        res.encoded = int(ok.sum())
+        ids, hashes = todo[task.id_col].to_numpy(object), todo["content_hash"].to_numpy(object)
+        payloads = todo["payload"].to_numpy(object)
+        parts: list[pa.Table] = []
+        # distinct contents in chunks: each chunk's vectors become Arrow rows before the next is encoded,
+        # so the process holds the new vectors once (not the encoder's matrix, its per-row copy and Arrow)
+        step = max(1, int(ENCODE_CHUNK))
+        for s in range(0, len(first), step):
+            e = min(s + step, len(first))
+            vecs_u, errors_u, trunc_u = encode_local(encoders[key], task.modality, payloads[first[s:e]].tolist(), cfg)
+            rows = np.flatnonzero((codes >= s) & (codes < e))  # every id whose content is in this chunk
+            local = codes[rows] - s
+            bad = np.array([bool(errors_u[c]) for c in local], bool)
+            res.truncated += int(np.asarray(trunc_u, bool)[local].sum())
+            failure_rows += [(ids[k], hashes[k], "decode_failed", errors_u[c])
+                             for k, c in zip(rows[bad], local[bad])]
+            if (~bad).any():
+                keep = rows[~bad]
+                parts.append(vectors_table(task.id_col, ids[keep].tolist(), task.spec, task.modality,
+                                           hashes[keep].tolist(), vecs_u[local[~bad]], ctx.run_date))
+                res.encoded += len(keep)
+            del vecs_u
+        if parts:
+            source = pa.concat_tables(parts)
         enc_s = time.perf_counter() - t_enc
         res.failed = sum(1 for r in failure_rows if r[2] == "decode_failed")
         for i, _, _, e in [r for r in failure_rows if r[2] == "decode_failed"][:5]:

@@ -146,11 +146,14 @@ def test_trained_tower_beats_the_untrained_one(make_config, shared_datasets, tmp
     assert s["trained_recall_at_10"] >= s["untrained_recall_at_10"] + 0.15, s
 
 
-def test_spark_engine_matches_local(make_config, shared_datasets, tmp_path, spark):
+def test_spark_engine_matches_local(make_config, shared_datasets, tmp_path, spark, monkeypatch):
     """Both engines give the same tables: first run, identical re-run (nothing encoded), then a
     changed title and a vanished product -- whose new vector and deletions land in one commit per
-    (table, modality, model) -- and identical texts are encoded once."""
+    (table, modality, model) -- and identical texts are encoded once. The local engine encodes in
+    chunks of 3 distinct contents here (a duplicate title and a failed image across chunks)."""
     from mmpipeline.embed import job
+
+    monkeypatch.setattr(job, "ENCODE_CHUNK", 3)
 
     base = {"embed.image_model.kind": "torchvision", "embed.image_model.name": "resnet18", "embed.image_size": 32,
             "embed.progress": False, "embed.num_workers": 0, "embed.spark_partitions": 1}
