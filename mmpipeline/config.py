@@ -225,6 +225,11 @@ class RankConfig(_Model):
     negatives_hard: int = 10
     hard_pool_k: int = 50  # hard negatives are drawn from the top-k nearest products by embedding
     lexical_hard_negatives: bool = True  # also from the BM25 top-k (what the reranker sees as candidates)
+    # the nearest-product search for hard negatives: exact (FAISS flat: a scan of the catalog per query),
+    # ivf (FAISS IVF, sqrt(n) lists, 16 probed: about 1/60 of the catalog per query at 1M products), or
+    # auto = exact below hard_index_exact_below catalog products, else ivf
+    hard_index: Literal["auto", "exact", "ivf"] = "auto"
+    hard_index_exact_below: int = 200_000
     split: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "valid": 0.15, "test": 0.15})
     interaction_grades: dict[str, float] = Field(default_factory=lambda: {
         "purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "impression": 0.0})

@@ -94,19 +94,29 @@ def graded_pairs(judgments: pd.DataFrame, interactions: pd.DataFrame | None, rc:
     return out.drop_duplicates(["query_id", "product_id"], keep="first").reset_index(drop=True)
 
 
-def hard_indexes(featurizer: PairFeaturizer) -> list[Any]:
-    """FAISS exact indexes (``IndexFlatIP``) over the products with a text / an image vector: the
-    hard-negative neighbour pools. Built once per featuriser (a Spark worker keeps them across
-    partitions)."""
-    from mmpipeline.config import AnnConfig
+def hard_indexes(featurizer: PairFeaturizer, rc: "RankConfig | None" = None) -> list[Any]:
+    """FAISS indexes over the products with a text / an image vector: the hard-negative neighbour
+    pools. Exact (``IndexFlatIP``) on small catalogs; above ``rank.hard_index_exact_below`` products
+    (``rank.hard_index: auto``) an IVF index with about sqrt(n) lists, 16 probed, trained on a
+    seeded sample -- a flat scan of 1M products per query was half of the stage at that size. Built
+    once per featuriser (a Spark worker keeps them across partitions)."""
+    from mmpipeline.config import AnnConfig, RankConfig
     from mmpipeline.retrieval.ann import AnnIndex
 
+    rc = rc or RankConfig()
     out = []
     for mat, hv in ((featurizer.p_text, featurizer.has_text), (featurizer.p_image, featurizer.has_image)):
         if hv.sum() == 0:
             continue
         sel = np.flatnonzero(hv > 0)
-        out.append(AnnIndex.build(featurizer.ids[sel], mat[sel], AnnConfig(kind="exact")))
+        kind = rc.hard_index if rc.hard_index != "auto" else ("exact" if len(sel) < rc.hard_index_exact_below else "ivf")
+        if kind == "ivf":
+            nlist = max(16, int(round(np.sqrt(len(sel)))))
+            cfg = AnnConfig(kind="ivf", ivf_nlist=nlist, ivf_nprobe=16, ivf_train_size=50 * nlist, tune_queries=0,
+                            seed=rc.seed)
+        else:
+            cfg = AnnConfig(kind="exact")
+        out.append(AnnIndex.build(featurizer.ids[sel], mat[sel], cfg))
     return out
 
 
@@ -127,21 +137,20 @@ def sample_negatives(pairs: pd.DataFrame, featurizer: PairFeaturizer, rc: "RankC
     if rc.negatives_hard > 0 and len(queries):
         qv, has = featurizer.query_matrix(queries["query_norm"].tolist(), queries["query_id"].tolist())
         pools = []
-        for idx in (hard_indexes(featurizer) if indexes is None else indexes):
+        for idx in (hard_indexes(featurizer, rc) if indexes is None else indexes):
             ids, _ = idx.search(qv, min(rc.hard_pool_k, len(idx.ids)))
-            pools.append(ids)
+            pools.append(list(ids))
         if rc.lexical_hard_negatives:  # BM25 neighbours too: the candidates a reranker meets at serving time
-            ids, _ = featurizer.bm25.search(queries["query_norm"].fillna("").tolist(), min(rc.hard_pool_k, n_cat))
-            pools.append(ids)
+            pools.append([featurizer.bm25_top(q, rc.hard_pool_k) for q in queries["query_norm"].fillna("")])
         for i, qid in enumerate(queries["query_id"]):
             if not has[i]:
                 continue
             seen: list[str] = []
             for depth in range(rc.hard_pool_k):  # interleave text and image neighbours, nearest first
                 for pool in pools:
-                    if depth < pool.shape[1]:
-                        pid = pool[i, depth]
-                        if pid not in judged.get(qid, ()) and pid not in seen:
+                    if depth < len(pool[i]):
+                        pid = pool[i][depth]  # None: an approximate index found fewer than k
+                        if pid is not None and pid not in judged.get(qid, ()) and pid not in seen:
                             seen.append(pid)
             hard_ids[qid] = seen
     for qid in queries["query_id"]:
@@ -272,7 +281,7 @@ def worker_featurizer(cfg_json: str, run_date: str,
     cfg = Config.model_validate_json(cfg_json)
     lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only, pinned versions
     fz = PairFeaturizer.from_lake(lake, cfg, as_of=pd.Timestamp(run_date).date(), versions=versions)
-    idx = hard_indexes(fz) if cfg.rank.negatives_hard > 0 else []
+    idx = hard_indexes(fz, cfg.rank) if cfg.rank.negatives_hard > 0 else []
     _WORKER.clear()  # one night's state per worker
     _WORKER[key] = (fz, idx, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     log.info("training-data worker %d: featuriser of %d products loaded", os.getpid(), len(fz.ids))

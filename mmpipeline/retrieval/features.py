@@ -395,6 +395,19 @@ class PairFeaturizer:
             _bounded_put(self._bm25_cache, query, s, self._cache_rows)
         return s
 
+    def bm25_top(self, query: str, k: int) -> np.ndarray:
+        """Product ids of the ``k`` best BM25 scores of ``query`` over the catalog, best first (ties by
+        catalog row); only products the query matches (score > 0). Partitions the nonzero scores
+        only: a top-k over every product (bm25s' retrieve) was 40% of build-training-data at 1M."""
+        s = self.bm25_scores(query)
+        nz = np.flatnonzero(s > 0)
+        if len(nz) > k:
+            v = s[nz]
+            kth = -np.partition(-v, k - 1)[k - 1]  # the k-th best score; ties at it go by catalog row
+            above = nz[v > kth]
+            nz = np.concatenate([above, nz[v == kth][:k - len(above)]])
+        return self.ids[nz[np.lexsort((nz, -s[nz]))]]
+
     def field_scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         """(BM25 over the titles, BM25 over the other text fields) of ``query`` against every product."""
         s = self._field_cache.get(query)

@@ -147,14 +147,17 @@ def test_training_data_bounded_memory_paths_equal_the_one_shot_ones():
     assert (exact == faiss_ids).all()
 
 
-def test_training_rows_of_any_query_partition_are_the_whole_tables_rows():
+@pytest.mark.parametrize("hard_index", ["exact", "ivf"])
+def test_training_rows_of_any_query_partition_are_the_whole_tables_rows(hard_index):
     """The spark engine's contract: rows per query partition (as executors build them, with the hard-negative
-    indexes built once and reused) concatenate to exactly the one-process table."""
-    rc = RankConfig(negatives_random=3, negatives_hard=3, hard_pool_k=8)
-    fz = _featurizer()
+    indexes built once and reused) concatenate to exactly the one-process table -- also with the
+    approximate (IVF) neighbour index large catalogs use."""
+    rc = RankConfig(negatives_random=3, negatives_hard=3, hard_pool_k=8, hard_index=hard_index)
+    fz = _featurizer(800 if hard_index == "ivf" else 40)  # IVF needs 39 training vectors per list
     whole, counts = data.build(_judgments(), None, fz, rc, "2026-11-01")
     pairs, _ = data.judged_pairs(_judgments(), None, fz.pos, rc)
-    idx = data.hard_indexes(fz)
+    idx = data.hard_indexes(fz, rc)
+    assert idx[0].kind == hard_index  # text vectors (the image half stays exact below 624 vectors)
     qids = pairs["query_id"].unique()
     parts = [data.training_rows(pairs[pairs["query_id"].isin(qids[i::4])].reset_index(drop=True), fz, rc,
                                 "2026-11-01", idx) for i in range(4)]
@@ -230,3 +233,13 @@ def test_evaluation_baselines_scan_the_catalog_in_blocks_like_the_full_score_row
             np.testing.assert_array_equal(r.items[name][b], items)
             np.testing.assert_allclose(r.scores[name][b], np.where(np.isfinite(full[b][items]), full[b][items], FLOOR),
                                        rtol=1e-5)
+
+def test_bm25_top_is_the_head_of_the_full_sort_of_matching_products():
+    """Lexical hard negatives come from the nonzero BM25 scores only (no top-k over every product):
+    the same ids as sorting every matching product by score, ties by catalog row; none unmatched."""
+    fz = _featurizer()
+    for q in ["drill", "white paint", "zzz-not-a-word", fz.titles[0].as_py()]:
+        s = fz.bm25_scores(q)
+        rows = [i for i in sorted(range(len(s)), key=lambda i: (-s[i], i)) if s[i] > 0]
+        for k in (1, 3, 8, 1000):
+            assert fz.bm25_top(q, k).tolist() == [fz.ids[i] for i in rows[:k]], (q, k)
