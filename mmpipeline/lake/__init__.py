@@ -107,28 +107,34 @@ class Lake:
         ``ArrowNotImplementedError ... (string, string_view)``, so no row predicate is ever pushed
         into a Parquet scan here.
         """
-        ds = self._dataset(name, version)
-        expr = _filter_expression(filters)
-        if expr is None:
-            return _plain_strings(ds.to_table(columns=columns))
+        if _filter_expression(filters) is None:
+            return _plain_strings(self._dataset(name, version).to_table(columns=columns))
+        parts = list(self.iter_arrow(name, version, columns, filters))
+        return pa.concat_tables(parts[1:] if len(parts) > 1 else parts)
+
+    def iter_arrow(self, name: str, version: int | None = None, columns: list[str] | None = None,
+                   filters: Any = None):
+        """:meth:`read_arrow` as a stream of Arrow tables, one per Parquet record batch (filtered the
+        same way): a reader holds one batch at a time, not the table. The first table yielded is an
+        empty one with the result's schema."""
         import pyarrow.dataset as pads
 
+        ds = self._dataset(name, version)
+        expr = _filter_expression(filters)
+        frags = list(ds.get_fragments(filter=expr)) if expr is not None else list(ds.get_fragments())
         # prune: fragments whose partition/statistics guarantee contradicts the filter are skipped
-        frags = list(ds.get_fragments(filter=expr))
         pruned = pads.FileSystemDataset(frags, ds.schema, ds.format, ds.filesystem)
         need = None
         if columns is not None:
-            need = list(dict.fromkeys(list(columns) + sorted(_expression_fields(expr, ds.schema.names))))
-        # filter batch by batch: memory holds the result and one batch, not whole surviving files
-        parts = []
+            extra = sorted(_expression_fields(expr, ds.schema.names)) if expr is not None else []
+            need = list(dict.fromkeys(list(columns) + extra))
+        empty = _plain_strings(pruned.schema.empty_table())
+        yield empty.select(columns) if columns is not None else empty
         for batch in pruned.to_batches(columns=need):
             if batch.num_rows:
-                part = _plain_strings(pa.Table.from_batches([batch])).filter(expr)
-                parts.append(part.select(columns) if columns is not None else part)
-        if not parts:
-            empty = _plain_strings(pruned.schema.empty_table())
-            return empty.select(columns) if columns is not None else empty
-        return pa.concat_tables(parts)
+                part = _plain_strings(pa.Table.from_batches([batch]))
+                part = part.filter(expr) if expr is not None else part
+                yield part.select(columns) if columns is not None else part
 
     def read_pandas(self, name: str, version: int | None = None, columns: list[str] | None = None,
                     filters: Any = None) -> "pd.DataFrame":

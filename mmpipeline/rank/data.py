@@ -258,34 +258,35 @@ def build(judgments: pd.DataFrame, interactions: pd.DataFrame | None, featurizer
 
 # ------------------------------------------------------------------------------------ spark
 
-# one featuriser + hard-negative indexes per Python worker (keyed by config, run date and versions)
-_WORKER: dict[str, tuple[PairFeaturizer, list[Any], str]] = {}
 QUERY_BLOCK = 256  # queries per training_rows call in a Spark partition
 
 
 def worker_featurizer(cfg_json: str, run_date: str,
                       versions: dict[str, int | None]) -> tuple[PairFeaturizer, list[Any], str]:
     """The featuriser of the catalog known at ``run_date`` (tables at the driver's ``versions``) and
-    its hard-negative indexes, cached in this process: a worker running many partitions of a night
-    loads them once. Returns (featuriser, indexes, load id)."""
-    import os
-    import uuid
+    its hard-negative indexes, cached in this process (:mod:`mmpipeline.retrieval.worker_state`: one
+    stage's state per worker): a worker running many partitions of a night loads them once.
+    Returns (featuriser, indexes, load id)."""
+    from mmpipeline.retrieval.worker_state import get_or_load
 
-    from mmpipeline.config import Config
-    from mmpipeline.lake import Lake
+    key = "training-data:" + hashlib.sha256(json.dumps([cfg_json, run_date, versions], sort_keys=True,
+                                                       default=str).encode()).hexdigest()
 
-    key = hashlib.sha256(json.dumps([cfg_json, run_date, versions], sort_keys=True, default=str).encode()).hexdigest()
-    hit = _WORKER.get(key)
-    if hit is not None:
-        return hit
-    cfg = Config.model_validate_json(cfg_json)
-    lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only, pinned versions
-    fz = PairFeaturizer.from_lake(lake, cfg, as_of=pd.Timestamp(run_date).date(), versions=versions)
-    idx = hard_indexes(fz, cfg.rank) if cfg.rank.negatives_hard > 0 else []
-    _WORKER.clear()  # one night's state per worker
-    _WORKER[key] = (fz, idx, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    log.info("training-data worker %d: featuriser of %d products loaded", os.getpid(), len(fz.ids))
-    return _WORKER[key]
+    def load() -> tuple[PairFeaturizer, list[Any], str]:
+        import os
+        import uuid
+
+        from mmpipeline.config import Config
+        from mmpipeline.lake import Lake
+
+        cfg = Config.model_validate_json(cfg_json)
+        lake = Lake(cfg.lake.root, engine="delta-rs")  # reads only, pinned versions
+        fz = PairFeaturizer.from_lake(lake, cfg, as_of=pd.Timestamp(run_date).date(), versions=versions)
+        idx = hard_indexes(fz, cfg.rank) if cfg.rank.negatives_hard > 0 else []
+        log.info("training-data worker %d: featuriser of %d products loaded", os.getpid(), len(fz.ids))
+        return fz, idx, f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    return get_or_load(key, load)
 
 
 def known_products(lake, run_date: Any, version: int | None) -> Any:

@@ -180,6 +180,9 @@ class PairFeaturizer:
     bm25: BM25Index | None = None
     text_fields: Sequence[str] | None = None  # fields besides the title in the field features (None: all TEXT_FIELDS)
     match_features: bool = True  # the MATCH_FEATURES columns enter the model (rank.match_features)
+    # the product_vectors matrices are this featuriser's own (from_lake): one already in catalog order is
+    # normalised in place instead of copied
+    owns_vectors: bool = False
 
     def __post_init__(self) -> None:
         import pyarrow as pa
@@ -287,12 +290,18 @@ class PairFeaturizer:
             # a modality the catalog lacks (e.g. images): one read-only zero row seen n times, not an
             # n x dim matrix of zeros (1.5 GB per process at 1M products and 384 dims)
             return np.broadcast_to(np.zeros(self.dim, np.float32), (n, self.dim)), has
-        mat = np.zeros((n, self.dim), np.float32)
         ids, m = pv
-        rows = np.array([self.pos.get(str(i), -1) for i in ids], dtype=np.int64)
-        ok = rows >= 0
-        mat[rows[ok]] = np.asarray(m, np.float32)[ok]
-        has[rows[ok]] = 1.0
+        if (self.owns_vectors and len(ids) == n and isinstance(m, np.ndarray) and m.dtype == np.float32 and m.flags.c_contiguous
+                and m.flags.writeable and m.shape == (n, self.dim)
+                and np.array_equal(np.asarray(ids, dtype=object), self.ids)):
+            mat = m  # already in catalog order (from_lake streams it so): normalised in place, no copy
+            has[:] = 1.0
+        else:
+            mat = np.zeros((n, self.dim), np.float32)
+            rows = np.array([self.pos.get(str(i), -1) for i in ids], dtype=np.int64)
+            ok = rows >= 0
+            mat[rows[ok]] = np.asarray(m, np.float32)[ok]
+            has[rows[ok]] = 1.0
         for s in range(0, n, 65536):  # normalised in place, in blocks (no second n x dim copy)
             mat[s:s + 65536] = normalize(mat[s:s + 65536])
         return mat, has
@@ -314,29 +323,52 @@ class PairFeaturizer:
                 df = df[pd.to_datetime(df["run_date"]).dt.date <= pd.Timestamp(as_of).date()]
             return df
 
-        def vectors(name: str, id_col: str, modality: str, model: str) -> tuple[list[str], np.ndarray]:
-            # Arrow list column -> one float32 matrix (no Python object per vector: at 1M products a
-            # pandas column of arrays cost twice the 1.5 GB matrix while it was stacked)
+        def stream(name: str, id_col: str, modality: str, model: str, pos: dict[str, int] | None = None):
+            """(ids, matrix) of one modality and model. Arrow record batches straight into one float32
+            matrix: no Python object per vector, and never the whole Arrow table next to the matrix.
+            With ``pos`` (catalog id -> row) the rows are placed in catalog order as they stream (ids
+            outside the catalog dropped; the last row of an id wins, as a scatter of the table would)."""
             import pyarrow as pa
             import pyarrow.compute as pc
 
-            t = lake.read_arrow(name, version=versions.get(name), columns=[id_col, "vector", "run_date"],
-                                filters=[("modality", "=", modality), ("model_name", "=", model)])
-            keep = pc.invert(pc.is_null(t.column("vector")))
-            if as_of is not None:
-                day = pa.scalar(pd.Timestamp(as_of).date(), pa.date32())
-                keep = pc.and_(keep, pc.less_equal(pc.cast(t.column("run_date"), pa.date32()), day))
-            t = t.filter(pc.fill_null(keep, False))
-            ids = [str(i) for i in t.column(id_col).to_pylist()]
-            if not t.num_rows:
-                return ids, np.zeros((0, 0), np.float32)
-            vec = t.column("vector").combine_chunks()
-            lengths = np.unique(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
-            if len(lengths) != 1:
-                raise ValueError(f"{name}: {modality} vectors of model {model} have mixed dimensions {lengths.tolist()}")
-            flat = vec.flatten().to_numpy(zero_copy_only=False)
-            del t, vec
-            return ids, flat.astype(np.float32, copy=False).reshape(-1, int(lengths[0]))
+            day = pa.scalar(pd.Timestamp(as_of).date(), pa.date32()) if as_of is not None else None
+            ids_out: list[str] = []
+            mats: list[np.ndarray] = []
+            mat = has = None
+            dim = None
+            for t in lake.iter_arrow(name, version=versions.get(name), columns=[id_col, "vector", "run_date"],
+                                     filters=[("modality", "=", modality), ("model_name", "=", model)]):
+                keep = pc.invert(pc.is_null(t.column("vector")))
+                if day is not None:
+                    keep = pc.and_(keep, pc.less_equal(pc.cast(t.column("run_date"), pa.date32()), day))
+                t = t.filter(pc.fill_null(keep, False))
+                if not t.num_rows:
+                    continue
+                vec = t.column("vector").combine_chunks()
+                lengths = np.unique(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
+                if len(lengths) != 1 or (dim is not None and int(lengths[0]) != dim):
+                    raise ValueError(f"{name}: {modality} vectors of model {model} have mixed dimensions")
+                dim = int(lengths[0])
+                block = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+                ids = [str(i) for i in t.column(id_col).to_pylist()]
+                if pos is None:
+                    ids_out += ids
+                    mats.append(block.copy())
+                    continue
+                if mat is None:
+                    mat, has = np.zeros((len(pos), dim), np.float32), np.zeros(len(pos), bool)
+                rows = np.array([pos.get(i, -1) for i in ids], dtype=np.int64)
+                ok = rows >= 0
+                mat[rows[ok]] = block[ok]
+                has[rows[ok]] = True
+            if pos is None:
+                return ids_out, (np.concatenate(mats) if mats else np.zeros((0, 0), np.float32))
+            if mat is None:
+                return [], np.zeros((0, 0), np.float32)
+            cat = np.asarray(list(pos), dtype=object)
+            if has.all():  # every product has one: the matrix in catalog order, used in place (no copy)
+                return cat, mat
+            return cat[has].tolist(), mat[has]
 
         prod_cols = ["product_id", *dict.fromkeys([*BM25_FIELDS, *TEXT_FIELDS]), "price", "popularity", "rating",
                      "run_date"]
@@ -345,18 +377,22 @@ class PairFeaturizer:
         text_model = _pick_model(emb, "text", cfg.rank.text_model_name)
         image_model = _pick_model(emb, "image", cfg.rank.image_model_name)
         del emb
+        # the catalog order the featuriser uses (see __post_init__): vectors are streamed into it
+        cat_ids = products.drop_duplicates("product_id", keep="last")["product_id"].astype(str).tolist()
+        pos = {pid: i for i, pid in enumerate(cat_ids)}
         pv: dict[str, tuple[Sequence[str], np.ndarray]] = {}
         for modality, model in (("text", text_model), ("image", image_model)):
             if model is not None:
-                pv[modality] = vectors("gold.product_embeddings", "product_id", modality, model)
+                pv[modality] = stream("gold.product_embeddings", "product_id", modality, model, pos)
+        del pos
         qv = None
         if lake.exists("gold.query_embeddings") and text_model is not None:
-            qv = vectors("gold.query_embeddings", "query_id", "text", text_model)
+            qv = stream("gold.query_embeddings", "query_id", "text", text_model)
         meta = {"text_model": text_model, "image_model": image_model,
                 "versions": {n: versions.get(n, lake.version(n)) for n in
                              ("silver.products", "gold.product_embeddings", "gold.query_embeddings")}}
         return cls(products, pv, qv, query_encoder, meta, bm25=bm25, text_fields=list(cfg.rank.text_fields),
-                   match_features=cfg.rank.match_features)
+                   match_features=cfg.rank.match_features, owns_vectors=True)
 
     # ------------------------------------------------------------------------------ lookups
     def product_rows(self, product_ids: Sequence[str]) -> np.ndarray:

@@ -171,24 +171,28 @@ class WorkerState:
     seconds: float
 
 
-_WORKER_STATE: dict[str, WorkerState] = {}
-
-
 def worker_state(cfg_json: str, alias: str, version: str, artifacts: dict[str, str],
                  versions: dict[str, int | None]) -> WorkerState:
     """The pinned model version, the featuriser (tables at the driver's ``versions``) and the
-    candidate indexes (the driver's saved ``artifacts``), cached at module level in this process,
-    keyed by all of them: a worker that runs many partitions of a night loads them once."""
+    candidate indexes (the driver's saved ``artifacts``), cached in this process keyed by all of them
+    (:mod:`mmpipeline.retrieval.worker_state`: one stage's state per worker, so a worker that built
+    training data drops that featuriser first): a worker that runs many partitions of a night loads
+    them once."""
     import hashlib
     import json
+
+    from mmpipeline.retrieval.worker_state import get_or_load
+
+    key = "score:" + hashlib.sha256(json.dumps([cfg_json, alias, version, artifacts, versions], sort_keys=True,
+                                               default=str).encode()).hexdigest()
+    return get_or_load(key, lambda: _load_worker_state(cfg_json, alias, version, artifacts, versions))
+
+
+def _load_worker_state(cfg_json: str, alias: str, version: str, artifacts: dict[str, str],
+                       versions: dict[str, int | None]) -> WorkerState:
     import os
     import uuid
 
-    key = hashlib.sha256(json.dumps([cfg_json, alias, version, artifacts, versions], sort_keys=True,
-                                    default=str).encode()).hexdigest()
-    st = _WORKER_STATE.get(key)
-    if st is not None:
-        return st
     from mmpipeline.config import Config as _Config
     from mmpipeline.lake import Lake
     from mmpipeline.retrieval.candidates import CandidateGenerator
@@ -205,9 +209,8 @@ def worker_state(cfg_json: str, alias: str, version: str, artifacts: dict[str, s
                                       versions={k: v for k, v in versions.items() if v is not None}, bm25=gen.bm25)
     except ValueError as e:
         raise StageError(f"cannot featurise candidates: {e}") from e
-    _WORKER_STATE.clear()  # one night's state per worker
-    st = _WORKER_STATE[key] = WorkerState(ranker, RankFeaturizer(fz), gen, f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                                          time.perf_counter() - t0)
+    st = WorkerState(ranker, RankFeaturizer(fz), gen, f"{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                     time.perf_counter() - t0)
     log.info("score worker %d: loaded %s v%s, featuriser and indexes %s in %.1fs", os.getpid(), ranker.name,
              version, sorted(artifacts), st.seconds)
     return st
