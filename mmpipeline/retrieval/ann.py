@@ -65,13 +65,35 @@ def choose_kind(n: int, cfg: "AnnConfig") -> str:
     return cfg.kind
 
 
-def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of the exact top ``k`` by inner product (FAISS IndexFlatIP), shape (nq, k)."""
+# rows of the catalog a build normalises / a ground-truth search scans at a time (bounded memory)
+BLOCK_ROWS = 65_536
+
+
+def _blocks(vectors: np.ndarray, norm: bool):
+    """(start, contiguous float32 block) over ``vectors``, each block normalised when ``norm``."""
+    for s in range(0, len(vectors), BLOCK_ROWS):
+        b = vectors[s:s + BLOCK_ROWS]
+        yield s, np.ascontiguousarray(normalize(b) if norm else b, dtype=np.float32)
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, norm: bool = False) -> np.ndarray:
+    """Row numbers of the exact top ``k`` by inner product, shape (nq, k): FAISS IndexFlatIP over one
+    block of ``base`` at a time with a running top-k (no second copy of the catalog); ``norm``
+    normalises each block on the way."""
     faiss = _faiss()
-    flat = faiss.IndexFlatIP(base.shape[1])
-    flat.add(np.ascontiguousarray(base, dtype=np.float32))
-    _, idx = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(base)))
-    return idx
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(base))
+    best_d = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for s, block in _blocks(base, norm):
+        flat = faiss.IndexFlatIP(block.shape[1])
+        flat.add(block)
+        d, i = flat.search(q, min(k, len(block)))
+        d = np.concatenate([best_d, d], axis=1)
+        i = np.concatenate([best_i, np.where(i >= 0, i + s, -1)], axis=1)
+        top = np.argsort(-d, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(d, top, axis=1), np.take_along_axis(i, top, axis=1)
+    return best_i
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -110,13 +132,20 @@ class AnnIndex:
         if cfg.threads:
             faiss.omp_set_num_threads(int(cfg.threads))
         t0 = time.perf_counter()
-        x = np.ascontiguousarray(normalize(vectors)) if len(vectors) else np.zeros((0, 1), np.float32)
+        # normalised block by block into the index: the catalog is held once by the caller and once by
+        # the index, never a third time as a normalised copy (at 1M x 384 each copy is 1.5 GB)
+        x = np.asarray(vectors, dtype=np.float32) if len(vectors) else np.zeros((0, 1), np.float32)
         n, d = x.shape
+
+        def add_all(index: Any) -> None:
+            for _, block in _blocks(x, True):
+                index.add(block)
+
         kind = choose_kind(n, cfg)
         params: dict[str, Any] = {}
         if kind == "exact":
             index = faiss.IndexFlatIP(d)
-            index.add(x)
+            add_all(index)
         elif kind == "ivf":
             nlist = int(cfg.ivf_nlist or max(16, round(4 * np.sqrt(n))))
             nlist = max(1, min(nlist, n // 39))  # FAISS wants >= 39 training points per cell
@@ -126,14 +155,14 @@ class AnnIndex:
             n_train = min(n, max(int(cfg.ivf_train_size), 39 * nlist))
             rng = np.random.default_rng(cfg.seed)
             sample = x if n_train >= n else x[np.sort(rng.choice(n, n_train, replace=False))]
-            index.train(np.ascontiguousarray(sample))
-            index.add(x)
+            index.train(np.ascontiguousarray(normalize(sample)))
+            add_all(index)
             index.nprobe = min(int(cfg.ivf_nprobe), nlist)
             params = {"nlist": nlist, "nprobe": int(index.nprobe), "train_size": int(n_train)}
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, int(cfg.hnsw_m), faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = int(cfg.hnsw_ef_construction)
-            index.add(x)
+            add_all(index)
             index.hnsw.efSearch = int(cfg.hnsw_ef_search)
             params = {"M": int(cfg.hnsw_m), "efConstruction": int(cfg.hnsw_ef_construction),
                       "efSearch": int(index.hnsw.efSearch)}
@@ -153,16 +182,17 @@ class AnnIndex:
         return out
 
     def tune(self, base: np.ndarray, cfg: "AnnConfig", tune_vectors: np.ndarray | None = None) -> float:
-        """Raise nprobe / efSearch until recall@tune_k vs exact reaches ``cfg.target_recall``."""
+        """Raise nprobe / efSearch until recall@tune_k vs exact reaches ``cfg.target_recall``.
+        ``base``: the catalog vectors as given to :meth:`build` (normalised here, block by block)."""
         rng = np.random.default_rng(cfg.seed + 1)
         if tune_vectors is not None and len(tune_vectors):
             q = normalize(tune_vectors)
             if len(q) > cfg.tune_queries:
                 q = q[np.sort(rng.choice(len(q), cfg.tune_queries, replace=False))]
         else:  # catalog vectors as queries
-            q = base[np.sort(rng.choice(len(base), min(cfg.tune_queries, len(base)), replace=False))]
+            q = normalize(base[np.sort(rng.choice(len(base), min(cfg.tune_queries, len(base)), replace=False))])
         k = min(int(cfg.tune_k), len(base))
-        truth = exact_topk(base, q, k)
+        truth = exact_topk(base, q, k, norm=True)
         while True:
             _, approx = self.index.search(np.ascontiguousarray(q), k)
             rec = recall_at_k(approx, truth)

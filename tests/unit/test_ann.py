@@ -130,3 +130,23 @@ def test_ann_config_shorthand_and_knobs():
     assert c.score.ann.kind == "hnsw" and c.score.ann.hnsw_m == 48
     with pytest.raises(Exception, match="kind"):
         Config.model_validate({"score": {"ann": {"kind": "lsh"}}})
+
+
+def test_exact_topk_and_builds_scan_the_catalog_in_blocks(monkeypatch):
+    """Ground truth and index builds go through the catalog a block at a time (no normalised copy of
+    the whole catalog): the same top lists as a one-shot numpy search, the same index contents."""
+    from mmpipeline.config import AnnConfig
+    from mmpipeline.retrieval import ann
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((1000, 16)).astype(np.float32) * rng.uniform(0.5, 3, (1000, 1)).astype(np.float32)
+    q = normalize(rng.standard_normal((40, 16)).astype(np.float32))
+    want = np.argsort(-(q @ normalize(base).T), axis=1, kind="stable")[:, :25]
+    monkeypatch.setattr(ann, "BLOCK_ROWS", 96)
+    np.testing.assert_array_equal(ann.exact_topk(base, q, 25, norm=True), want)
+    np.testing.assert_array_equal(ann.exact_topk(normalize(base), q, 25), want)
+    for kind in ("exact", "ivf"):
+        ix = AnnIndex.build([f"p{i}" for i in range(1000)], base, AnnConfig(kind=kind, tune_queries=40))
+        assert ix.index.ntotal == 1000 and ix.info["recall"] >= 0.95
+    ids, _ = AnnIndex.build([f"p{i}" for i in range(1000)], base, AnnConfig(kind="exact")).search(q, 25)
+    assert (ids == np.array([f"p{i}" for i in range(1000)], dtype=object)[want]).all()
