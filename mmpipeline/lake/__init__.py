@@ -110,13 +110,15 @@ class Lake:
         if _filter_expression(filters) is None:
             return _plain_strings(self._dataset(name, version).to_table(columns=columns))
         parts = list(self.iter_arrow(name, version, columns, filters))
-        return pa.concat_tables(parts[1:] if len(parts) > 1 else parts)
+        if parts:
+            return pa.concat_tables(parts)
+        empty = _plain_strings(self._dataset(name, version).schema.empty_table())
+        return empty.select(columns) if columns is not None else empty
 
     def iter_arrow(self, name: str, version: int | None = None, columns: list[str] | None = None,
                    filters: Any = None):
         """:meth:`read_arrow` as a stream of Arrow tables, one per Parquet record batch (filtered the
-        same way): a reader holds one batch at a time, not the table. The first table yielded is an
-        empty one with the result's schema."""
+        same way; empty batches are skipped): a reader holds one batch at a time, not the table."""
         import pyarrow.dataset as pads
 
         ds = self._dataset(name, version)
@@ -128,8 +130,6 @@ class Lake:
         if columns is not None:
             extra = sorted(_expression_fields(expr, ds.schema.names)) if expr is not None else []
             need = list(dict.fromkeys(list(columns) + extra))
-        empty = _plain_strings(pruned.schema.empty_table())
-        yield empty.select(columns) if columns is not None else empty
         for batch in pruned.to_batches(columns=need):
             if batch.num_rows:
                 part = _plain_strings(pa.Table.from_batches([batch]))

@@ -51,6 +51,34 @@ def pick_model(models: pd.DataFrame, preferred: str | None, what: str = "vectors
     return str(best["model_name"])
 
 
+def vector_blocks(lake, table: str, id_col: str, modality: str, model_name: str, version: int | None = None,
+                  as_of: Any = None):
+    """(ids, float32 [rows, dim] view of the batch) per Parquet record batch of one modality and model
+    of a gold embeddings table: non-null vectors, with ``run_date <= as_of`` when given. No Python
+    object per vector and never the whole table in memory; mixed dimensions are an error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    day = pa.scalar(pd.Timestamp(as_of).date(), pa.date32()) if as_of is not None else None
+    dims: set[int] = set()
+    cols = [id_col, "vector"] + (["run_date"] if day is not None else [])
+    for t in lake.iter_arrow(table, version=version, columns=cols,
+                             filters=[("modality", "=", modality), ("model_name", "=", model_name)]):
+        keep = pc.invert(pc.is_null(t.column("vector")))
+        if day is not None:
+            keep = pc.and_(keep, pc.less_equal(pc.cast(t.column("run_date"), pa.date32()), day))
+        t = t.filter(pc.fill_null(keep, False))
+        if not t.num_rows:
+            continue
+        vec = t.column("vector").combine_chunks()
+        lengths = pc.list_value_length(vec).to_numpy(zero_copy_only=False)
+        dims.update(np.unique(lengths).tolist())
+        if len(dims) != 1:
+            raise StageError(f"{table}: {modality} vectors of model {model_name} have mixed dimensions {sorted(dims)}")
+        flat = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        yield [str(i) for i in t.column(id_col).to_pylist()], flat.reshape(t.num_rows, int(lengths[0]))
+
+
 def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | None = None,
                  model_name: str | None = None) -> Vectors:
     """Vectors of one modality and one model from a gold embeddings table (sorted by id)."""
@@ -72,19 +100,9 @@ def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | 
     # its sorted copy, the flattened array and the matrix: 6 GB for 1M x 384 on the score driver)
     ids_parts: list[np.ndarray] = []
     blocks: list[np.ndarray] = []
-    dims: set[int] = set()
-    for t in lake.iter_arrow(table, columns=[id_col, "vector"], filters=filt + [("model_name", "=", model_name)]):
-        t = t.filter(pc.invert(pc.is_null(t.column("vector"))))
-        if not t.num_rows:
-            continue
-        vec = t.column("vector").combine_chunks()
-        lengths = pc.list_value_length(vec).to_numpy(zero_copy_only=False)
-        dims.update(np.unique(lengths).tolist())
-        if len(dims) != 1:
-            raise StageError(f"{table}: {modality} vectors of model {model_name} have mixed dimensions {sorted(dims)}")
-        blocks.append(vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, int(lengths[0])))
-        ids_parts.append(np.asarray(t.column(id_col).to_pylist(), dtype=object))
-        del t, vec
+    for ids, block in vector_blocks(lake, table, id_col, modality, model_name):
+        ids_parts.append(np.asarray(ids, dtype=object))
+        blocks.append(block.copy())
     if not blocks:
         return Vectors(np.array([], dtype=object), np.zeros((0, 0), np.float32), model_name)
     all_ids = np.concatenate(ids_parts)

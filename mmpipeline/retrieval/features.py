@@ -44,7 +44,7 @@ import pandas as pd
 from mmpipeline.retrieval import image_features
 from mmpipeline.retrieval.bm25 import BM25Index
 from mmpipeline.retrieval.dense import normalize
-from mmpipeline.retrieval.embeddings import model_stats, pick_model
+from mmpipeline.retrieval.embeddings import model_stats, pick_model, vector_blocks
 from mmpipeline.retrieval.text import BM25_FIELDS, product_text, tokenize
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -324,39 +324,20 @@ class PairFeaturizer:
             return df
 
         def stream(name: str, id_col: str, modality: str, model: str, pos: dict[str, int] | None = None):
-            """(ids, matrix) of one modality and model. Arrow record batches straight into one float32
-            matrix: no Python object per vector, and never the whole Arrow table next to the matrix.
-            With ``pos`` (catalog id -> row) the rows are placed in catalog order as they stream (ids
-            outside the catalog dropped; the last row of an id wins, as a scatter of the table would)."""
-            import pyarrow as pa
-            import pyarrow.compute as pc
-
-            day = pa.scalar(pd.Timestamp(as_of).date(), pa.date32()) if as_of is not None else None
+            """(ids, matrix) of one modality and model, record batch by record batch
+            (:func:`~mmpipeline.retrieval.embeddings.vector_blocks`). With ``pos`` (catalog id -> row)
+            the rows are placed in catalog order as they stream (ids outside the catalog dropped; the
+            last row of an id wins, as a scatter of the table would)."""
             ids_out: list[str] = []
             mats: list[np.ndarray] = []
             mat = has = None
-            dim = None
-            for t in lake.iter_arrow(name, version=versions.get(name), columns=[id_col, "vector", "run_date"],
-                                     filters=[("modality", "=", modality), ("model_name", "=", model)]):
-                keep = pc.invert(pc.is_null(t.column("vector")))
-                if day is not None:
-                    keep = pc.and_(keep, pc.less_equal(pc.cast(t.column("run_date"), pa.date32()), day))
-                t = t.filter(pc.fill_null(keep, False))
-                if not t.num_rows:
-                    continue
-                vec = t.column("vector").combine_chunks()
-                lengths = np.unique(pc.list_value_length(vec).to_numpy(zero_copy_only=False))
-                if len(lengths) != 1 or (dim is not None and int(lengths[0]) != dim):
-                    raise ValueError(f"{name}: {modality} vectors of model {model} have mixed dimensions")
-                dim = int(lengths[0])
-                block = vec.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-                ids = [str(i) for i in t.column(id_col).to_pylist()]
+            for ids, block in vector_blocks(lake, name, id_col, modality, model, versions.get(name), as_of):
                 if pos is None:
                     ids_out += ids
                     mats.append(block.copy())
                     continue
                 if mat is None:
-                    mat, has = np.zeros((len(pos), dim), np.float32), np.zeros(len(pos), bool)
+                    mat, has = np.zeros((len(pos), block.shape[1]), np.float32), np.zeros(len(pos), bool)
                 rows = np.array([pos.get(i, -1) for i in ids], dtype=np.int64)
                 ok = rows >= 0
                 mat[rows[ok]] = block[ok]
