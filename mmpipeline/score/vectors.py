@@ -23,6 +23,8 @@ from mmpipeline.retrieval.dense import Vectors, normalize
 
 log = logging.getLogger(__name__)
 
+FUSE_BLOCK = 65_536  # products fused at a time
+
 
 def fuse_product_vectors(product_ids: np.ndarray, text: Vectors, image: Vectors,
                          weights: dict[str, float]) -> pd.DataFrame:
@@ -40,21 +42,28 @@ def fuse_product_vectors(product_ids: np.ndarray, text: Vectors, image: Vectors,
     same_space = not len(text) or not len(image) or text.dim == image.dim
     if same_space:
         dim = text.dim or image.dim
-        out = np.zeros((len(ids), dim), dtype=np.float32)
-        if has_t.any():
-            out[has_t] += wt * normalize(text.matrix[ti[has_t]])
-        if has_i.any():
-            out[has_i] += wi * normalize(image.matrix[ii[has_i]])
         fusion = f"wsum(text={wt:g},image={wi:g})"
     else:
         log.warning("product vectors: text dim %d != image dim %d; concatenating the weighted parts",
                     text.dim, image.dim)
         dim = text.dim + image.dim
-        out = np.zeros((len(ids), dim), dtype=np.float32)
-        out[has_t, :text.dim] = wt * normalize(text.matrix[ti[has_t]])
-        out[has_i, text.dim:] = wi * normalize(image.matrix[ii[has_i]])
         fusion = f"concat(text={wt:g},image={wi:g})"
-    out = normalize(out)
+    # block by block into the one output matrix: the temporaries stay at a block (whole-matrix
+    # arithmetic made four catalog-sized copies, the score driver's peak at 1M products)
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    for s in range(0, len(ids), FUSE_BLOCK):
+        sl = slice(s, s + FUSE_BLOCK)
+        bt, bi = has_t[sl], has_i[sl]
+        blk = np.zeros((len(bt), dim), dtype=np.float32)
+        if same_space:
+            if bt.any():
+                blk[bt] += wt * normalize(text.matrix[ti[sl][bt]])
+            if bi.any():
+                blk[bi] += wi * normalize(image.matrix[ii[sl][bi]])
+        else:
+            blk[bt, :text.dim] = wt * normalize(text.matrix[ti[sl][bt]])
+            blk[bi, text.dim:] = wi * normalize(image.matrix[ii[sl][bi]])
+        out[sl] = normalize(blk)
     modalities = np.where(has_t & has_i, "text+image", np.where(has_t, "text", "image"))
     log.info("product vectors: %d fused (%d text+image, %d text only, %d image only), dim %d, %s",
              len(ids), int((has_t & has_i).sum()), int((has_t & ~has_i).sum()), int((~has_t & has_i).sum()),
