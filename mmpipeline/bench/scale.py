@@ -21,7 +21,10 @@ Stages are a registry: part 2 of the scale work adds embed/score with one :func:
 Params: ``sizes``, ``datasets`` (default ``../shared/datasets``), ``workdir`` (kept when given),
 ``stages`` (comma list, default all registered), ``skip_pandas``, ``skip_extras``, ``partial_json``
 (a file that gets the results of the sizes done so far after each size), ``extras_at`` (``all``, the
-default, or ``largest``: the extra measurements at the largest size only).
+default, or ``largest``: the extra measurements at the largest size only), ``process`` (``fresh``, the
+default: each stage runs in its own Python process, as each is its own Airflow task in a night -- its
+driver peak is that stage's alone, and a stage killed for memory is recorded as failed instead of
+ending the benchmark; ``shared``: all stages in this process, one Spark session per size).
 
 ``clean_compare`` (per size): the whole clean stage's rows/s (rows = bronze rows in, all sources)
 next to the product cleaning's Spark and pandas seconds and kept/quarantined counts on the same rows.
@@ -226,9 +229,8 @@ def clean_compare(res: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------- main
 
-def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
-    from mmpipeline.config import load_config
-
+def _overrides(base_cfg, lake_root: Path, sources: dict[str, Any]) -> dict[str, Any]:
+    """The scratch run's config as overrides (JSON: a fresh stage process builds the same config)."""
     over: dict[str, Any] = {
         "name": "scale-bench", "lake.root": str(lake_root), "sources": sources,
         "clean.grade_min": 1.0, "clean.grade_max": 3.0, "quality.data_docs": False,
@@ -236,7 +238,13 @@ def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
     if base_cfg is not None:
         over["spark.master"] = base_cfg.spark.master
         over["spark.conf"] = dict(base_cfg.spark.conf)
-    return load_config(None, over, env={})
+    return over
+
+
+def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
+    from mmpipeline.config import load_config
+
+    return load_config(None, _overrides(base_cfg, lake_root, sources), env={})
 
 
 def run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
@@ -248,34 +256,44 @@ def run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any
 
 def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
     from mmpipeline.bench.catalog import write_scaled_catalog
+    from mmpipeline.config import load_config
     from mmpipeline.context import RunContext
 
     t0 = time.perf_counter()
     cat = write_scaled_catalog(work / "catalog", n, datasets)
     progress(f"size {n:,}: catalog written in {time.perf_counter() - t0:.1f}s {cat['counts']}")
     lake_root = work / "lake"
-    cfg = _config(base_cfg, lake_root, cat["sources"])
+    over = _overrides(base_cfg, lake_root, cat["sources"])
+    cfg = load_config(None, over, env={})
     # bench.scale_stages knobs
     later = {k: params[k] for k in ("train_epochs", "data_engine", "encode_budget") if k in params}
-    ctx = RunContext.create(cfg, RUN_DATE, options={"skip_pandas": bool(params.get("skip_pandas")), **later})
+    options = {"skip_pandas": bool(params.get("skip_pandas")), **later,
+               "text_cache_file": str(work.parent / "text-cache.pkl")}
+    ctx = RunContext.create(cfg, RUN_DATE, options=dict(options))
     res: dict[str, Any] = {"catalog": cat["counts"], "catalog_seconds": round(time.perf_counter() - t0, 2),
                            "stages": {}}
-    ctx.spark  # noqa: B018  (start Spark outside the timed stages)
+    fresh = str(params.get("process", "fresh")) == "fresh"
+    if not fresh:
+        ctx.spark  # noqa: B018  (start Spark outside the timed stages)
     for name in stages:
         st = STAGES[name]
         before = lake_files(lake_root)
         progress(f"size {n:,}: {name} ...")
-        with RssSampler() as rs:
-            t1 = time.perf_counter()
-            summary = _load(st.run)(ctx) or {}
-            secs = time.perf_counter() - t1
+        if fresh:
+            out = run_stage_process(name, over, options, work / f"stage-{name}.json")
+        else:
+            out = measure_stage(name, ctx)
+        if "failed" in out:
+            res["stages"][name] = {"failed": out["failed"], **lake_delta(before, lake_files(lake_root))}
+            progress(f"size {n:,}: {name} FAILED: {out['failed']}; the later stages of this size are skipped")
+            break
+        summary, secs = out["summary"], out["seconds"]
         rows = st.rows(summary, cat["counts"]) if st.rows else cat["counts"]["products"]
         rec = {"seconds": round(secs, 2), "rows": rows, "rows_per_s": round(rows / secs, 1) if secs else None,
-               "driver_peak_rss_mb": round(rs.driver_peak / 2**20), "tree_peak_rss_mb": round(rs.tree_peak / 2**20),
-               **lake_delta(before, lake_files(lake_root))}
+               "driver_peak_rss_mb": out["driver_peak_rss_mb"], "tree_peak_rss_mb": out["tree_peak_rss_mb"],
+               "process": "fresh" if fresh else "shared", **lake_delta(before, lake_files(lake_root))}
         rec["summary"] = summary
         res["stages"][name] = rec
-        release_memory()  # a night runs each stage in its own process: do not carry this one's heap over
         progress(f"size {n:,}: {name} {secs:.1f}s ({rec['rows_per_s']:,} rows/s), driver peak "
                  f"{rec['driver_peak_rss_mb']} MB, tree peak {rec['tree_peak_rss_mb']} MB")
     if not params.get("skip_extras") and (params.get("extras_at", "all") != "largest" or params.get("_largest")):
@@ -296,6 +314,67 @@ def _run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, An
             res["validate_ge_vs_spark"] = ge_vs_spark(ctx, lake, "silver.products")
             progress(f"size {n:,}: GE vs Spark {res['validate_ge_vs_spark']}")
     return res
+
+
+def measure_stage(name: str, ctx) -> dict[str, Any]:
+    """Run one registered stage in this process: seconds, summary, driver and tree peak RSS (MB)."""
+    with RssSampler() as rs:
+        t1 = time.perf_counter()
+        summary = _load(STAGES[name].run)(ctx) or {}
+        secs = time.perf_counter() - t1
+    release_memory()  # a night runs each stage in its own process: do not carry this one's heap over
+    return {"seconds": secs, "summary": summary, "driver_peak_rss_mb": round(rs.driver_peak / 2**20),
+            "tree_peak_rss_mb": round(rs.tree_peak / 2**20)}
+
+
+def run_stage_process(name: str, overrides: dict[str, Any], options: dict[str, Any], spec_file: Path) -> dict[str, Any]:
+    """Run one stage in a fresh Python process (``python -m mmpipeline.bench.scale SPEC``), as an
+    Airflow task runs it: Spark starts there before the timed part; the process's own sampler gives
+    its peaks (driver = that process). A non-zero exit (killed for memory: -9) is ``{"failed": ...}``."""
+    import subprocess
+
+    import mmpipeline
+
+    spec_file.write_text(json.dumps({"stage": name, "overrides": overrides, "options": options,
+                                     "log_level": logging.getLogger().getEffectiveLevel()}, default=str))
+    result_file = spec_file.with_suffix(".result.json")
+    result_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    root = str(Path(mmpipeline.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    # the stage's printed tables go to stderr with the progress: stdout is the benchmark's JSON
+    proc = subprocess.run([sys.executable, "-m", "mmpipeline.bench.scale", str(spec_file)], env=env,
+                          stdout=sys.__stderr__, stderr=sys.__stderr__, check=False)
+    out = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if proc.returncode != 0 or not out:
+        why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit code {proc.returncode}"
+        return {"failed": f"{why}: {out['failed']}" if out.get("failed") else why}
+    return out
+
+
+def _stage_process_main(spec_file: str) -> int:
+    """Body of the fresh stage process (see :func:`run_stage_process`)."""
+    from mmpipeline.config import load_config
+    from mmpipeline.context import RunContext
+
+    spec = json.loads(Path(spec_file).read_text())
+    logging.basicConfig(level=int(spec.get("log_level", logging.INFO)), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    sys.stdout = sys.stderr
+    ctx = RunContext.create(load_config(None, spec["overrides"], env={}), RUN_DATE, options=spec["options"])
+    ctx.spark  # noqa: B018  (start Spark outside the timed stage)
+    result = Path(spec_file).with_suffix(".result.json")
+    try:
+        out = measure_stage(spec["stage"], ctx)
+    except Exception as e:  # noqa: BLE001  (one line for the benchmark; the traceback at DEBUG)
+        line = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        log.error("bench scale: stage %s failed: %s", spec["stage"], line)
+        log.debug("traceback", exc_info=True)
+        result.write_text(json.dumps({"failed": f"{type(e).__name__}: {line}"}))
+        return 1
+    out["summary"] = json.loads(json.dumps(out["summary"], default=str))
+    result.write_text(json.dumps(out))
+    return 0
 
 
 def release_memory() -> None:
@@ -347,7 +426,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             r = run_size(n, work, datasets, cfg, {**params, "_largest": n == max(sizes)}, stages)
             for st in r["stages"].values():
-                st["summary"] = _slim(st["summary"])
+                if "summary" in st:
+                    st["summary"] = _slim(st["summary"])
             result["results"][str(n)] = r
             progress(f"size {n:,} done in {time.perf_counter() - t0:.1f}s")
             if params.get("partial_json"):  # the sizes done so far, for long runs
@@ -362,9 +442,10 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     if len(done) >= 2:
         n1, n2 = sorted(done)[-2:]
         result["scaling_between"] = [n1, n2]
-        result["scaling_exponent_b"] = {
-            s: scaling_exponent(n1, result["results"][str(n1)]["stages"][s]["seconds"],
-                                n2, result["results"][str(n2)]["stages"][s]["seconds"]) for s in stages}
+        secs = {n: {s: st.get("seconds") for s, st in result["results"][str(n)]["stages"].items()} for n in (n1, n2)}
+        result["scaling_exponent_b"] = {  # None for a stage that failed (or did not run) at either size
+            s: (scaling_exponent(n1, secs[n1][s], n2, secs[n2][s]) if secs[n1].get(s) and secs[n2].get(s) else None)
+            for s in stages}
     result["targets"] = _targets(result)
     return json.loads(json.dumps(result, default=str))
 
@@ -388,8 +469,15 @@ def _targets(result: dict[str, Any]) -> dict[str, Any]:
     for s in ("ingest", "clean", "validate"):
         if b.get(s) is not None:
             out[f"b_{s}_ok (<= 1.15)"] = b[s] <= 1.15
-    peaks = [st["driver_peak_rss_mb"] for st in r["stages"].values()]
+    failed = [s for s, st in r["stages"].items() if "failed" in st]
+    if failed:
+        out["failed_stages"] = failed
+    peaks = [st["driver_peak_rss_mb"] for st in r["stages"].values() if "driver_peak_rss_mb" in st]
     if peaks:
         out["driver_peak_rss_mb"] = max(peaks)
         out["driver_peak_rss_ok (<= 3072 MB)"] = max(peaks) <= 3072
     return out
+
+
+if __name__ == "__main__":  # a fresh stage process of run_stage_process
+    sys.exit(_stage_process_main(sys.argv[1]))

@@ -10,7 +10,8 @@ the run's config before the first of them (:func:`prepare`):
   2-core machine takes hours -- the text encoder is wrapped in a process-wide cache keyed by the
   model spec and a sha256 of the exact text, so a text encoded at a smaller size is reused at the
   larger ones. The summary says how many texts the model really encoded (``really_encoded``) and
-  how many came from the cache (``cache_hits``); the stage itself (plan, hashing, merges) is timed
+  how many came from the cache (``cache_hits``; the cache is kept in a file beside the sizes' scratch
+  folders, as each stage runs in its own process); the stage itself (plan, hashing, merges) is timed
   in full. ``--param encode_budget=N`` caps the texts really encoded in the run: new texts beyond it
   get a stand-in, the vector of an encoded text picked by hash plus a small perturbation seeded by the
   hash (``reused_beyond_budget`` in the summary; those vectors belong to other titles, so at such sizes
@@ -107,6 +108,34 @@ class CachingTextEncoder:
         return out
 
 
+def load_text_cache(path: str | Path) -> None:
+    """Fill the process-wide text cache from ``path`` (written by :func:`save_text_cache`), so a stage
+    process of a later size reuses what an earlier one encoded (``bench scale`` runs each stage in its
+    own process). Namespaces already in memory are kept as they are."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        saved = pickle.load(f)
+    for ns, (keys, mat) in saved.items():
+        if ns not in _TEXT_CACHE:
+            _TEXT_CACHE[ns] = dict(zip(keys, mat))
+
+
+def save_text_cache(path: str | Path) -> None:
+    """Write the process-wide text cache (each namespace as its keys and one float32 matrix)."""
+    import pickle
+
+    out = {ns: (list(c), np.stack(list(c.values())).astype(np.float32) if c else np.zeros((0, 0), np.float32))
+           for ns, c in _TEXT_CACHE.items()}
+    tmp = Path(str(path) + ".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(out, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+
+
 def prepare(ctx) -> None:
     """Bench settings for the later stages (idempotent; see the module docstring)."""
     cfg = ctx.cfg
@@ -142,11 +171,16 @@ def embed(ctx) -> dict[str, Any]:
         made.append(CachingTextEncoder(enc, spec.to_json(), int(budget) if budget is not None else None))
         return made[-1]
 
+    cache_file = ctx.options.get("text_cache_file")
+    if cache_file:
+        load_text_cache(cache_file)
     job.build_encoder = build
     try:
         out = job.run(ctx) or {}
     finally:
         job.build_encoder = real_build
+    if cache_file and any(e.encoded for e in made):
+        save_text_cache(cache_file)
     out["really_encoded"] = sum(e.encoded for e in made)
     out["cache_hits"] = sum(e.hits for e in made)
     if ctx.options.get("encode_budget") is not None:

@@ -7,7 +7,7 @@ def test_bench_scale_small(spark, tmp_path, shared_datasets):
     from mmpipeline.bench import scale
 
     out = scale.main(None, {"sizes": [150, 300], "datasets": str(shared_datasets), "workdir": str(tmp_path),
-                            "stages": "ingest,clean,validate", "extras_at": "largest"})
+                            "stages": "ingest,clean,validate", "extras_at": "largest", "process": "shared"})
     # sizes as --param sizes=[150,300] gives them; the later stages: bench only (minutes)
     assert out["sizes"] == [150, 300] and list(out["results"]) == ["150", "300"]
     assert "clean_vs_pandas" not in out["results"]["150"]  # extras_at=largest: measured once
@@ -39,6 +39,22 @@ def test_bench_scale_small(spark, tmp_path, shared_datasets):
         assert cc["spark_seconds"] > 0 and cc["pandas_seconds"] > 0
     assert set(out["scaling_exponent_b"]) == {"ingest", "clean", "validate"}
     assert out["scaling_between"] == [150, 300]
+
+
+def test_bench_scale_fresh_processes_record_a_failed_stage(tmp_path, shared_datasets):
+    """The default: each stage in its own process (its peaks its own); a stage whose process fails
+    is recorded as failed with the exit, the size's later stages are skipped, and no exponent is made up."""
+    from mmpipeline.bench import scale
+
+    out = scale.main(None, {"sizes": "120", "datasets": str(shared_datasets), "workdir": str(tmp_path),
+                            "stages": "ingest,embed,train", "skip_extras": True})
+    st = out["results"]["120"]["stages"]
+    assert st["ingest"]["process"] == "fresh" and st["ingest"]["seconds"] > 0
+    assert st["ingest"]["delta_versions"] == 4 and st["ingest"]["tree_peak_rss_mb"] > st["ingest"]["driver_peak_rss_mb"]
+    # no silver.products: the stage's own one-line error, with the exit
+    assert st["embed"]["failed"].startswith("exit code 1: StageError: silver.products does not exist"), st["embed"]
+    assert "train" not in st
+    assert out["targets"]["failed_stages"] == ["embed"]
 
 
 def test_stage_registry_takes_new_stages():
