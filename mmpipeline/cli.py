@@ -253,8 +253,28 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("%s failed", args.cmd)
         what = f"run {args.stage}" if args.cmd == "run" else args.cmd
         print(f"mmpipeline: {what} failed: {describe_error(e, getattr(args, 'config', None))}", file=sys.stderr)
-        return 1
-    return 0
+        return _finish(1, args.cmd, argv)
+    return _finish(0, args.cmd, argv)
+
+
+# commands that only read the lake and MLflow (no Spark, nothing to close at exit)
+READ_ONLY_COMMANDS = ("summary", "index-status", "search")
+
+
+def _finish(rc: int, cmd: str, argv: list[str] | None) -> int:
+    """The exit of a read-only command run as the program: output flushed, then the process ends
+    without tearing down native libraries. pyarrow's dataset scanner threads can still be joinable
+    when the interpreter destroys them, and the process then aborts *after* its work is done
+    ("terminate called without an active exception", exit 134; apache/arrow#34314): seen in 2 of 12
+    ``make run``s at ``mmpipeline summary``. Called from Python (``argv`` given) it just returns."""
+    if argv is not None or cmd not in READ_ONLY_COMMANDS:
+        return rc
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover
