@@ -20,6 +20,8 @@ the run's config before the first of them (:func:`prepare`):
   and features per query partition on the executors; ``local`` for the one-process path);
 * train: ``rank.epochs`` capped (``--param train_epochs``, default 2), the new version is the
   ``challenger``;
+* evaluate: the promotion gate on the held-out queries with the score stage's retrieval over the
+  whole catalog (rows = held-out queries); it may promote the challenger;
 * score: the Spark engine (queries partitioned, state loaded once per Python worker), scoring with
   the challenger (``score.model_alias: challenger``: the bench does not run the promotion gate);
 * publish: the publish gate and the served index; a refusal by the gate is recorded
@@ -203,6 +205,13 @@ def train(ctx) -> dict[str, Any]:
     return rtrain.run(ctx)
 
 
+def evaluate(ctx) -> dict[str, Any]:
+    from mmpipeline.rank import evaluate as revaluate
+
+    prepare(ctx)
+    return revaluate.run(ctx)
+
+
 def score(ctx) -> dict[str, Any]:
     from mmpipeline.score import job
 
@@ -232,6 +241,7 @@ LATER_STAGES = [
     ("embed", "mmpipeline.bench.scale_stages:embed", _embedded),
     ("build-training-data", "mmpipeline.bench.scale_stages:build_training_data", lambda s, c: int(s.get("rows") or 0)),
     ("train", "mmpipeline.bench.scale_stages:train", lambda s, c: int(s.get("train_pairs") or 0)),
+    ("evaluate", "mmpipeline.bench.scale_stages:evaluate", lambda s, c: int(s.get("queries") or 0)),
     ("score", "mmpipeline.bench.scale_stages:score", lambda s, c: int(s.get("candidate_pairs") or 0)),
     ("publish", "mmpipeline.bench.scale_stages:publish", lambda s, c: int(s.get("rows") or 0)),
 ]

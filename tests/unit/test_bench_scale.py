@@ -75,7 +75,7 @@ def test_later_stages_registered_in_order_and_text_cache_encodes_each_text_once(
 
     names = list(scale.STAGES)
     assert names[:3] == ["ingest", "clean", "validate"]
-    assert names[3:8] == ["embed", "build-training-data", "train", "score", "publish"]
+    assert names[3:9] == ["embed", "build-training-data", "train", "evaluate", "score", "publish"]
 
     class Model:
         name = "m"
@@ -95,6 +95,33 @@ def test_later_stages_registered_in_order_and_text_cache_encodes_each_text_once(
     np.testing.assert_array_equal(v2, [[1, 0], [3, 3]])
     assert a.name == "m"  # everything else is the wrapped encoder's
     assert CachingTextEncoder(inner, "spec-test-2").encode(["b"]).shape == (1, 2) and len(inner.calls) == 3
+
+
+def test_text_cache_persists_for_the_next_stage_process(tmp_path, monkeypatch):
+    """bench scale runs each stage in its own process: the cache goes through a file."""
+    import numpy as np
+
+    from mmpipeline.bench import scale_stages as ss
+
+    monkeypatch.setattr(ss, "_TEXT_CACHE", {})
+
+    class Model:
+        calls: list[list[str]] = []
+
+        def encode(self, texts, **kw):
+            self.calls.append(list(texts))
+            return np.array([[len(t), 2.0] for t in texts], np.float32)
+
+    ss.CachingTextEncoder(Model(), "ns").encode(["ab", "c"])
+    ss.save_text_cache(tmp_path / "cache.pkl")
+    monkeypatch.setattr(ss, "_TEXT_CACHE", {})  # a new process
+    ss.load_text_cache(tmp_path / "cache.pkl")
+    inner = Model()
+    inner.calls = []
+    enc = ss.CachingTextEncoder(inner, "ns")
+    np.testing.assert_array_equal(enc.encode(["c", "ab", "xyz"]), [[1, 2], [2, 2], [3, 2]])
+    assert inner.calls == [["xyz"]] and enc.hits == 2 and enc.encoded == 1
+    ss.load_text_cache(tmp_path / "missing.pkl")  # no file yet: nothing to load
 
 
 def test_text_cache_encode_budget_reuses_encoded_vectors_beyond_it():
