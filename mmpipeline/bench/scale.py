@@ -357,9 +357,10 @@ def _stage_process_main(spec_file: str) -> int:
     from mmpipeline.config import load_config
     from mmpipeline.context import RunContext
 
+    from mmpipeline.cli import setup_logging
+
     spec = json.loads(Path(spec_file).read_text())
-    logging.basicConfig(level=int(spec.get("log_level", logging.INFO)), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(logging.getLevelName(int(spec.get("log_level", logging.INFO))))  # as the CLI does
     sys.stdout = sys.stderr
     ctx = RunContext.create(load_config(None, spec["overrides"], env={}), RUN_DATE, options=spec["options"])
     ctx.spark  # noqa: B018  (start Spark outside the timed stage)
