@@ -467,16 +467,24 @@ def _targets(result: dict[str, Any]) -> dict[str, Any]:
         out["clean_spark_over_pandas"] = cvp["spark_over_pandas"]
         out["clean_spark_over_pandas_ok (>= 2)"] = cvp["spark_over_pandas"] >= 2 and cvp["same_counts"]
     b = result.get("scaling_exponent_b") or {}
-    for s in ("ingest", "clean", "validate"):
+    for s in STAGES:
         if b.get(s) is not None:
             out[f"b_{s}_ok (<= 1.15)"] = b[s] <= 1.15
+    dense = [i for i in (r["stages"].get("score", {}).get("summary") or {}).get("indexes", []) if i.get("kind") != "bm25"]
+    if dense:
+        out["ann_recall_vs_exact"] = {f"{i['modality']} ({i['kind']})": i["recall"] for i in dense}
+        out["ann_recall_ok (>= 0.95)"] = all(i["recall"] is not None and i["recall"] >= 0.95 for i in dense)
     failed = [s for s, st in r["stages"].items() if "failed" in st]
     if failed:
         out["failed_stages"] = failed
-    peaks = [st["driver_peak_rss_mb"] for st in r["stages"].values() if "driver_peak_rss_mb" in st]
-    if peaks:
-        out["driver_peak_rss_mb"] = max(peaks)
-        out["driver_peak_rss_ok (<= 3072 MB)"] = max(peaks) <= 3072
+    # driver peaks (MiB): part 1's 3 GB for ingest / clean / validate, part 2's 6 GB for the later stages
+    for group, names, limit in (("ingest_clean_validate", ("ingest", "clean", "validate"), 3072),
+                                ("later_stages", [n for n, _, _ in LATER_STAGES], 6144)):
+        peaks = {s: st["driver_peak_rss_mb"] for s, st in r["stages"].items() if s in names and "driver_peak_rss_mb" in st}
+        if peaks:
+            top = max(peaks, key=peaks.get)
+            out[f"driver_peak_rss_mb_{group}"] = {"stage": top, "mb": peaks[top]}
+            out[f"driver_peak_rss_{group}_ok (<= {limit} MB)"] = peaks[top] <= limit
     return out
 
 

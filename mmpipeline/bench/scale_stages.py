@@ -217,7 +217,21 @@ def score(ctx) -> dict[str, Any]:
 
     prepare(ctx)
     ctx.options["engine"] = "spark"
-    return job.run(ctx)
+    out = job.run(ctx)
+    out["indexes"] = retrieval_indexes(ctx)
+    return out
+
+
+def retrieval_indexes(ctx) -> list[dict[str, Any]]:
+    """The night's candidate indexes as ``ops.retrieval_indexes`` recorded them (kind, size, measured
+    recall@k against exact search, build seconds)."""
+    from mmpipeline.retrieval.ann import OPS_TABLE
+
+    if not ctx.lake.exists(OPS_TABLE):
+        return []
+    df = ctx.lake.read_pandas(OPS_TABLE, filters=[("run_date", "=", ctx.run_date)])
+    cols = ["modality", "kind", "params", "vectors", "recall", "recall_k", "tune_queries", "build_seconds"]
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in df[cols].to_dict("records")]
 
 
 def publish(ctx) -> dict[str, Any]:
