@@ -241,12 +241,6 @@ def _overrides(base_cfg, lake_root: Path, sources: dict[str, Any]) -> dict[str, 
     return over
 
 
-def _config(base_cfg, lake_root: Path, sources: dict[str, Any]):
-    from mmpipeline.config import load_config
-
-    return load_config(None, _overrides(base_cfg, lake_root, sources), env={})
-
-
 def run_size(n: int, work: Path, datasets: Path, base_cfg, params: dict[str, Any], stages: list[str]) -> dict[str, Any]:
     import contextlib
 
@@ -354,10 +348,9 @@ def run_stage_process(name: str, overrides: dict[str, Any], options: dict[str, A
 
 def _stage_process_main(spec_file: str) -> int:
     """Body of the fresh stage process (see :func:`run_stage_process`)."""
+    from mmpipeline.cli import setup_logging
     from mmpipeline.config import load_config
     from mmpipeline.context import RunContext
-
-    from mmpipeline.cli import setup_logging
 
     spec = json.loads(Path(spec_file).read_text())
     setup_logging(logging.getLevelName(int(spec.get("log_level", logging.INFO))))  # as the CLI does
