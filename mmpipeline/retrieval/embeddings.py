@@ -82,8 +82,6 @@ def vector_blocks(lake, table: str, id_col: str, modality: str, model_name: str,
 def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | None = None,
                  model_name: str | None = None) -> Vectors:
     """Vectors of one modality and one model from a gold embeddings table (sorted by id)."""
-    import pyarrow.compute as pc
-
     if not lake.exists(table):
         return Vectors.empty()
     filt: list[Any] = [("modality", "=", modality)]
@@ -111,9 +109,9 @@ def load_vectors(lake, table: str, id_col: str, modality: str, preferred: str | 
     where[order] = np.arange(len(order))  # sorted position of each row as read
     mat = np.empty((len(all_ids), blocks[0].shape[1]), np.float32)
     start = 0
-    while blocks:
-        b = blocks.pop(0)
+    blocks.reverse()
+    while blocks:  # each block freed as soon as it is placed
+        b = blocks.pop()
         mat[where[start:start + len(b)]] = b
         start += len(b)
-        del b
     return Vectors(all_ids[order], mat, model_name)

@@ -25,6 +25,7 @@ Publishing is a separate stage (``publish``).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import logging
 import time
@@ -237,8 +238,6 @@ def compute(cfg: Config, lake, run_date: dt.date, alias: str, engine: str | None
     product_ids = inputs.products["product_id"].to_numpy(object)
     del gen, groups
     inputs.products = inputs.products.iloc[:0]
-    import gc
-
     gc.collect()
     vectors = fuse_product_vectors(product_ids, inputs.text, inputs.image, sc.fusion_weights)
     vectors.insert(0, "run_date", run_date)
