@@ -252,6 +252,10 @@ class RankConfig(_Model):
     # refuse promotion when the challenger trails any baseline (BM25, text / image cosine) on a gated
     # slice (or overall) by more than this (primary metric); None: no baseline check
     slice_regression_max: float | None = None
+    # refuse promotion (the first model too) when the challenger's overall primary metric is below the
+    # best baseline's + this: a model that loses to BM25 over the whole held-out set is never champion
+    # (the night then keeps the previous champion or, with none, scoring stops with one line). None: no check
+    min_gain_over_baselines: float | None = 0.0
     slice_min_queries: int = 0
     eval_k: int = 10
     recall_k: int = 100

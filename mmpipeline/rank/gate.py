@@ -5,7 +5,8 @@ primary metric by more than ``rank.promote_margin`` (strictly: a tie never promo
 slice (``rank.gate_slices``) regresses against the champion by more than ``rank.slice_tolerance``.
 With ``rank.slice_regression_max`` set, the challenger must also not trail any baseline (BM25, text
 or image cosine: the systems the catalog can have) on any gated slice by more than that, also when
-there is no champion yet. Slices measured on fewer than ``rank.slice_min_queries`` queries are not
+there is no champion yet. Independently, the challenger's overall primary metric must reach the best
+baseline's plus ``rank.min_gain_over_baselines`` (default 0: not below BM25), the first model too. Slices measured on fewer than ``rank.slice_min_queries`` queries are not
 gated (too noisy). A version that already is the champion is never "promoted" again. The stage
 (:mod:`mmpipeline.rank.evaluate`) records the decision and moves the alias.
 """
@@ -55,6 +56,24 @@ def baseline_regressions(challenger: dict[str, dict[str, float]], baselines: dic
     return ok, reasons
 
 
+def beats_baselines(challenger: dict[str, dict[str, float]], baselines: dict[str, dict[str, dict[str, float]]],
+                    rc: "RankConfig") -> tuple[bool, list[str]]:
+    """Whether the challenger's overall primary metric reaches the best baseline's plus
+    ``rank.min_gain_over_baselines`` (no check when that is None or there are no baselines)."""
+    gain, pm = rc.min_gain_over_baselines, rc.primary_metric
+    vals = {b: (bm.get("all") or {}).get(pm, float("nan")) for b, bm in baselines.items()}
+    vals = {b: v for b, v in vals.items() if np.isfinite(v)}
+    if gain is None or not vals:
+        return True, []
+    best = max(vals, key=lambda b: vals[b])
+    c = challenger["all"].get(pm, float("nan"))
+    if c >= vals[best] + gain:
+        return True, [f"{pm}: challenger {c:.4f} >= best baseline {best} {vals[best]:.4f} + "
+                      f"rank.min_gain_over_baselines {gain}"]
+    return False, [f"{pm}: challenger {c:.4f} < best baseline {best} {vals[best]:.4f} + "
+                   f"rank.min_gain_over_baselines {gain}: a model that loses to a baseline is not promoted"]
+
+
 def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str, float]] | None,
            rc: "RankConfig", baselines: dict[str, dict[str, dict[str, float]]] | None = None) -> tuple[bool, list[str]]:
     """Promotion decision from slice -> metric -> value of challenger, champion and (optionally) the
@@ -63,10 +82,12 @@ def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str
     c_val = challenger["all"].get(pm, float("nan"))
     if not np.isfinite(c_val):
         return False, [f"challenger {pm} is not finite ({c_val})"]
+    beat_ok, beat_reasons = beats_baselines(challenger, baselines or {}, rc)
     base_ok, base_reasons = baseline_regressions(challenger, baselines or {}, rc)
+    base_ok, base_reasons = base_ok and beat_ok, beat_reasons + base_reasons
     if champion is None:
         if not base_ok:
-            return False, ["no current champion, but the challenger regresses against a baseline", *base_reasons]
+            return False, ["no current champion, but the challenger loses to a baseline", *base_reasons]
         return True, ["no current champion: the first evaluated model becomes champion", *base_reasons]
     h_val = champion["all"].get(pm, float("nan"))
     reasons, ok = [], True

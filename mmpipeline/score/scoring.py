@@ -59,7 +59,8 @@ def resolve_version(cfg: Config, alias: str) -> tuple[str, str, str | None]:
         raise StageError(f"cannot reach the MLflow registry at {cfg.mlflow.tracking_uri}: {type(e).__name__}: {e}") from e
     if mv is None:
         raise StageError(f"no version of registered model {name!r} has alias {alias!r} in {cfg.mlflow.tracking_uri} "
-                         "(run 'mmpipeline run train' and 'mmpipeline run evaluate' first)")
+                         "(run 'mmpipeline run train' and 'mmpipeline run evaluate' first; evaluate promotes a model "
+                         "only when it beats the baselines and the champion, its reasons are in ops.rank_decisions)")
     return name, str(mv.version), mv.run_id
 
 

@@ -199,6 +199,20 @@ def test_build_train_evaluate_and_gate(rank_cfg):
     logged = mlflow.get_run(e3["mlflow_run_id"]).data.metrics
     assert {"challenger_vs_bm25.all.wins", "challenger_vs_text_cosine.short_queries.losses"} <= set(logged)
 
+    # with no champion, a model that does not beat the best baseline overall (by rank.min_gain_over_baselines;
+    # 1.0 here, so that nothing can) is not promoted either: no champion, and scoring stops with one line
+    from mmpipeline.context import StageError
+    from mmpipeline.score.scoring import resolve_version
+
+    client.delete_registered_model_alias(rank_cfg.mlflow.model_name, "champion")
+    first = rank_cfg.model_copy(update={"rank": rank_cfg.rank.model_copy(update={"min_gain_over_baselines": 1.0})})
+    e4 = evaluate.run(RunContext.create(first, D1, full_refresh=True))
+    assert not e4["promoted"] and e4["reasons"][0].startswith("no current champion, but the challenger loses")
+    assert any("< best baseline" in r and "rank.min_gain_over_baselines 1.0" in r for r in e4["reasons"])
+    assert alias_version(rank_cfg, "champion") is None
+    with pytest.raises(StageError, match="has alias 'champion'.*ops.rank_decisions"):
+        resolve_version(rank_cfg, "champion")
+
 
 @pytest.mark.slow
 def test_quality_bench_reports_every_system(rank_cfg):

@@ -201,6 +201,27 @@ def test_gate_refuses_a_slice_that_regresses_against_a_baseline():
     assert decide(_m(0.7, long_queries=0.52), None, RankConfig(), base)[0]
 
 
+def test_a_model_that_loses_to_a_baseline_overall_is_never_promoted_not_even_the_first():
+    base = {"bm25": _m(0.074), "text_cosine": _m(0.05)}
+    # the 1M bench's first model: 0.069 against BM25's 0.074, no champion yet -> refused (the default)
+    ok, why = decide(_m(0.069), None, RankConfig(), base)
+    assert not ok and "loses to a baseline" in why[0]
+    assert any("< best baseline bm25 0.0740" in w for w in why)
+    # also against a champion it beats
+    ok, why = decide(_m(0.069), _m(0.03), RankConfig(), base)
+    assert not ok and any("< best baseline bm25" in w for w in why)
+    # a tie with the best baseline passes at the default gain 0; a required gain refuses it
+    assert decide(_m(0.074), None, RankConfig(), base)[0]
+    assert not decide(_m(0.074), None, RankConfig(min_gain_over_baselines=0.01), base)[0]
+    ok, why = decide(_m(0.09), None, RankConfig(min_gain_over_baselines=0.01), base)
+    assert ok and any(">= best baseline bm25 0.0740" in w for w in why)
+    # switched off, or no baselines measured: no check
+    assert decide(_m(0.069), None, RankConfig(min_gain_over_baselines=None), base)[0]
+    assert decide(_m(0.069), None, RankConfig(), {})[0]
+    # a baseline without a finite value does not count
+    assert decide(_m(0.069), None, RankConfig(), {"image_cosine": _m(float("nan"))})[0]
+
+
 def test_match_features_count_words_typos_numbers_units_and_fields_separately():
     from mmpipeline.retrieval.features import FIELD_MATCH_FEATURES, MATCH_FEATURES, numbers_and_units
 
