@@ -153,6 +153,10 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
 
     rows = int(params.get("rows", 1_000_000))
     source = Path(params["source"]) if params.get("source") else _default_source(cfg)
+    if source is not None and not source.is_file():
+        log.warning("bench clean: %s is not a file: scaling generated titles instead (set MMP_DATASETS or "
+                    "--param source=<relevance.csv>)", source)
+        source = None
     c = cfg.clean if cfg is not None else CleanConfig()
     work = Path(params.get("workdir") or tempfile.mkdtemp(prefix="mmp-bench-clean-"))
     work.mkdir(parents=True, exist_ok=True)
