@@ -163,17 +163,20 @@ def _decode_entities(c: "Column") -> "Column":
     return F.array_join(F.transform(F.split(c, "&"), piece), "")
 
 
-_CTRL_CHARS = "".join(chr(i) for i in [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
-_TO_SPACE = _CTRL_CHARS + "\t\n\r"  # control characters and the other ASCII whitespace
+# a run of ASCII whitespace / control characters that is not already one plain space: a control
+# character (with whatever whitespace follows it) or a space followed by more whitespace
+_SPACE_RUN = r"[\x00-\x1F\x7F][\x00-\x20\x7F]*|\x20[\x00-\x20\x7F]+"
 
 
 def _finish_text(s: "Column") -> "Column":
-    """Control characters -> space, whitespace runs -> one space, trimmed; empty -> null."""
+    """Control characters -> space, whitespace runs -> one space, trimmed; empty -> null.
+
+    One regular expression that matches only what changes (``translate`` of the 33 control and
+    whitespace characters looked every character up in a hash map: in a cold JVM 3.8 s vs 1.8 s
+    for 1M titles, same results)."""
     from pyspark.sql import functions as F
 
-    t = _let(F.translate(s, _TO_SPACE, " " * len(_TO_SPACE)),
-             lambda t: F.when(t.contains("  "), F.regexp_replace(t, " {2,}", " ")).otherwise(t))
-    return F.nullif(F.trim(t), F.lit(""))
+    return F.nullif(F.trim(F.regexp_replace(s, _SPACE_RUN, " ")), F.lit(""))
 
 
 def _decode_pass(s: "Column") -> "Column":
