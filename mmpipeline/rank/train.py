@@ -376,9 +376,7 @@ def stream_lists(batches: Any, featurizer: PairFeaturizer, splits: tuple[str, ..
         if not len(df):
             continue
         n += len(df)
-        h = df[sorted(df.columns)]
-        h = h.astype({c: str for c in h.columns if h[c].dtype == object})
-        hashes.append(pd.util.hash_pandas_object(h, index=False).to_numpy())
+        hashes.append(_row_hashes(df))
         rows = featurizer.product_rows(df["product_id"].tolist())
         df = df.loc[rows >= 0].reset_index(drop=True)
         rows = rows[rows >= 0]
@@ -442,16 +440,26 @@ _NOT_TRAINING = frozenset({"primary_metric", "promote_margin", "slice_tolerance"
                            "relevant_min_label", "long_query_tokens", "max_eval_queries", "eval_batch_queries",
                            "bench_fusions", "colour_attribute", "score_batch_size", "device",
                            "bench_lambdamart", "lambdamart_rounds", "slice_regression_max", "slice_min_queries",
-                           "gate_slices", "data_engine", "data_partitions"})
+                           "gate_slices", "data_engine", "data_partitions", "min_gain_over_baselines"})
 TRAIN_KEY_TAG = "mmp_train_key"
+
+
+def _row_hashes(df: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per training row (columns in name order, objects as text)."""
+    h = df[sorted(df.columns)]
+    h = h.astype({c: str for c in h.columns if h[c].dtype == object})
+    return pd.util.hash_pandas_object(h, index=False).to_numpy()
 
 
 def rows_digest(df: pd.DataFrame) -> str:
     """The order-independent digest of training rows that :func:`stream_lists` computes batch by batch."""
-    h = df[sorted(df.columns)]
-    h = h.astype({c: str for c in h.columns if h[c].dtype == object})
-    return hashlib.sha256(np.sort(pd.util.hash_pandas_object(h, index=False).to_numpy()).tobytes()
-                          if len(df) else b"").hexdigest()
+    return hashlib.sha256(np.sort(_row_hashes(df)).tobytes() if len(df) else b"").hexdigest()
+
+
+def streamed_digest(batches: Any) -> str:
+    """:func:`rows_digest` of a stream of frames (as :func:`stream_lists` computes it), rows only."""
+    hashes = [_row_hashes(df) for df in batches if len(df)]
+    return hashlib.sha256(np.sort(np.concatenate(hashes)).tobytes() if hashes else b"").hexdigest()
 
 
 def config_fingerprint(rc: "RankConfig", rows: str | pd.DataFrame, featurizer_meta: dict[str, Any] | None = None) -> str:
@@ -495,10 +503,14 @@ def find_trained_version(cfg: "Config", key: str):
     return min(hits, key=lambda v: int(v.version)) if hits else None
 
 
+def _pinned_versions(meta: dict[str, Any]) -> dict[str, int]:
+    """The input table versions the training data was built from (its commit metadata)."""
+    return {k: v for k, v in (meta.get("input_versions") or {}).items()
+            if k in ("silver.products", "gold.product_embeddings", "gold.query_embeddings") and v is not None}
+
+
 def featurizer_for(ctx: "RunContext", meta: dict[str, Any]) -> PairFeaturizer:
-    versions = {k: v for k, v in (meta.get("input_versions") or {}).items()
-                if k in ("silver.products", "gold.product_embeddings", "gold.query_embeddings") and v is not None}
-    return PairFeaturizer.from_lake(ctx.lake, ctx.cfg, as_of=ctx.run_date, versions=versions)
+    return PairFeaturizer.from_lake(ctx.lake, ctx.cfg, as_of=ctx.run_date, versions=_pinned_versions(meta))
 
 
 def _reuse(ctx: "RunContext", mv, key: str, table_version: int) -> dict[str, Any]:
@@ -567,21 +579,30 @@ def run(ctx: "RunContext") -> dict[str, Any]:
 
     rc = ctx.cfg.rank
     table_version, night, meta = training_partition(ctx)
+    setup_mlflow(ctx.cfg)
+    # a retry / re-run of a date already trained is found from the rows and the vector models alone,
+    # before the featuriser is built (minutes at 1M products)
+    batches = TrainingRowBatches(ctx.lake.uri("gold.training_data"), table_version, night)
+    digest = streamed_digest(batches)
+    models = dict(zip(("text_model", "image_model"), PairFeaturizer.vector_models(
+        ctx.lake, ctx.cfg, as_of=ctx.run_date, versions=_pinned_versions(meta))))
+    key = train_key(ctx.run_date, config_fingerprint(rc, digest, models))
+    done = find_trained_version(ctx.cfg, key)
+    if done is not None:
+        return _reuse(ctx, done, key, table_version)
     featurizer = featurizer_for(ctx, meta)
     # the night's rows streamed from the Delta partition into compact per-split lists (never one frame)
-    got = stream_lists(TrainingRowBatches(ctx.lake.uri("gold.training_data"), table_version, night), featurizer)
+    got = stream_lists(batches, featurizer)
     train, valid = got.lists["train"], got.lists["valid"]
     if not len(train):
         raise StageError("no training queries in gold.training_data (check rank.split)")
     log.info("train: %d pairs / %d queries; valid: %d pairs / %d queries", len(train), len(train.groups),
              len(valid), len(valid.groups))
-    setup_mlflow(ctx.cfg)
     k = rc.eval_k
     fingerprint = config_fingerprint(rc, got.rows_digest, featurizer.meta)
-    key = train_key(ctx.run_date, fingerprint)
-    done = find_trained_version(ctx.cfg, key)
-    if done is not None:
-        return _reuse(ctx, done, key, table_version)
+    if train_key(ctx.run_date, fingerprint) != key:  # the rows or the models changed under this run
+        raise StageError(f"gold.training_data or the embeddings changed while train ran (key {key} -> "
+                         f"{train_key(ctx.run_date, fingerprint)}); run train again")
     with mlflow.start_run(run_name=f"train-{ctx.run_date}-{rc.fusion}-{rc.loss}") as mrun:
         mlflow.set_tags({"stage": "train", "run_date": str(ctx.run_date), "fusion": rc.fusion, "loss": rc.loss,
                          TRAIN_KEY_TAG: key, "config_fingerprint": fingerprint})

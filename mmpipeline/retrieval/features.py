@@ -98,6 +98,14 @@ def _bounded_put(cache: dict, key: Any, value: Any, max_entries: int) -> None:
     cache[key] = value
 
 
+def _read_as_of(lake: "Lake", name: str, columns: list[str], versions: dict[str, int], as_of: Any) -> pd.DataFrame:
+    """``columns`` of table ``name`` at its pinned version, only rows with ``run_date <= as_of``."""
+    df = lake.read_pandas(name, version=versions.get(name), columns=columns)
+    if as_of is not None and "run_date" in df.columns:
+        df = df[pd.to_datetime(df["run_date"]).dt.date <= pd.Timestamp(as_of).date()]
+    return df
+
+
 def _pick_model(df: pd.DataFrame, modality: str, wanted: str | None) -> str | None:
     return pick_model(model_stats(df[df["modality"] == modality]), wanted, f"{modality} vectors")
 
@@ -307,6 +315,15 @@ class PairFeaturizer:
         return mat, has
 
     # ------------------------------------------------------------------------------ loading
+    @staticmethod
+    def vector_models(lake: "Lake", cfg: "Config", as_of: Any = None,
+                      versions: dict[str, int] | None = None) -> tuple[str | None, str | None]:
+        """The (text, image) embedding models :meth:`from_lake` picks, from the embeddings' id,
+        modality and model columns only (no vectors, no catalog)."""
+        emb = _read_as_of(lake, "gold.product_embeddings",
+                          ["product_id", "modality", "model_name", "run_date", "embedded_at"], versions or {}, as_of)
+        return _pick_model(emb, "text", cfg.rank.text_model_name), _pick_model(emb, "image", cfg.rank.image_model_name)
+
     @classmethod
     def from_lake(cls, lake: "Lake", cfg: "Config", as_of: Any = None,
                   query_encoder: Callable[[list[str]], np.ndarray] | None = None,
@@ -318,10 +335,7 @@ class PairFeaturizer:
         versions = versions or {}
 
         def read(name: str, columns: list[str]) -> pd.DataFrame:
-            df = lake.read_pandas(name, version=versions.get(name), columns=columns)
-            if as_of is not None and "run_date" in df.columns:
-                df = df[pd.to_datetime(df["run_date"]).dt.date <= pd.Timestamp(as_of).date()]
-            return df
+            return _read_as_of(lake, name, columns, versions, as_of)
 
         def stream(name: str, id_col: str, modality: str, model: str, pos: dict[str, int] | None = None):
             """(ids, matrix) of one modality and model, record batch by record batch
@@ -354,10 +368,7 @@ class PairFeaturizer:
         prod_cols = ["product_id", *dict.fromkeys([*BM25_FIELDS, *TEXT_FIELDS]), "price", "popularity", "rating",
                      "run_date"]
         products = read("silver.products", prod_cols)
-        emb = read("gold.product_embeddings", ["product_id", "modality", "model_name", "run_date", "embedded_at"])
-        text_model = _pick_model(emb, "text", cfg.rank.text_model_name)
-        image_model = _pick_model(emb, "image", cfg.rank.image_model_name)
-        del emb
+        text_model, image_model = cls.vector_models(lake, cfg, as_of, versions)
         # the catalog order the featuriser uses (see __post_init__): vectors are streamed into it
         cat_ids = products.drop_duplicates("product_id", keep="last")["product_id"].astype(str).tolist()
         pos = {pid: i for i, pid in enumerate(cat_ids)}
