@@ -6,8 +6,8 @@ slice (``rank.gate_slices``) regresses against the champion by more than ``rank.
 With ``rank.slice_regression_max`` set, the challenger must also not trail any baseline (BM25, text
 or image cosine: the systems the catalog can have) on any gated slice by more than that, also when
 there is no champion yet. Independently, the challenger's overall primary metric must reach the best
-baseline's plus ``rank.min_gain_over_baselines`` (default 0: not below BM25), the first model too. Slices measured on fewer than ``rank.slice_min_queries`` queries are not
-gated (too noisy). A version that already is the champion is never "promoted" again. The stage
+baseline's plus ``rank.min_gain_over_baselines`` (default 0: not below BM25), the first model too.
+Slices measured on fewer than ``rank.slice_min_queries`` queries are not gated (too noisy). A version that already is the champion is never "promoted" again. The stage
 (:mod:`mmpipeline.rank.evaluate`) records the decision and moves the alias.
 """
 
