@@ -7,8 +7,9 @@ With ``rank.slice_regression_max`` set, the challenger must also not trail any b
 or image cosine: the systems the catalog can have) on any gated slice by more than that, also when
 there is no champion yet. Independently, the challenger's overall primary metric must reach the best
 baseline's plus ``rank.min_gain_over_baselines`` (default 0: not below BM25), the first model too.
-Slices measured on fewer than ``rank.slice_min_queries`` queries are not gated (too noisy). A version that already is the champion is never "promoted" again. The stage
-(:mod:`mmpipeline.rank.evaluate`) records the decision and moves the alias.
+Slices measured on fewer than ``rank.slice_min_queries`` queries are not gated (too noisy). A version
+that already is the champion is never "promoted" again. The stage (:mod:`mmpipeline.rank.evaluate`)
+records the decision and moves the alias.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def decide(challenger: dict[str, dict[str, float]], champion: dict[str, dict[str
     if not np.isfinite(c_val):
         return False, [f"challenger {pm} is not finite ({c_val})"]
     beat_ok, beat_reasons = beats_baselines(challenger, baselines or {}, rc)
-    base_ok, base_reasons = baseline_regressions(challenger, baselines or {}, rc)
-    base_ok, base_reasons = base_ok and beat_ok, beat_reasons + base_reasons
+    slice_ok, slice_reasons = baseline_regressions(challenger, baselines or {}, rc)
+    base_ok, base_reasons = beat_ok and slice_ok, beat_reasons + slice_reasons
     if champion is None:
         if not base_ok:
             return False, ["no current champion, but the challenger loses to a baseline", *base_reasons]

@@ -431,8 +431,7 @@ def stream_lists(batches: Any, featurizer: PairFeaturizer, splits: tuple[str, ..
         head[s] = pd.DataFrame({"query_id": [str(qids[c]) for c in cat["q"][k]],
                                 "query_norm": [q_norm[c] for c in cat["q"][k]],
                                 "product_id": featurizer.ids[cat["row"][k]].tolist()})
-    digest = hashlib.sha256(np.sort(np.concatenate(hashes)).tobytes() if hashes else b"").hexdigest()
-    return StreamedLists(out, digest, n, head)
+    return StreamedLists(out, _digest(hashes), n, head)
 
 
 # rank.* settings that only matter to evaluation, gating or benchmarks: changing them does not retrain
@@ -451,15 +450,20 @@ def _row_hashes(df: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(h, index=False).to_numpy()
 
 
-def rows_digest(df: pd.DataFrame) -> str:
-    """The order-independent digest of training rows that :func:`stream_lists` computes batch by batch."""
-    return hashlib.sha256(np.sort(_row_hashes(df)).tobytes() if len(df) else b"").hexdigest()
+def _digest(hashes: list[np.ndarray]) -> str:
+    """sha256 of the sorted row hashes (order-independent)."""
+    return hashlib.sha256(np.sort(np.concatenate(hashes)).tobytes() if hashes else b"").hexdigest()
 
 
 def streamed_digest(batches: Any) -> str:
-    """:func:`rows_digest` of a stream of frames (as :func:`stream_lists` computes it), rows only."""
-    hashes = [_row_hashes(df) for df in batches if len(df)]
-    return hashlib.sha256(np.sort(np.concatenate(hashes)).tobytes() if hashes else b"").hexdigest()
+    """The order-independent digest of a stream of training-row frames (what :func:`stream_lists`
+    computes alongside the lists), from the rows alone."""
+    return _digest([_row_hashes(df) for df in batches if len(df)])
+
+
+def rows_digest(df: pd.DataFrame) -> str:
+    """:func:`streamed_digest` of one frame of training rows."""
+    return streamed_digest([df])
 
 
 def config_fingerprint(rc: "RankConfig", rows: str | pd.DataFrame, featurizer_meta: dict[str, Any] | None = None) -> str:
