@@ -1,4 +1,4 @@
-"""mm_catalog_daily: ingest -> clean -> validate -> train-image-tower -> transcribe -> embed, every night at 01:00 UTC.
+"""mm_catalog_daily: ingest -> clean -> validate -> train-image-tower -> tune-asr -> transcribe -> embed, every night at 01:00 UTC.
 
 Brings the catalog, queries and judgments into the lake (bronze -> silver), checks them with Great
 Expectations (a failed critical expectation stops the run before anything downstream changes),
@@ -25,7 +25,7 @@ from mmpipeline.stages import CATALOG_DAG
 
 with DAG(
     dag_id=CATALOG_DAG,
-    description="Catalog: ingest -> clean -> validate -> train-image-tower -> transcribe -> embed (incremental)",
+    description="Catalog: ingest -> clean -> validate -> train-image-tower -> tune-asr -> transcribe -> embed (incremental)",
     doc_md=__doc__,
     schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"),
     start_date=START_DATE,

@@ -47,6 +47,8 @@ ASSETS: dict[str, AssetSpec] = {a.name: a for a in [
               note="registered model <mlflow.model_name>-image-tower"),
     AssetSpec("mmp_text_tower", "x-mmpipeline://mlflow/text-tower/champion",
               note="registered model <mlflow.model_name>-text-tower (reembed-text and embed re-embed when it is promoted)"),
+    AssetSpec("mmp_asr_model", "x-mmpipeline://mlflow/asr/champion",
+              note="registered model <mlflow.model_name>-asr (transcribe recognises with it when it is promoted)"),
     AssetSpec("mmp_voice_transcripts", "x-mmpipeline://lake/gold/voice_transcripts",
               ("gold.voice_transcripts", "gold.voice_features")),
     AssetSpec("mmp_product_embeddings", "x-mmpipeline://lake/gold/product_embeddings",
@@ -104,10 +106,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Contrastive image tower into the text-embedding space, registered in MLflow; a no-op when images "
           "are off or a tower for the same inputs is registered.",
           inputs=("mmp_silver_catalog",), outputs=("mmp_image_tower",)),
+    Stage("tune-asr", "mmpipeline.voice.adapt:run", S, False, 3 * _H,
+          "Whisper's encoder fine-tuned on train-split queries spoken by espeak-ng voices, registered in MLflow; "
+          "promoted only when it lowers the word error rate; a no-op when voice.adapt is off or inputs are unchanged.",
+          inputs=("mmp_silver_catalog",), outputs=("mmp_asr_model",)),
     Stage("transcribe", "mmpipeline.voice.stage:run", S, False, 2 * _H,
-          "Voice queries: decode, resample, features, Whisper (catalog prompt) -> gold.voice_transcripts / "
-          "gold.voice_features (incremental).",
-          inputs=("mmp_silver_catalog",), outputs=("mmp_voice_transcripts",)),
+          "Voice queries: decode, resample, features, Whisper (the promoted adapted one when there is one) -> "
+          "gold.voice_transcripts / gold.voice_features (incremental by audio hash and recogniser version).",
+          inputs=("mmp_silver_catalog", "mmp_asr_model"), outputs=("mmp_voice_transcripts",)),
     Stage("embed", "mmpipeline.embed.job:run", S, True, 4 * _H,
           "Incremental text/image/query embeddings -> gold.*_embeddings (never trains).",
           inputs=("mmp_silver_catalog", "mmp_image_tower", "mmp_text_tower"), outputs=("mmp_product_embeddings",)),

@@ -386,6 +386,7 @@ def snap_curve(m: pd.DataFrame, raw_by_scope: dict[str, list], v, corrector, hol
 def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     from mmpipeline.config import load_config
     from mmpipeline.voice.asr import bare_loop
+    from mmpipeline.voice.adapt import recognizer_models
     from mmpipeline.voice.stage import Decoding, make_recognizer, postprocess, prepare, recognise, redecode
     from mmpipeline.voice.textnorm import wer_form
     from mmpipeline.voice.vocab import Corrector, Vocabulary, norm, rescore
@@ -441,7 +442,11 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     }
 
     # --- speed: stage path vs bare faster-whisper loop (model loads excluded from both) -------------
-    rec = make_recognizer(v)
+    # asr_models: the recognisers to measure, e.g. "[DIR]" or "[DIR, null]" (an adapted model beside the
+    # base, as decode: both); default: what transcribe would use (recognizer_models)
+    models = params.get("asr_models") or recognizer_models(cfg)
+    rec = make_recognizer(v, [None if x in (None, "", "null", "base") else str(x) for x in models]
+                          if isinstance(models, (list, tuple)) else str(models))
     result["model"], result["device"] = rec.version, f"{rec.device}/{rec.compute_type}"
     warm = prepare(m["path"].head(2).tolist(), v)[0]
     rec.transcribe(warm)  # warm-up
@@ -480,13 +485,17 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             sub_audio = float(sum(d_sub))
         else:
             t_stage, sub_audio = t_prep + t_asr, audio_s
-        bare_model = WhisperModel(rec.path, device=rec.device, compute_type=rec.compute_type,
-                                  cpu_threads=v.cpu_threads, local_files_only=True)
-        bare_loop(bare_model, sub[:2])  # warm-up
-        t0 = time.perf_counter()
-        bare_texts = bare_loop(bare_model, sub)
-        t_bare = time.perf_counter() - t0
-        del bare_model
+        # the same work as the stage: one bare loop per model it decodes with (two with decode: both)
+        t_bare, bare_texts = 0.0, []
+        for path in rec.paths:
+            bare_model = WhisperModel(path, device=rec.device, compute_type=rec.compute_type,
+                                      cpu_threads=v.cpu_threads, local_files_only=True)
+            bare_loop(bare_model, sub[:2])  # warm-up
+            t0 = time.perf_counter()
+            texts_k = bare_loop(bare_model, sub)
+            t_bare += time.perf_counter() - t0
+            bare_texts = bare_texts or texts_k  # the first model's texts
+            del bare_model
         speed.update({"speed_clips": n_sp, "speed_stage_rtf": round(t_stage / sub_audio, 4),
                       "bare_loop_seconds": round(t_bare, 2), "bare_rtf": round(t_bare / sub_audio, 4),
                       "ratio_bare_rtf_over_stage_rtf": round(t_bare / t_stage, 3)})

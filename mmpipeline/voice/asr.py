@@ -64,19 +64,21 @@ def resolve_model(model: str | None, allow_download: bool = False) -> str:
 
 
 def model_version(path: str) -> str:
-    """A content fingerprint of a local model directory (config + tokenizer bytes, weights size/mtime)."""
+    """A content fingerprint of a local model directory (config + tokenizer bytes, weights size, and the
+    ``adaptation.json`` an adapted model carries: fine-tuned weights keep the file size)."""
     p = Path(path)
     if not p.is_dir():
         return path
     h = hashlib.sha256()
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json"):
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "adaptation.json"):
         f = p / name
         if f.is_file():
             h.update(f.read_bytes())
     w = p / "model.bin"
     if w.is_file():
         h.update(f"{w.stat().st_size}".encode())
-    return f"{p.name if p.name != 'model' else p.parent.name}-{h.hexdigest()[:12]}"
+    name = p.parent.name if p.name in ("model", "asr") else p.name  # packaged: the package; adapted: v<N>
+    return f"{name}-{h.hexdigest()[:12]}"
 
 
 def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
@@ -110,6 +112,7 @@ class Recognizer:
         from faster_whisper.tokenizer import Tokenizer
 
         self.path = resolve_model(model, allow_download)
+        self.paths = [self.path]
         self.device, self.compute_type = resolve_device(device, compute_type)
         self.version = model_version(self.path)
         self.batch_size = max(1, int(batch_size))
@@ -183,6 +186,38 @@ class Recognizer:
                 ranked = sorted(hyps.items(), key=lambda kv: -kv[1]) if temperature > 0 else list(hyps.items())
                 text, lp = ranked[0] if ranked else ("", None)
                 out.append(Recognition(text, lp, float(r.no_speech_prob), ranked))
+        return out
+
+
+class EnsembleRecognizer:
+    """Several recognisers on the same clips (``voice.adapt.decode: both``: the adapted Whisper and the
+    base one). Per clip the hypotheses of all join one n-best list, best average log-probability first,
+    and the surest wins: each model is surer on the speech it knows (the adapted one on the synthetic
+    voices it was tuned on, the base one on natural speech), so neither loses what the other knows.
+    Costs one recognition per member."""
+
+    def __init__(self, members: Sequence[Recognizer]):
+        if not members:
+            raise ValueError("EnsembleRecognizer needs at least one recogniser")
+        self.members = list(members)
+        first = self.members[0]
+        self.device, self.compute_type = first.device, first.compute_type
+        self.paths = [m.path for m in self.members]
+        self.path = " + ".join(self.paths)
+        self.version = "+".join(m.version for m in self.members)
+
+    def transcribe(self, waves: Sequence[np.ndarray], **kw: Any) -> list[Recognition]:
+        runs = [m.transcribe(waves, **kw) for m in self.members]
+        out = []
+        for recs in zip(*runs):
+            hyps: dict[str, float] = {}
+            for r in recs:
+                for text, lp in (r.nbest or [(r.text, r.avg_logprob)]):
+                    if lp is not None and (text not in hyps or lp > hyps[text]):
+                        hyps[text] = lp
+            best = max(recs, key=lambda r: -1e9 if r.avg_logprob is None else r.avg_logprob)
+            ranked = sorted(hyps.items(), key=lambda kv: -kv[1])
+            out.append(Recognition(best.text, best.avg_logprob, best.no_speech_prob, ranked))
         return out
 
 

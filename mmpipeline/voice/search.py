@@ -54,6 +54,7 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     """The same checks, preprocessing, prompt and correction as the transcribe stage, for one file."""
     from mmpipeline.lake import Lake
     from mmpipeline.voice.audio import check_clip
+    from mmpipeline.voice.adapt import recognizer_models
     from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare, recognise
     from mmpipeline.voice.vocab import Corrector, rescore
 
@@ -66,7 +67,7 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     lake = Lake(cfg.lake.root, engine="delta-rs")
     vocab = load_vocabulary(lake)
     waves, durs, _ = prepare([real], v, with_features=False)
-    raw = recognise(make_recognizer(v), waves, v, **_decoding_kwargs(Decoding.from_config(v, vocab)))
+    raw = recognise(make_recognizer(v, recognizer_models(cfg)), waves, v, **_decoding_kwargs(Decoding.from_config(v, vocab)))
     corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
     raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
     post = postprocess(raw, v, corrector).iloc[0].to_dict()

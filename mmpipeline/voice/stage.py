@@ -83,12 +83,18 @@ class Decoding:
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
-def make_recognizer(v: VoiceConfig):
-    from mmpipeline.voice.asr import Recognizer
+def make_recognizer(v: VoiceConfig, models: Sequence[str | None] | str | None = None):
+    """The recogniser of ``voice`` settings for ``models`` (default ``[voice.model]``): what
+    :func:`mmpipeline.voice.adapt.recognizer_models` picked (the promoted adapted Whisper, and the base
+    one beside it with ``voice.adapt.decode: both``). Several models: an :class:`EnsembleRecognizer`."""
+    from mmpipeline.voice.asr import EnsembleRecognizer, Recognizer
 
-    return Recognizer(v.model, device=v.device, compute_type=v.compute_type, cpu_threads=v.cpu_threads,
-                      batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download,
-                      nbest=v.nbest if v.rescore_weight > 0 else 1)
+    if models is None or isinstance(models, str):
+        models = [models]
+    recs = [Recognizer(m or v.model, device=v.device, compute_type=v.compute_type, cpu_threads=v.cpu_threads,
+                       batch_size=v.batch_size, beam_size=v.beam_size, allow_download=v.allow_download,
+                       nbest=v.nbest if v.rescore_weight > 0 else 1) for m in models]
+    return recs[0] if len(recs) == 1 else EnsembleRecognizer(recs)
 
 
 def recognise(rec, waves: Sequence[np.ndarray], v: VoiceConfig, prompt: str | None = None,
@@ -197,6 +203,7 @@ def _read(lake, name: str) -> pd.DataFrame | None:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     from mmpipeline.ops import print_table
+    from mmpipeline.voice.adapt import recognizer_models
     from mmpipeline.voice.features import FEATURE_VERSION
     from mmpipeline.voice.vocab import Corrector, rescore
 
@@ -215,7 +222,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     t_start = time.perf_counter()
     vocab = load_vocabulary(lake)
     dec = Decoding.from_config(v, vocab)
-    rec = make_recognizer(v)
+    rec = make_recognizer(v, recognizer_models(cfg))
     asr_version = dec.fingerprint(v, rec.version, rec.compute_type)
     old = _read(lake, TRANSCRIPTS)
     old_f = _read(lake, FEATURES)

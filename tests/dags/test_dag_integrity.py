@@ -44,7 +44,7 @@ def test_dagbag_has_no_import_errors(dagbag):
 def test_pinned_pipeline_order():
     """The registry's order, written out once (a newcomer's map; change it with the registry)."""
     assert EXPECTED == {
-        "mm_catalog_daily": ["resolve_run", "ingest", "clean", "validate", "train_image_tower", "transcribe", "embed"],
+        "mm_catalog_daily": ["resolve_run", "ingest", "clean", "validate", "train_image_tower", "tune_asr", "transcribe", "embed"],
         "mm_ranker_weekly": ["resolve_run", "check_inputs", "tune_text_tower", "reembed_text", "build_training_data",
                              "train", "evaluate_and_promote", "record_inputs"],
         "mm_scoring_nightly": ["resolve_run", "check_inputs", "score", "publish", "record_inputs"],
