@@ -138,27 +138,34 @@ def set_text_alias(cfg: "Config", version: str) -> None:
     _client(cfg).set_registered_model_alias(text_tower_registered_name(cfg), cfg.text_tune.alias, version)
 
 
-def register_text_tower(cfg: "Config", run_id: str, tags: dict[str, str], promote: bool) -> str:
-    """Register the run's ``text_tower`` artifact folder as a new version (tagged with ``tags``);
-    point the alias at it when ``promote``."""
+def register_folder(cfg: "Config", name: str, artifact: str, run_id: str, tags: dict[str, str], promote: bool,
+                    alias: str, description: str) -> str:
+    """Register the run's ``artifact`` folder as a new version of ``name`` (tagged with ``tags`` and
+    :data:`PROMOTED_TAG`); point ``alias`` at it when ``promote``. The text tower's and the adapted
+    recogniser's registration."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = _client(cfg)
-    name = text_tower_registered_name(cfg)
     try:
-        client.create_registered_model(name, description="text encoder fine-tuned on the shop's training-split "
-                                                         "queries (MultipleNegativesRankingLoss)")
+        client.create_registered_model(name, description=description)
     except MlflowException:
         pass  # exists
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{TEXT_TOWER_ARTIFACT}"
+    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{artifact}"
     mv = client.create_model_version(name, source=source, run_id=run_id,
                                      tags={**tags, PROMOTED_TAG: str(bool(promote)).lower()})
     if promote:
-        set_text_alias(cfg, str(mv.version))
-    log.info("text tower: registered %s version %s%s", name, mv.version,
-             f", alias {cfg.text_tune.alias}" if promote else " (not promoted)")
+        client.set_registered_model_alias(name, alias, str(mv.version))
+    log.info("registered %s version %s%s", name, mv.version, f", alias {alias}" if promote else " (not promoted)")
     return str(mv.version)
+
+
+def register_text_tower(cfg: "Config", run_id: str, tags: dict[str, str], promote: bool) -> str:
+    """Register the run's ``text_tower`` artifact folder as a new version (tagged with ``tags``);
+    point the alias at it when ``promote``."""
+    return register_folder(cfg, text_tower_registered_name(cfg), TEXT_TOWER_ARTIFACT, run_id, tags, promote,
+                           cfg.text_tune.alias, "text encoder fine-tuned on the shop's training-split queries "
+                                                "(MultipleNegativesRankingLoss)")
 
 
 def download_text_tower(cfg: "Config", mv) -> str:

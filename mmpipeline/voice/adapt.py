@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 STAGE = "tune-asr"
 ARTIFACT = "asr"
 ADAPTATION_FILE = "adaptation.json"
-FINGERPRINT_TAG = "input_fingerprint"
+FINGERPRINT_TAG = "input_fingerprint"  # as mmpipeline.embed.registry's (the same helpers find versions)
 PROMOTED_TAG = "promoted"
 NOISE_KINDS = ("white", "pink", "brown")
 
@@ -337,22 +337,11 @@ def recognizer_models(cfg: "Config") -> list[str | None]:
 
 
 def _register(cfg: "Config", run_id: str, tags: dict[str, str], promote: bool) -> str:
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from mmpipeline.embed.registry import register_folder
 
-    client = _client(cfg)
-    name = registered_name(cfg)
-    try:
-        client.create_registered_model(name, description="Whisper (CTranslate2) adapted to the shop's queries "
-                                                         "spoken by synthetic voices (mmpipeline tune-asr)")
-    except MlflowException:
-        pass  # exists
-    source = f"{mlflow.get_run(run_id).info.artifact_uri}/{ARTIFACT}"
-    mv = client.create_model_version(name, source=source, run_id=run_id,
-                                     tags={**tags, PROMOTED_TAG: str(bool(promote)).lower()})
-    if promote:
-        client.set_registered_model_alias(name, cfg.voice.adapt.alias, str(mv.version))
-    return str(mv.version)
+    return register_folder(cfg, registered_name(cfg), ARTIFACT, run_id, tags, promote, cfg.voice.adapt.alias,
+                           "Whisper (CTranslate2) adapted to the shop's queries spoken by synthetic voices "
+                           "(mmpipeline tune-asr)")
 
 
 def _with_fingerprint(cfg: "Config", fingerprint: str):
