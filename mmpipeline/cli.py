@@ -105,8 +105,8 @@ def run_stage(stage: str, config: str | None, run_date: str | None = None, full_
         except BaseException as e:
             record_stage_run(ctx, stage, "failed", started, {"error": f"{type(e).__name__}: {e}"})
             raise
-        summary = {"stage": stage, "run_date": str(ctx.run_date), "seconds": round(time.perf_counter() - t0, 2),
-                   **summary}
+        wall = round(time.perf_counter() - t0, 2)
+        summary = {"stage": stage, "run_date": str(ctx.run_date), **summary, "seconds": wall}
         if killed:
             summary["recovered_killed_runs"] = [str(k["run_date"]) for k in killed]
         record_stage_run(ctx, stage, "success", started, summary)

@@ -309,7 +309,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                "real_time_factor": round(rtf, 4) if rtf else None,
                "merge_transcripts": {k: v_ for k, v_ in m.items() if k.startswith("num_target")},
                "merge_features": {k: v_ for k, v_ in mf.items() if k.startswith("num_target")},
-               "seconds": {"prepare": round(t_prep, 2), "asr": round(t_asr, 2), "total": round(total, 2)}}
+               # per step; "seconds" is the CLI's wall time of the whole stage (mmpipeline.cli.run_stage)
+               "step_seconds": {"prepare": round(t_prep, 2), "asr": round(t_asr, 2), "total": round(total, 2)}}
     print_table(f"transcribe: {ctx.run_date} ({rec.device}/{rec.compute_type})", ["step", "value"], [
         ["voice queries", len(clips)], ["transcribed now", len(asr_rows)], ["unchanged (skipped)", summary["unchanged"]],
         ["features computed", len(frows)], ["usable as search queries", summary["usable"]],

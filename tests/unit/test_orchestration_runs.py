@@ -123,3 +123,24 @@ def test_failure_paragraph_names_the_stage_behind_a_renamed_task_with_its_own_fl
 def test_cli_stage_failure_carries_the_output_tail():
     with pytest.raises(RuntimeError, match="(?s)exited with code 2.*invalid choice"):
         run_cli_stage("no-such-stage", ["--config", str(Path(REPO_ROOT) / CFG)])
+
+
+
+def test_the_stage_runner_reports_its_wall_time_even_when_a_stage_reports_its_own_steps(tmp_path, monkeypatch,
+                                                                                        caplog):
+    """A stage's own per-step timings ("seconds": {...}) once replaced the runner's wall seconds, and the
+    runner's "done in %.1fs" line then printed a logging traceback instead of the time."""
+    import logging
+
+    import yaml
+
+    from mmpipeline import cli
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "t", "lake": {"root": str(tmp_path / "lake")},
+                                   "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
+    monkeypatch.setattr(cli, "_load", lambda spec: lambda ctx: {"transcribed": 0, "seconds": {"asr": 1.0}})
+    with caplog.at_level(logging.INFO, logger="mmpipeline"):
+        s = cli.run_stage("transcribe", str(cfg), "2026-03-01")
+    assert isinstance(s["seconds"], float) and s["transcribed"] == 0
+    assert any(r.getMessage().startswith("stage transcribe: done in ") for r in caplog.records)
