@@ -228,6 +228,7 @@ def fine_tune(model, waves: Sequence[np.ndarray], seqs: Sequence[list[int]], a: 
             params.append(p)
     n = len(seqs)
     bs = max(1, int(a.batch_size))
+    per_epoch = max(1, int(math.ceil(n / bs)))
     steps = max(1, int(math.ceil(n / bs * a.epochs)))
     warm = max(1, steps // 10)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
@@ -263,7 +264,6 @@ def fine_tune(model, waves: Sequence[np.ndarray], seqs: Sequence[list[int]], a: 
         if progress and (step % 10 == 0 or step == steps - 1):
             log.info("tune-asr: step %d/%d loss %.3f (%.0fs)", step + 1, steps, float(np.mean(losses[-10:])),
                      time.perf_counter() - t0)
-        per_epoch = max(1, int(math.ceil(n / bs)))
         if (step + 1) % per_epoch == 0 or step == steps - 1:
             history.append({"epoch": len(history) + 1, "loss": round(float(np.mean(losses[-per_epoch:])), 4)})
     model.eval()
@@ -351,9 +351,7 @@ def _with_fingerprint(cfg: "Config", fingerprint: str):
 
 
 def _knobs(cfg: "Config", base_version: str) -> dict[str, Any]:
-    import espeakng_loader  # noqa: F401 - its version pins the voices
-
-    from importlib.metadata import version
+    from importlib.metadata import version  # espeakng-loader's version pins the voices
 
     a = cfg.voice.adapt
     keep = {k: v for k, v in a.model_dump().items() if k not in ("enabled", "use_in_transcribe", "decode", "alias",
@@ -416,12 +414,13 @@ def run(ctx: "RunContext") -> dict[str, Any]:
     fingerprint = fingerprint_of(knobs, train, valid, labelled)
     name = registered_name(cfg)
     setup_mlflow(cfg)
+    config_fp = fingerprint_of(knobs, [], [], labelled.iloc[:0])  # the knobs alone
     done = _with_fingerprint(cfg, fingerprint)
     cur = champion(cfg)
     if done is None and cur is not None and a.refresh_days > 0:
         tags = cur.tags or {}
         age = (ctx.run_date - dt.date.fromisoformat(tags.get("run_date", "1970-01-01"))).days
-        if 0 <= age < a.refresh_days and tags.get("config_fingerprint") == fingerprint_of(knobs, [], [], labelled.iloc[:0]):
+        if 0 <= age < a.refresh_days and tags.get("config_fingerprint") == config_fp:
             log.info("tune-asr: %s v%s was promoted %d day(s) ago (voice.adapt.refresh_days=%d): kept", name,
                      cur.version, age, a.refresh_days)
             return {"registered_model": name, "version": str(cur.version), "promoted": True, "trained": False,
@@ -480,7 +479,7 @@ def run(ctx: "RunContext") -> dict[str, Any]:
             mlflow.log_metrics(metrics)
             mlflow.log_artifacts(str(folder), ARTIFACT)
         tags = {FINGERPRINT_TAG: fingerprint, "run_date": str(ctx.run_date), "base_model": base_version,
-                "config_fingerprint": fingerprint_of(knobs, [], [], labelled.iloc[:0]),
+                "config_fingerprint": config_fp,
                 **{k: f"{x:.4f}" for k, x in metrics.items() if "wer" in k}}
         version = _register(cfg, mrun.info.run_id, tags, promote)
     rows = [["base", round(base_valid, 4), round(base_lab, 4) if base_lab is not None else "n/a"],
