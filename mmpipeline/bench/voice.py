@@ -8,7 +8,9 @@ queries), in one run:
   incl. hyphens and apostrophes, number|unit spacing; ``strict``: ``query_norm`` only), overall and
   per slice (voice kind neural/formant, clean/noisy, sample rate), for each recognition variant:
   ``plain`` (Whisper's best hypothesis, sizes in written form), ``rescore`` (the n-best hypothesis the
-  catalog / query-log vocabulary explains best), ``prompt`` (catalog prompt), each also
+  catalog / query-log vocabulary explains best, then the logged queries checked on the audio:
+  :func:`mmpipeline.voice.vocab.verify_queries`, as the stage does; ``rescore_unverified``: without
+  that check), ``prompt`` (catalog prompt), each also
   ``+correction`` (query snap of low-confidence or very close transcripts, word correction per
   ``voice.word_correction``); ``plain:no_written_form`` shows what the written form does. Each
   WER block also holds ``v2``: both sides in :func:`mmpipeline.voice.textnorm.wer_form_v2`
@@ -387,15 +389,17 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     from mmpipeline.config import load_config
     from mmpipeline.voice.asr import bare_loop
     from mmpipeline.voice.adapt import recognizer_models
-    from mmpipeline.voice.stage import Decoding, make_recognizer, postprocess, prepare, recognise, redecode
+    from mmpipeline.voice.stage import (Decoding, make_recognizer, postprocess, prepare, query_verifier, recognise,
+                                        redecode)
     from mmpipeline.voice.textnorm import wer_form
-    from mmpipeline.voice.vocab import Corrector, Vocabulary, norm, rescore
+    from mmpipeline.voice.vocab import Corrector, Vocabulary, norm, rescore, verify_queries
 
     if cfg is None:
         cfg = load_config(REPO / "configs" / "homedepot.yaml")
     v = cfg.voice.model_copy()
     m = load_manifest(cfg, params.get("limit"))
     variants = list(params.get("variants") or ["plain", "rescore", "plain+correction", "rescore+correction"]
+                    + (["rescore_unverified+correction"] if v.verify_queries > 0 else [])
                     + (["redecode", "redecode+correction"] if v.redecode_below_logprob is not None else []))
     if any(x.startswith("redecode") for x in variants) and v.redecode_below_logprob is None:
         raise ValueError("bench voice: the redecode variants need voice.redecode_below_logprob "
@@ -429,6 +433,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                      "nbest": v.nbest, "rescore_weight": v.rescore_weight, "word_correction": v.word_correction,
                      "written_form": v.written_form,
                      "min_query_similarity": v.min_query_similarity, "min_word_similarity": v.min_word_similarity,
+                     "verify": {"queries": v.verify_queries, "margin": v.verify_margin,
+                                "min_similarity": v.verify_min_similarity},
                      "batch_size": v.batch_size, "beam_size": v.beam_size,
                      "redecode": {"below_logprob": v.redecode_below_logprob, "time_stretch": v.redecode_time_stretch,
                                   "temperatures": list(v.redecode_temperatures), "best_of": v.redecode_best_of}},
@@ -444,6 +450,11 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     # --- speed: stage path vs bare faster-whisper loop (model loads excluded from both) -------------
     # asr_models: the recognisers to measure, e.g. "[DIR]" or "[DIR, null]" (an adapted model beside the
     # base, as decode: both); default: what transcribe would use (recognizer_models)
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity)
+    holdout = [{r} for r in refs]
+    # the logged queries checked on each clip's audio: the nearest with and without its own query
+    # (verify_queries then picks per scope); part of the stage's path, so timed with it
+    verify = query_verifier(corrector, v, holdout)
     models = params.get("asr_models") or recognizer_models(cfg)
     rec = make_recognizer(v, [None if x in (None, "", "null", "base") else str(x) for x in models]
                           if isinstance(models, (list, tuple)) else str(models))
@@ -454,7 +465,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     waves, durs, _ = prepare(m["path"].tolist(), v)
     t_prep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    raw_plain = rec.transcribe(waves)
+    raw_plain = rec.transcribe(waves, **({"verify": verify} if verify else {}))
     t_asr = time.perf_counter() - t0
     raw_stage, t_re = raw_plain, 0.0
     if v.redecode_below_logprob is not None:  # part of the stage's path: timed with it
@@ -480,7 +491,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         if n_sp < len(m):
             t0 = time.perf_counter()
             w_sub, d_sub, _ = prepare(sub, v)
-            recognise(rec, w_sub, v)
+            recognise(rec, w_sub, v, corrector=corrector)
             t_stage = time.perf_counter() - t0
             sub_audio = float(sum(d_sub))
         else:
@@ -518,13 +529,17 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             speed[f"asr_seconds_prompt_{scope}"] = round(time.perf_counter() - t0, 2)
             if scope == "held_out":
                 result["prompt_example"] = (dec.prompt or dec.hotwords or "")[:300]
-    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity)
-    holdout = [{r} for r in refs]
     if any(x.startswith("rescore") for x in variants):
         t0 = time.perf_counter()
-        asr["rescore:held_out"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, holdout)
-        asr["rescore:full_log"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, None)
+        for scope, ho in (("held_out", holdout), ("full_log", None)):
+            asr[f"rescore_unverified:{scope}"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, ho)
+            # rescore = what the stage does: the n-best choice, then the logged queries checked on the audio
+            asr[f"rescore:{scope}"] = verify_queries(asr[f"rescore_unverified:{scope}"], v.verify_margin,
+                                                     v.verify_min_similarity, ho)
         speed["rescore_seconds"] = round(time.perf_counter() - t0, 2)
+        result["verified_queries"] = {sc: int(sum(a.text != b.text for a, b in zip(asr[f"rescore:{sc}"],
+                                                                                 asr[f"rescore_unverified:{sc}"])))
+                                      for sc in ("held_out", "full_log")}
     if any(x.startswith("redecode") for x in variants):
         asr["redecode:held_out"] = rescore(raw_stage, corrector, v.rescore_weight or 1.0, holdout)
         asr["redecode:full_log"] = rescore(raw_stage, corrector, v.rescore_weight or 1.0, None)

@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -100,6 +100,23 @@ class Recognition:
     avg_logprob: float | None
     no_speech_prob: float | None
     nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, avg log-prob), best first
+    # logged queries checked against the audio (:meth:`Recognizer.transcribe`'s ``verify``): query ->
+    # (similarity to the n-best list, the model's avg log-prob of the query forced on the audio), and
+    # the best forced avg log-prob of the clip's own n-best hypotheses (the same measure, to compare)
+    checked: dict[str, tuple[float, float]] = field(default_factory=dict)
+    forced_nbest: float | None = None
+
+
+# verify(recognitions of a batch, index of the batch's first clip) -> per clip, (query, similarity)
+# candidates whose text the model is asked to score on the clip's audio
+Verifier = Callable[[Sequence[Recognition], int], Sequence[Sequence[tuple[str, float]]]]
+
+
+def _surface_forms(query: str) -> list[str]:
+    """The spellings Whisper writes a query in (a leading space, sentence or lower case, with or
+    without a final period): a normalised logged query is scored in each and the best counts."""
+    q = query.strip()
+    return list(dict.fromkeys([" " + q, " " + q[:1].upper() + q[1:], " " + q + ".", " " + q[:1].upper() + q[1:] + "."]))
 
 
 class Recognizer:
@@ -143,50 +160,104 @@ class Recognizer:
 
     def transcribe(self, waves: Sequence[np.ndarray], prompt: str | None = None, hotwords: str | None = None,
                    block: int | None = None, temperature: float = 0.0, best_of: int = 5,
-                   seed: int = 0) -> list[Recognition]:
+                   seed: int = 0, verify: Verifier | None = None) -> list[Recognition]:
         """Recognise each clip (16 kHz mono float32). Returns one :class:`Recognition` per clip.
 
         ``temperature`` 0: beam search (``beam_size``, ``nbest`` hypotheses); > 0: ``best_of`` samples
         at that temperature (faster-whisper's fallback decode), seeded with ``seed`` so that a re-run
-        gives the same text; the n-best list then holds the distinct samples, best first."""
-        import ctranslate2
+        gives the same text; the n-best list then holds the distinct samples, best first.
+        ``verify``: per batch, the logged queries to check against each clip's audio
+        (:meth:`score_texts`, on the batch's encoder output: no second encoding)."""
+        out: list[Recognition] = []
+        for s in range(0, len(waves), self.batch_size):
+            enc, recs = self.decode_batch(waves[s:s + self.batch_size], prompt, hotwords, temperature, best_of, seed)
+            if verify is not None:
+                cands = verify(recs, s)
+                for i, (r, cs) in enumerate(zip(recs, cands)):
+                    if not cs:
+                        continue
+                    sc = self.score_texts(enc, i, [q for q, _ in cs], [t for t, _ in r.nbest])
+                    r.checked = {q: (sim, sc[0][q]) for q, sim in cs}
+                    r.forced_nbest = sc[1]
+            out.extend(recs)
+        return out
+
+    def encode(self, waves: Sequence[np.ndarray]):
+        """Whisper's encoder output for a batch of clips (log-mel features, first 30 s)."""
         from faster_whisper.audio import pad_or_trim
+
+        fe = self.model.feature_extractor
+        feats = [pad_or_trim(fe(np.asarray(w, np.float32)[: 30 * TARGET_SR])[..., :-1]) for w in waves]
+        return self.model.encode(np.stack(feats).astype(np.float32))
+
+    def decode_batch(self, waves: Sequence[np.ndarray], prompt: str | None = None, hotwords: str | None = None,
+                     temperature: float = 0.0, best_of: int = 5, seed: int = 0):
+        """(encoder output, recognitions) of one batch of clips: see :meth:`transcribe`."""
+        import ctranslate2
         from faster_whisper.transcribe import get_suppressed_tokens
 
         tok = self.tokenizer
         base = self._prompt(prompt, hotwords)
         max_length = min(self.model.max_length, len(base) + self.max_new_tokens)
         suppress = get_suppressed_tokens(tok, [-1])
-        fe = self.model.feature_extractor
         if temperature > 0:
             ctranslate2.set_random_seed(int(seed))
             kw: dict[str, Any] = {"beam_size": 1, "num_hypotheses": max(1, int(best_of)), "sampling_topk": 0,
                                   "sampling_temperature": float(temperature)}
         else:
             kw = {"beam_size": self.beam_size, "num_hypotheses": self.nbest}
-        out: list[Recognition] = []
-        for s in range(0, len(waves), self.batch_size):
-            feats = []
-            for w in waves[s:s + self.batch_size]:
-                w = np.asarray(w, np.float32)[: 30 * TARGET_SR]
-                feats.append(pad_or_trim(fe(w)[..., :-1]))
-            enc = self.model.encode(np.stack(feats).astype(np.float32))
-            results = self.model.model.generate(
-                enc, [list(base) for _ in feats], max_length=max_length, return_scores=True,
-                return_no_speech_prob=True, suppress_blank=True, suppress_tokens=suppress, length_penalty=1.0, **kw)
-            for r in results:
-                hyps: dict[str, float] = {}
-                for ids, score in zip(r.sequences_ids, r.scores):
-                    ids = [t for t in ids if t < tok.eot]
-                    n = len(ids)
-                    text = tok.decode(ids).strip()
-                    lp = float(score) * n / (n + 1)  # faster-whisper's avg log-prob
-                    if text not in hyps or lp > hyps[text]:
-                        hyps[text] = lp
-                ranked = sorted(hyps.items(), key=lambda kv: -kv[1]) if temperature > 0 else list(hyps.items())
-                text, lp = ranked[0] if ranked else ("", None)
-                out.append(Recognition(text, lp, float(r.no_speech_prob), ranked))
-        return out
+        enc = self.encode(waves)
+        results = self.model.model.generate(
+            enc, [list(base) for _ in waves], max_length=max_length, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=suppress, length_penalty=1.0, **kw)
+        out = []
+        for r in results:
+            hyps: dict[str, float] = {}
+            for ids, score in zip(r.sequences_ids, r.scores):
+                ids = [t for t in ids if t < tok.eot]
+                n = len(ids)
+                text = tok.decode(ids).strip()
+                lp = float(score) * n / (n + 1)  # faster-whisper's avg log-prob
+                if text not in hyps or lp > hyps[text]:
+                    hyps[text] = lp
+            ranked = sorted(hyps.items(), key=lambda kv: -kv[1]) if temperature > 0 else list(hyps.items())
+            text, lp = ranked[0] if ranked else ("", None)
+            out.append(Recognition(text, lp, float(r.no_speech_prob), ranked))
+        return enc, out
+
+    def score_texts(self, enc, i: int, queries: Sequence[str], hypotheses: Sequence[str] = ()
+                    ) -> tuple[dict[str, float], float | None]:
+        """How well the audio of clip ``i`` of an encoded batch supports each text: the model's average
+        log-probability of the text's tokens forced after the transcription prompt (CTranslate2's
+        ``align``, the decoder only), like a hypothesis' avg log-prob. Queries are scored in each of
+        their surface forms (the best counts). Returns ({query: score}, best score of ``hypotheses``)."""
+        import ctranslate2
+
+        tok = self.tokenizer
+        forms = [(q, f) for q in queries for f in _surface_forms(q)] + [(None, " " + h.strip()) for h in hypotheses if h]
+        if not forms:
+            return {}, None
+        toks = [tok.encode(f) or [tok.eot] for _, f in forms]
+        start = list(tok.sot_sequence) + [tok.no_timestamps]
+        if self.device == "cuda":  # GPU storage: sliced through torch's view of it (CUDA array interface)
+            import torch
+
+            one = torch.as_tensor(enc, device="cuda")[i:i + 1]
+            rep = ctranslate2.StorageView.from_array(one.repeat(len(toks), 1, 1).contiguous())
+        else:
+            one = np.asarray(enc)[i:i + 1]
+            rep = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(one, len(toks), axis=0)))
+        res = self.model.model.align(rep, start, toks, [int(one.shape[1])] * len(toks))
+        scores: dict[str, float] = {}
+        best_h: float | None = None
+        for (q, _), t, a in zip(forms, toks, res):
+            p = np.log(np.maximum(np.asarray(a.text_token_probs, np.float64), 1e-12))
+            sc = float(p.sum() / (len(p) + 1))  # per token incl. the end, as faster-whisper averages
+            if q is None:
+                best_h = sc if best_h is None else max(best_h, sc)
+            elif sc > scores.get(q, -np.inf):
+                scores[q] = sc
+        return scores, best_h
 
 
 class EnsembleRecognizer:
@@ -206,19 +277,43 @@ class EnsembleRecognizer:
         self.path = " + ".join(self.paths)
         self.version = "+".join(m.version for m in self.members)
 
-    def transcribe(self, waves: Sequence[np.ndarray], **kw: Any) -> list[Recognition]:
-        runs = [m.transcribe(waves, **kw) for m in self.members]
-        out = []
-        for recs in zip(*runs):
-            hyps: dict[str, float] = {}
-            for r in recs:
-                for text, lp in (r.nbest or [(r.text, r.avg_logprob)]):
-                    if lp is not None and (text not in hyps or lp > hyps[text]):
-                        hyps[text] = lp
-            best = max(recs, key=lambda r: -1e9 if r.avg_logprob is None else r.avg_logprob)
-            ranked = sorted(hyps.items(), key=lambda kv: -kv[1])
-            out.append(Recognition(best.text, best.avg_logprob, best.no_speech_prob, ranked))
+    def transcribe(self, waves: Sequence[np.ndarray], verify: Verifier | None = None, **kw: Any) -> list[Recognition]:
+        """Each member recognises the clips; per clip the n-best lists are merged (see the class doc).
+        ``verify``: the logged queries to check are chosen from the merged list and scored by every
+        member on its own encoder output of the batch; a query counts with its best member's score."""
+        if verify is None:
+            return [self._merge(recs) for recs in zip(*[m.transcribe(waves, **kw) for m in self.members])]
+        size = min(m.batch_size for m in self.members)
+        out: list[Recognition] = []
+        for s in range(0, len(waves), size):
+            runs = [m.decode_batch(waves[s:s + size], **kw) for m in self.members]
+            merged = [self._merge(recs) for recs in zip(*[recs for _, recs in runs])]
+            cands = verify(merged, s)
+            for i, (r, cs) in enumerate(zip(merged, cands)):
+                if not cs:
+                    continue
+                hyps = [t for t, _ in r.nbest]
+                forced: dict[str, float] = {}
+                for m, (enc, _) in zip(self.members, runs):
+                    sc, best_h = m.score_texts(enc, i, [q for q, _ in cs], hyps)
+                    for q, x in sc.items():
+                        forced[q] = max(forced.get(q, -np.inf), x)
+                    if best_h is not None:
+                        r.forced_nbest = best_h if r.forced_nbest is None else max(r.forced_nbest, best_h)
+                r.checked = {q: (sim, forced[q]) for q, sim in cs}
+            out.extend(merged)
         return out
+
+    @staticmethod
+    def _merge(recs: Sequence[Recognition]) -> Recognition:
+        hyps: dict[str, float] = {}
+        for r in recs:
+            for text, lp in (r.nbest or [(r.text, r.avg_logprob)]):
+                if lp is not None and (text not in hyps or lp > hyps[text]):
+                    hyps[text] = lp
+        best = max(recs, key=lambda r: -1e9 if r.avg_logprob is None else r.avg_logprob)
+        ranked = sorted(hyps.items(), key=lambda kv: -kv[1])
+        return Recognition(best.text, best.avg_logprob, best.no_speech_prob, ranked)
 
 
 def bare_loop(model, paths: Sequence[str]) -> list[str]:

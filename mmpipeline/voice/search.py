@@ -55,8 +55,7 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     from mmpipeline.lake import Lake
     from mmpipeline.voice.audio import check_clip
     from mmpipeline.voice.adapt import recognizer_models
-    from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare, recognise
-    from mmpipeline.voice.vocab import Corrector, rescore
+    from mmpipeline.voice.stage import Decoding, load_vocabulary, make_recognizer, postprocess, prepare, recognise_queries
 
     v = cfg.voice
     real = os.path.realpath(path)
@@ -67,16 +66,11 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
     lake = Lake(cfg.lake.root, engine="delta-rs")
     vocab = load_vocabulary(lake)
     waves, durs, _ = prepare([real], v, with_features=False)
-    raw = recognise(make_recognizer(v, recognizer_models(cfg)), waves, v, **_decoding_kwargs(Decoding.from_config(v, vocab)))
-    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
-    raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
+    raw, corrector = recognise_queries(make_recognizer(v, recognizer_models(cfg)), waves, v, vocab,
+                                       Decoding.from_config(v, vocab))
     post = postprocess(raw, v, corrector).iloc[0].to_dict()
     post["duration_s"] = durs[0]
     return post
-
-
-def _decoding_kwargs(dec) -> dict[str, Any]:
-    return {"prompt": dec.prompt, "hotwords": dec.hotwords}
 
 
 def search_audio(cfg: Config, path: str, k: int = 10) -> dict[str, Any]:

@@ -79,7 +79,9 @@ class Decoding:
                                                list(v.redecode_temperatures), v.redecode_best_of,
                                                v.redecode_max_compression_ratio]}
                                  if v.redecode_below_logprob is not None else {}),
-                              "trim": v.trim_db}, sort_keys=True)
+                              "trim": v.trim_db,
+                              **({"verify": [v.verify_queries, v.verify_margin, v.verify_min_similarity]}
+                                 if v.verify_queries > 0 else {})}, sort_keys=True)
         return f"{model_version}/{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -98,12 +100,52 @@ def make_recognizer(v: VoiceConfig, models: Sequence[str | None] | str | None = 
 
 
 def recognise(rec, waves: Sequence[np.ndarray], v: VoiceConfig, prompt: str | None = None,
-              hotwords: str | None = None) -> list:
+              hotwords: str | None = None, corrector=None) -> list:
     """Recognise the clips; the low-confidence ones (best avg log-prob below
     ``voice.redecode_below_logprob``) are decoded again -- a time-stretched copy (beam search) and/or
     temperature samples -- and every hypothesis joins the clip's n-best list (best avg log-prob
-    first), for the vocabulary rescoring to choose from."""
-    return redecode(rec, waves, rec.transcribe(waves, prompt=prompt, hotwords=hotwords), v, prompt, hotwords)
+    first), for the vocabulary rescoring to choose from. With a ``corrector`` and
+    ``voice.verify_queries``, the logged queries nearest each clip's n-best list are scored on its
+    audio (:func:`query_verifier`)."""
+    verify = query_verifier(corrector, v)
+    raw = rec.transcribe(waves, prompt=prompt, hotwords=hotwords, **({"verify": verify} if verify else {}))
+    return redecode(rec, waves, raw, v, prompt, hotwords)
+
+
+def recognise_queries(rec, waves: Sequence[np.ndarray], v: VoiceConfig, vocab, dec: Decoding) -> tuple[list, Any]:
+    """What ``transcribe`` and ``search --audio`` recognise: :func:`recognise` with the logged queries
+    checked on the audio, then the n-best hypothesis the vocabulary explains best
+    (:func:`~mmpipeline.voice.vocab.rescore`), or the logged query the audio supports about as well
+    (:func:`~mmpipeline.voice.vocab.verify_queries`), is the recognised text. The stage stores it (a
+    re-run re-uses it; the correction is re-applied every run), so queries logged after a clip was
+    recognised are checked when it is recognised again. Returns (recognitions, the corrector or None)."""
+    from mmpipeline.voice.vocab import Corrector, rescore, verify_queries
+
+    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
+    chooser = corrector or (Corrector(vocab) if v.rescore_weight > 0 or v.verify_queries > 0 else None)
+    raw = recognise(rec, waves, v, prompt=dec.prompt, hotwords=dec.hotwords, corrector=chooser)
+    return verify_queries(rescore(raw, chooser, v.rescore_weight), v.verify_margin, v.verify_min_similarity), corrector
+
+
+def query_verifier(corrector, v: VoiceConfig, holdout: Sequence[set[str] | None] | None = None):
+    """The ``verify`` callback of :meth:`mmpipeline.voice.asr.Recognizer.transcribe`: per clip the
+    ``voice.verify_queries`` logged queries nearest its n-best list (``holdout``: also the nearest
+    without the clip's held-out queries, so a benchmark can measure both). None when off."""
+    k = int(v.verify_queries)
+    if corrector is None or k <= 0:
+        return None
+
+    def verify(recs, start: int):
+        out = []
+        for j, r in enumerate(recs):
+            nb = r.nbest or ([(r.text, r.avg_logprob)] if r.avg_logprob is not None else [])
+            cs = dict(corrector.query_candidates(nb, k))
+            if holdout is not None and holdout[start + j]:
+                cs.update(corrector.query_candidates(nb, k, exclude=holdout[start + j]))
+            out.append(list(cs.items()))
+        return out
+
+    return verify
 
 
 def redecode(rec, waves: Sequence[np.ndarray], raw: list, v: VoiceConfig, prompt: str | None = None,
@@ -205,7 +247,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     from mmpipeline.ops import print_table
     from mmpipeline.voice.adapt import recognizer_models
     from mmpipeline.voice.features import FEATURE_VERSION
-    from mmpipeline.voice.vocab import Corrector, rescore
 
     cfg: Config = ctx.cfg
     v = cfg.voice
@@ -245,12 +286,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ok = pd.Series([waves[pos[q]] is not None for q in todo["query_id"]], index=todo.index)
     asr_rows = todo[need_asr[todo.index] & ok]
     t0 = time.perf_counter()
-    raw = recognise(rec, [waves[pos[q]] for q in asr_rows["query_id"]], v, prompt=dec.prompt, hotwords=dec.hotwords)
+    raw, corrector = recognise_queries(rec, [waves[pos[q]] for q in asr_rows["query_id"]], v, vocab, dec)
     t_asr = time.perf_counter() - t0
-    corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
-    # the n-best hypothesis the vocabulary explains best is the recognised text (stored: a re-run
-    # re-uses it; the correction below is re-applied every run)
-    raw = rescore(raw, corrector or (Corrector(vocab) if v.rescore_weight > 0 else None), v.rescore_weight)
     audio_s = float(sum(durs))
 
     # transcripts: new recognitions + the stored ones still valid, all (re-)corrected

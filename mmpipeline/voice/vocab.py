@@ -246,6 +246,50 @@ class Corrector:
         sc, neg = max(scored)
         return Correction(self.queries[-neg], "query", float(sc))
 
+    def query_candidates(self, nbest: Sequence[tuple[str, float]], k: int = 5, exclude: set[str] | None = None,
+                         per_text: int = 30) -> list[tuple[str, float]]:
+        """The ``k`` logged queries closest to a clip's whole n-best list: each hypothesis (written form)
+        proposes its ``per_text`` nearest queries by character-n-gram TF-IDF of the words and of their
+        Metaphone keys; a candidate's similarity is the mean over the hypotheses, weighted by their
+        posterior (softmax of avg log-prob), of the spelling-and-sound score of :meth:`nearest_query`.
+        A query several hypotheses point at beats one a single hypothesis happens to resemble.
+        Returns [(query, similarity)], best first."""
+        from rapidfuzz import fuzz, process
+
+        from mmpipeline.voice.textnorm import written_form
+
+        if self.q_mat is None or k <= 0:
+            return []
+        hyps: dict[str, float] = {}
+        for t, lp in nbest:
+            wt = written_form(t)
+            if wt and (wt not in hyps or lp > hyps[wt]):
+                hyps[wt] = float(lp)
+        if not hyps:
+            return []
+        texts = list(hyps)
+        keys = [phonetic_phrase(t) for t in texts]
+        cand: set[int] = set()
+        for mat, vec, qs in ((self.q_mat, self.q_vec, texts), (self.k_mat, self.k_vec, keys)):
+            if mat is None:
+                continue
+            sims = (vec.transform(qs) @ mat.T).toarray()
+            n = min(per_text, sims.shape[1])
+            for row in sims:
+                cand.update(int(i) for i in np.argpartition(-row, n - 1)[:n] if row[i] > 0)
+        if exclude:
+            cand -= {self.q_index[q] for q in exclude if q in self.q_index}
+        if not cand:
+            return []
+        idx = sorted(cand)
+        spell = process.cdist(texts, [self.queries[i] for i in idx], scorer=fuzz.ratio, dtype=np.float32)
+        sound = process.cdist(keys, [self.q_keys[i] for i in idx], scorer=fuzz.ratio, dtype=np.float32)
+        lps = np.array([hyps[t] for t in texts])
+        w = np.exp(lps - lps.max())
+        sim = (w / w.sum()) @ ((spell + sound) / 200.0)
+        order = np.lexsort((np.array(idx), -sim))[:k]  # ties: the earlier query in sort order
+        return [(self.queries[idx[j]], float(sim[j])) for j in order]
+
     def best_word(self, text: str, mask: np.ndarray | None = None) -> tuple[str | None, float]:
         """The known word closest to ``text`` (a word, or words joined) in spelling and sound: the mean
         of rapidfuzz ``fuzz.ratio`` of the words and of their Metaphone keys (0-1), plus a small
@@ -364,4 +408,33 @@ def rescore(recs: Sequence, corrector: Corrector | None, weight: float,
         scored = [(lp + weight * corrector.coverage(written_form(t), excl), j) for j, (t, lp) in enumerate(hyps)]
         j = max(scored)[1]
         out.append(replace(r, text=hyps[j][0], avg_logprob=hyps[j][1]))
+    return out
+
+
+def verify_queries(recs: Sequence, margin: float, min_similarity: float,
+                   holdout: Sequence[set[str] | None] | None = None) -> list:
+    """Catalog-aware recognition with the audio as judge: per clip, among the logged queries checked
+    against its audio (``Recognition.checked``: similarity to the n-best list, forced avg log-prob; see
+    :meth:`mmpipeline.voice.asr.Recognizer.score_texts`), the one the model scores best becomes the
+    recognised text when its similarity is at least ``min_similarity`` and its forced log-prob is within
+    ``margin`` of the best of Whisper's own hypotheses (scored the same way): a prior for what shoppers
+    actually search, which the audio must still support. A query that only looks like the
+    transcript (``easy grip tile`` for ``early grip gloves``) scores far below (several nats per
+    token). ``holdout``: queries per clip that may not be chosen (benchmarks). Returns copies of the
+    recognitions (``text`` = the query, ``avg_logprob`` = its forced score) where a query was taken."""
+    from dataclasses import replace
+
+    out = []
+    for i, r in enumerate(recs):
+        checked = getattr(r, "checked", None) or {}
+        ref = getattr(r, "forced_nbest", None)
+        excl = holdout[i] if holdout is not None else None
+        best = None
+        if ref is not None:
+            for q, (sim, forced) in checked.items():
+                if sim < min_similarity or (excl and q in excl) or forced < ref - margin:
+                    continue
+                if best is None or (forced, q) > best:
+                    best = (forced, q)
+        out.append(replace(r, text=best[1], avg_logprob=best[0]) if best is not None else r)
     return out
