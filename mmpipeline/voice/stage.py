@@ -129,9 +129,10 @@ def recognise_queries(rec, waves: Sequence[np.ndarray], v: VoiceConfig, vocab, d
 
 def query_verifier(corrector, v: VoiceConfig, holdout: Sequence[set[str] | None] | None = None):
     """The ``verify`` callback of :meth:`mmpipeline.voice.asr.Recognizer.transcribe`: per clip the
-    ``voice.verify_queries`` logged queries nearest its n-best list (``holdout``: also the nearest
-    without the clip's held-out queries, so a benchmark can measure both). None when off."""
-    k = int(v.verify_queries)
+    ``voice.verify_queries`` logged queries nearest its n-best list with at least
+    ``voice.verify_min_similarity`` (``holdout``: also the nearest without the clip's held-out
+    queries, so a benchmark can measure both). None when off."""
+    k, floor = int(v.verify_queries), float(v.verify_min_similarity)
     if corrector is None or k <= 0:
         return None
 
@@ -142,7 +143,8 @@ def query_verifier(corrector, v: VoiceConfig, holdout: Sequence[set[str] | None]
             cs = dict(corrector.query_candidates(nb, k))
             if holdout is not None and holdout[start + j]:
                 cs.update(corrector.query_candidates(nb, k, exclude=holdout[start + j]))
-            out.append(list(cs.items()))
+            # only what verify_queries could take is scored (each text costs a decoder pass)
+            out.append([(q, sim) for q, sim in cs.items() if sim >= floor])
         return out
 
     return verify

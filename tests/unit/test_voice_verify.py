@@ -92,6 +92,9 @@ def test_the_model_scores_the_said_query_near_its_hypothesis_and_others_far_belo
     again = whisper.transcribe(waves[:1], verify=query_verifier(c, v))[0]
     assert set(again.checked) <= {"chadwick pendant", "fabric shower curtain", "garden hose"}
     assert "chadwick pendant" in again.checked
+    assert "garden hose" not in again.checked  # below verify_min_similarity: not worth a decoder pass
+    strict = whisper.transcribe(waves[:1], verify=query_verifier(c, VoiceConfig(verify_min_similarity=0.99)))[0]
+    assert strict.checked == {} and strict.forced_nbest is None
     assert query_verifier(c, VoiceConfig(verify_queries=0)) is None
     assert whisper.transcribe(waves[:1])[0].checked == {}
     assert np.isfinite(said)
@@ -129,6 +132,6 @@ def test_the_ensemble_checks_the_merged_list_with_every_member_and_keeps_the_bes
     assert seen == [["the screws", "deck crews"]]  # the merged n-best list, best first
     assert out.text == "the screws" and out.checked == {"deck screws": (0.8, -0.9)}
     assert out.forced_nbest == -0.45
-    # each member scored the query and the merged hypotheses on its own encoder output
-    assert adapted.scored == [("enc-adapted", 0, ["deck screws"], ["the screws", "deck crews"])]
-    assert base.scored == [("enc-base", 0, ["deck screws"], ["the screws", "deck crews"])]
+    # each member scored the query and the chosen hypothesis on its own encoder output
+    assert adapted.scored == [("enc-adapted", 0, ["deck screws"], ["the screws"])]
+    assert base.scored == [("enc-base", 0, ["deck screws"], ["the screws"])]
