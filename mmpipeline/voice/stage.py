@@ -290,6 +290,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw, corrector = recognise_queries(rec, [waves[pos[q]] for q in asr_rows["query_id"]], v, vocab, dec)
     t_asr = time.perf_counter() - t0
+    verified = sum(r.text in (getattr(r, "checked", None) or {}) for r in raw)  # a logged query was taken
     audio_s = float(sum(durs))
 
     # transcripts: new recognitions + the stored ones still valid, all (re-)corrected
@@ -343,7 +344,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     by_corr = allt["correction"].value_counts().to_dict()
     summary = {"clips": len(clips), "transcribed": len(asr_rows), "unchanged": int((~need_asr).sum()),
                "features_computed": len(frows), "asr_version": asr_version, "device": rec.device,
-               "compute_type": rec.compute_type, "corrections": by_corr,
+               "compute_type": rec.compute_type, "verified_queries": verified, "corrections": by_corr,
                "usable": int(allt["usable"].sum()), "audio_seconds": round(audio_s, 1),
                "real_time_factor": round(rtf, 4) if rtf else None,
                "merge_transcripts": {k: v_ for k, v_ in m.items() if k.startswith("num_target")},
@@ -352,6 +353,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                "step_seconds": {"prepare": round(t_prep, 2), "asr": round(t_asr, 2), "total": round(total, 2)}}
     print_table(f"transcribe: {ctx.run_date} ({rec.device}/{rec.compute_type})", ["step", "value"], [
         ["voice queries", len(clips)], ["transcribed now", len(asr_rows)], ["unchanged (skipped)", summary["unchanged"]],
-        ["features computed", len(frows)], ["usable as search queries", summary["usable"]],
+        ["features computed", len(frows)], ["logged query checked on the audio and taken", verified],
+        ["usable as search queries", summary["usable"]],
         ["corrections", by_corr], ["real-time factor (prepare+asr)", summary["real_time_factor"] or "n/a"]])
     return summary
