@@ -102,7 +102,7 @@ class Recognition:
     nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, avg log-prob), best first
     # logged queries checked against the audio (:meth:`Recognizer.transcribe`'s ``verify``): query ->
     # (similarity to the n-best list, the model's avg log-prob of the query forced on the audio), and
-    # the best forced avg log-prob of the clip's own n-best hypotheses (the same measure, to compare)
+    # the forced avg log-prob of the recognised text (the same measure, to compare; the best member's)
     checked: dict[str, tuple[float, float]] = field(default_factory=dict)
     forced_nbest: float | None = None
 
