@@ -104,7 +104,7 @@ class Recognition:
     # (similarity to the n-best list, the model's avg log-prob of the query forced on the audio), and
     # the forced avg log-prob of the recognised text (the same measure, to compare; the best member's)
     checked: dict[str, tuple[float, float]] = field(default_factory=dict)
-    forced_nbest: float | None = None
+    forced_text: float | None = None
 
 
 # verify(recognitions of a batch, index of the batch's first clip) -> per clip, (query, similarity)
@@ -180,7 +180,7 @@ class Recognizer:
                         continue
                     sc = self.score_texts(enc, i, [q for q, _ in cs], [r.text])
                     r.checked = {q: (sim, sc[0][q]) for q, sim in cs}
-                    r.forced_nbest = sc[1]
+                    r.forced_text = sc[1]
             out.extend(recs)
         return out
 
@@ -303,7 +303,7 @@ class EnsembleRecognizer:
                     for q, x in sc.items():
                         forced[q] = max(forced.get(q, -np.inf), x)
                     if best_h is not None:
-                        r.forced_nbest = best_h if r.forced_nbest is None else max(r.forced_nbest, best_h)
+                        r.forced_text = best_h if r.forced_text is None else max(r.forced_text, best_h)
                 r.checked = {q: (sim, forced[q]) for q, sim in cs}
             out.extend(merged)
         return out

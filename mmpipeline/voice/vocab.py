@@ -427,7 +427,7 @@ def verify_queries(recs: Sequence, margin: float, min_similarity: float,
     out = []
     for i, r in enumerate(recs):
         checked = getattr(r, "checked", None) or {}
-        ref = getattr(r, "forced_nbest", None)
+        ref = getattr(r, "forced_text", None)
         excl = holdout[i] if holdout is not None else None
         best = None
         if ref is not None:

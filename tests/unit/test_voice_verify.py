@@ -31,9 +31,9 @@ def test_candidates_are_the_queries_the_whole_nbest_list_points_at():
     assert c.query_candidates([], k=3) == [] and c.query_candidates(nbest, k=0) == []
 
 
-def _rec(checked, forced_nbest=-0.6):
+def _rec(checked, forced_text=-0.6):
     return Recognition("early grip clubs.", -0.56, 0.01, [("early grip clubs.", -0.56)], checked=checked,
-                       forced_nbest=forced_nbest)
+                       forced_text=forced_text)
 
 
 def test_a_query_is_taken_only_when_similar_and_the_audio_supports_it():
@@ -81,9 +81,9 @@ def test_the_model_scores_the_said_query_near_its_hypothesis_and_others_far_belo
     assert calls == [(2, 0)]
     a, b = out
     assert "chadwick" not in a.text.lower()  # Whisper's own best hypothesis misses the brand
-    assert a.forced_nbest is not None and a.forced_nbest >= a.avg_logprob - 0.5
+    assert a.forced_text is not None and a.forced_text >= a.avg_logprob - 0.5
     said, other = a.checked["chadwick pendant"][1], a.checked["garden hose"][1]
-    assert said > a.forced_nbest - 1.5 > other + 2.0, (said, other, a.forced_nbest)
+    assert said > a.forced_text - 1.5 > other + 2.0, (said, other, a.forced_text)
     assert a.checked["chadwick pendant"][0] == 0.8 and set(b.checked) == {"gorilla grip gloves"}
     assert verify_queries(out, 1.5, 0.7)[0].text == "chadwick pendant"
     # the same through the stage's verifier (candidates from the vocabulary); off: nothing is checked
@@ -94,7 +94,7 @@ def test_the_model_scores_the_said_query_near_its_hypothesis_and_others_far_belo
     assert "chadwick pendant" in again.checked
     assert "garden hose" not in again.checked  # below verify_min_similarity: not worth a decoder pass
     strict = whisper.transcribe(waves[:1], verify=query_verifier(c, VoiceConfig(verify_min_similarity=0.99)))[0]
-    assert strict.checked == {} and strict.forced_nbest is None
+    assert strict.checked == {} and strict.forced_text is None
     assert query_verifier(c, VoiceConfig(verify_queries=0)) is None
     assert whisper.transcribe(waves[:1])[0].checked == {}
     assert np.isfinite(said)
@@ -131,7 +131,7 @@ def test_the_ensemble_checks_the_merged_list_with_every_member_and_keeps_the_bes
     out = EnsembleRecognizer([adapted, base]).transcribe([np.zeros(10)], verify=verify)[0]
     assert seen == [["the screws", "deck crews"]]  # the merged n-best list, best first
     assert out.text == "the screws" and out.checked == {"deck screws": (0.8, -0.9)}
-    assert out.forced_nbest == -0.45
+    assert out.forced_text == -0.45
     # each member scored the query and the chosen hypothesis on its own encoder output
     assert adapted.scored == [("enc-adapted", 0, ["deck screws"], ["the screws"])]
     assert base.scored == [("enc-base", 0, ["deck screws"], ["the screws"])]
