@@ -70,6 +70,9 @@ def recognise_file(cfg: Config, path: str) -> dict[str, Any]:
                                        Decoding.from_config(v, vocab))
     post = postprocess(raw, v, corrector).iloc[0].to_dict()
     post["duration_s"] = durs[0]
+    r = raw[0]
+    # Whisper's own best hypothesis, when a logged query checked on the audio replaced it
+    post["whisper_text"] = r.nbest[0][0] if r.text in (r.checked or {}) and r.nbest else None
     return post
 
 
@@ -77,8 +80,13 @@ def search_audio(cfg: Config, path: str, k: int = 10) -> dict[str, Any]:
     from mmpipeline.score.search import search
 
     r = recognise_file(cfg, path)
-    print(f"heard: {r['raw_text']!r} (avg log-prob {r['avg_logprob']:.2f}, no-speech {r['no_speech_prob']:.2f})"
-          + (f" -> corrected ({r['correction']}): {r['query_text']!r}" if r["correction"] != "none" else ""))
+    if r.get("whisper_text"):
+        print(f"heard: {r['whisper_text']!r} -> the logged query {r['raw_text']!r} fits the audio about as well "
+              f"(forced avg log-prob {r['avg_logprob']:.2f}, no-speech {r['no_speech_prob']:.2f})")
+    else:
+        print(f"heard: {r['raw_text']!r} (avg log-prob {r['avg_logprob']:.2f}, no-speech {r['no_speech_prob']:.2f})")
+    if r["correction"] != "none" and r["query_text"] != r["raw_text"]:
+        print(f"  -> corrected ({r['correction']}): {r['query_text']!r}")
     if not r["usable"]:
         raise StageError(f"{path}: no usable speech recognised (no-speech probability {r['no_speech_prob']:.2f})")
     out = search(cfg, r["query_text"], k=k)
