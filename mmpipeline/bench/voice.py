@@ -535,7 +535,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
             asr[f"rescore_unverified:{scope}"] = rescore(raw_plain, corrector, v.rescore_weight or 1.0, ho)
             # rescore = what the stage does: the n-best choice, then the logged queries checked on the audio
             asr[f"rescore:{scope}"] = verify_queries(asr[f"rescore_unverified:{scope}"], v.verify_margin,
-                                                     v.verify_min_similarity, ho)
+                                                     v.verify_min_similarity, ho, k=v.verify_queries)
         speed["rescore_seconds"] = round(time.perf_counter() - t0, 2)
         result["verified_queries"] = {sc: int(sum(a.text != b.text for a, b in zip(asr[f"rescore:{sc}"],
                                                                                  asr[f"rescore_unverified:{sc}"])))

@@ -124,7 +124,9 @@ def recognise_queries(rec, waves: Sequence[np.ndarray], v: VoiceConfig, vocab, d
     corrector = Corrector(vocab, v.min_query_similarity, v.min_word_similarity) if v.correction else None
     chooser = corrector or (Corrector(vocab) if v.rescore_weight > 0 or v.verify_queries > 0 else None)
     raw = recognise(rec, waves, v, prompt=dec.prompt, hotwords=dec.hotwords, corrector=chooser)
-    return verify_queries(rescore(raw, chooser, v.rescore_weight), v.verify_margin, v.verify_min_similarity), corrector
+    chosen = verify_queries(rescore(raw, chooser, v.rescore_weight), v.verify_margin, v.verify_min_similarity,
+                            k=v.verify_queries)
+    return chosen, corrector
 
 
 def query_verifier(corrector, v: VoiceConfig, holdout: Sequence[set[str] | None] | None = None):

@@ -412,7 +412,7 @@ def rescore(recs: Sequence, corrector: Corrector | None, weight: float,
 
 
 def verify_queries(recs: Sequence, margin: float, min_similarity: float,
-                   holdout: Sequence[set[str] | None] | None = None) -> list:
+                   holdout: Sequence[set[str] | None] | None = None, k: int | None = None) -> list:
     """Catalog-aware recognition with the audio as judge: per clip, among the logged queries checked
     against its audio (``Recognition.checked``: similarity to the n-best list, forced avg log-prob; see
     :meth:`mmpipeline.voice.asr.Recognizer.score_texts`), the one the model scores best becomes the
@@ -420,7 +420,9 @@ def verify_queries(recs: Sequence, margin: float, min_similarity: float,
     ``margin`` of the best of Whisper's own hypotheses (scored the same way): a prior for what shoppers
     actually search, which the audio must still support. A query that only looks like the
     transcript (``easy grip tile`` for ``early grip gloves``) scores far below (several nats per
-    token). ``holdout``: queries per clip that may not be chosen (benchmarks). Returns copies of the
+    token). ``holdout``: queries per clip that may not be chosen (benchmarks); ``k``: only the ``k``
+    most similar of the rest count (a benchmark checks the nearest with and without the held-out
+    query; this keeps each scope to what the stage would have checked). Returns copies of the
     recognitions (``text`` = the query, ``avg_logprob`` = its forced score) where a query was taken."""
     from dataclasses import replace
 
@@ -431,8 +433,11 @@ def verify_queries(recs: Sequence, margin: float, min_similarity: float,
         excl = holdout[i] if holdout is not None else None
         best = None
         if ref is not None:
-            for q, (sim, forced) in checked.items():
-                if sim < min_similarity or (excl and q in excl) or forced < ref - margin:
+            allowed = sorted(((sim, q) for q, (sim, _) in checked.items() if not (excl and q in excl)),
+                             key=lambda x: (-x[0], x[1]))
+            for sim, q in (allowed[:k] if k is not None else allowed):
+                forced = checked[q][1]
+                if sim < min_similarity or forced < ref - margin:
                     continue
                 if best is None or (forced, q) > best:
                     best = (forced, q)

@@ -50,6 +50,11 @@ def test_a_query_is_taken_only_when_similar_and_the_audio_supports_it():
     # of two supported queries the better-scored one wins
     two = _rec({"gorilla grip gloves": (0.75, -1.2), "grip tape": (0.71, -0.9)})
     assert verify_queries([two], 1.5, 0.7)[0].text == "grip tape"
+    # k: only the k most similar checked queries (after the hold-out) count, as the stage would check
+    three = _rec({"gorilla grip gloves": (0.9, -3.0), "grip tape": (0.8, -0.9), "easy grip tile": (0.75, -1.0)})
+    assert verify_queries([three], 1.5, 0.7, k=1)[0].text == "early grip clubs."  # the nearest is not supported
+    assert verify_queries([three], 1.5, 0.7, k=2)[0].text == "grip tape"
+    assert verify_queries([three], 1.5, 0.7, holdout=[{"gorilla grip gloves"}], k=1)[0].text == "grip tape"
     # nothing checked (a stored transcript, verification off): unchanged
     plain = Recognition("garden hose", -0.2, 0.0)
     assert verify_queries([plain], 1.5, 0.7)[0] is plain
