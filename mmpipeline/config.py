@@ -419,7 +419,7 @@ class VoiceConfig(_Model):
     # score is within verify_margin of the best hypothesis' replaces the transcript. 0: off. Chosen on the
     # 303 neural Home Depot clips (base tiny.en, BM25 NDCG voice/typed): full log 0.837 -> 0.909 with the
     # clip's own query held out unchanged (0.613); margin 2.0 / similarity 0.6: 0.967 but held out 0.603.
-    # bench voice, all 500 clips, adapted + base: champion NDCG neural 0.871x -> 0.909x (README)
+    # bench voice, all 500 clips, adapted + base: champion NDCG neural 0.871x -> 0.915x (README)
     verify_queries: int = 5
     verify_margin: float = 1.5
     verify_min_similarity: float = 0.7

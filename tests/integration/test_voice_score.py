@@ -63,11 +63,13 @@ def test_voice_queries_published_with_modality(make_config, tmp_path, capsys):
 
     # `mmpipeline search --audio`: a real clip Whisper tiny.en hears as "fabric pendant."; the shop's log
     # has "chadwick pendant", which the audio supports about as well, so that is what is searched
-    from conftest import SHARED_DATASETS
+    import os
+    from pathlib import Path
 
     from mmpipeline.voice.search import search_audio
 
-    clip = SHARED_DATASETS / "voice" / "audio" / "v21d8224c57.wav"
+    shared = Path(os.environ.get("MMP_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
+    clip = shared / "voice" / "audio" / "v21d8224c57.wav"
     if not clip.is_file():
         return  # the shared sample datasets are not beside the checkout: the audio part needs a real clip
 
