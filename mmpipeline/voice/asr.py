@@ -174,13 +174,7 @@ class Recognizer:
         for s in range(0, len(waves), self.batch_size):
             enc, recs = self.decode_batch(waves[s:s + self.batch_size], prompt, hotwords, temperature, best_of, seed)
             if verify is not None:
-                cands = verify(recs, s)
-                for i, (r, cs) in enumerate(zip(recs, cands)):
-                    if not cs:
-                        continue
-                    sc = self.score_texts(enc, i, [q for q, _ in cs], [r.text])
-                    r.checked = {q: (sim, sc[0][q]) for q, sim in cs}
-                    r.forced_text = sc[1]
+                check_batch([(self, enc)], recs, verify(recs, s))
             out.extend(recs)
         return out
 
@@ -264,6 +258,23 @@ class Recognizer:
         return scores, best_h
 
 
+def check_batch(scorers: Sequence[tuple[Any, Any]], recs: Sequence[Recognition],
+                cands: Sequence[Sequence[tuple[str, float]]]) -> None:
+    """Fill ``checked`` / ``forced_text`` of a batch's recognitions: each (recogniser, its encoder output
+    of the batch) scores every clip's candidate queries and recognised text; the best score counts."""
+    for i, (r, cs) in enumerate(zip(recs, cands)):
+        if not cs:
+            continue
+        forced: dict[str, float] = {}
+        for rec, enc in scorers:
+            sc, own = rec.score_texts(enc, i, [q for q, _ in cs], [r.text])
+            for q, x in sc.items():
+                forced[q] = max(forced.get(q, -np.inf), x)
+            if own is not None:
+                r.forced_text = own if r.forced_text is None else max(r.forced_text, own)
+        r.checked = {q: (sim, forced[q]) for q, sim in cs}
+
+
 class EnsembleRecognizer:
     """Several recognisers on the same clips (``voice.adapt.decode: both``: the adapted Whisper and the
     base one). Per clip the hypotheses of all join one n-best list, best average log-probability first,
@@ -292,19 +303,7 @@ class EnsembleRecognizer:
         for s in range(0, len(waves), size):
             runs = [m.decode_batch(waves[s:s + size], **kw) for m in self.members]
             merged = [self._merge(recs) for recs in zip(*[recs for _, recs in runs])]
-            cands = verify(merged, s)
-            for i, (r, cs) in enumerate(zip(merged, cands)):
-                if not cs:
-                    continue
-                hyps = [r.text]
-                forced: dict[str, float] = {}
-                for m, (enc, _) in zip(self.members, runs):
-                    sc, best_h = m.score_texts(enc, i, [q for q, _ in cs], hyps)
-                    for q, x in sc.items():
-                        forced[q] = max(forced.get(q, -np.inf), x)
-                    if best_h is not None:
-                        r.forced_text = best_h if r.forced_text is None else max(r.forced_text, best_h)
-                r.checked = {q: (sim, forced[q]) for q, sim in cs}
+            check_batch([(m, enc) for m, (enc, _) in zip(self.members, runs)], merged, verify(merged, s))
             out.extend(merged)
         return out
 

@@ -229,14 +229,8 @@ class Corrector:
 
         if not text or self.q_mat is None:
             return None
-        cand: set[int] = set()
         key = phonetic_phrase(text)
-        for mat, vec, q in ((self.q_mat, self.q_vec, text), (self.k_mat, self.k_vec, key)):
-            if mat is None or not q:
-                continue
-            sims = (mat @ vec.transform([q]).T).toarray().ravel()
-            k = min(self.snap_candidates, len(sims))
-            cand.update(int(i) for i in np.argpartition(-sims, k - 1)[:k] if sims[i] > 0)
+        cand = self._tfidf_candidates([text], [key], self.snap_candidates)
         if exclude:
             cand -= {self.q_index[q] for q in exclude if q in self.q_index}
         if not cand:
@@ -245,6 +239,19 @@ class Corrector:
                   for i in cand]
         sc, neg = max(scored)
         return Correction(self.queries[-neg], "query", float(sc))
+
+    def _tfidf_candidates(self, texts: Sequence[str], keys: Sequence[str], per_text: int) -> set[int]:
+        """Indexes of the logged queries among the ``per_text`` nearest of each text (character-n-gram
+        TF-IDF cosine of the words) and of each Metaphone key phrase (the same on the keys)."""
+        cand: set[int] = set()
+        for mat, vec, qs in ((self.q_mat, self.q_vec, texts), (self.k_mat, self.k_vec, keys)):
+            if mat is None:
+                continue
+            sims = (vec.transform(qs) @ mat.T).toarray()
+            n = min(per_text, sims.shape[1])
+            for row in sims:
+                cand.update(int(i) for i in np.argpartition(-row, n - 1)[:n] if row[i] > 0)
+        return cand
 
     def query_candidates(self, nbest: Sequence[tuple[str, float]], k: int = 5, exclude: set[str] | None = None,
                          per_text: int = 30) -> list[tuple[str, float]]:
@@ -269,14 +276,7 @@ class Corrector:
             return []
         texts = list(hyps)
         keys = [phonetic_phrase(t) for t in texts]
-        cand: set[int] = set()
-        for mat, vec, qs in ((self.q_mat, self.q_vec, texts), (self.k_mat, self.k_vec, keys)):
-            if mat is None:
-                continue
-            sims = (vec.transform(qs) @ mat.T).toarray()
-            n = min(per_text, sims.shape[1])
-            for row in sims:
-                cand.update(int(i) for i in np.argpartition(-row, n - 1)[:n] if row[i] > 0)
+        cand = self._tfidf_candidates(texts, keys, per_text)
         if exclude:
             cand -= {self.q_index[q] for q in exclude if q in self.q_index}
         if not cand:
@@ -417,7 +417,7 @@ def verify_queries(recs: Sequence, margin: float, min_similarity: float,
     against its audio (``Recognition.checked``: similarity to the n-best list, forced avg log-prob; see
     :meth:`mmpipeline.voice.asr.Recognizer.score_texts`), the one the model scores best becomes the
     recognised text when its similarity is at least ``min_similarity`` and its forced log-prob is within
-    ``margin`` of the best of Whisper's own hypotheses (scored the same way): a prior for what shoppers
+    ``margin`` of the recognised text's (``forced_text``, scored the same way): a prior for what shoppers
     actually search, which the audio must still support. A query that only looks like the
     transcript (``easy grip tile`` for ``early grip gloves``) scores far below (several nats per
     token). ``holdout``: queries per clip that may not be chosen (benchmarks); ``k``: only the ``k``
