@@ -64,7 +64,14 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
     if not os.environ.get("PYSPARK_GATEWAY_PORT"):
         master = cfg.spark.master if cfg else "local[2]"
         builder = builder.master(master)
-    for k, v in session_conf(cfg, master).items():
+    conf = session_conf(cfg, master)
+    if master is not None:  # we start the JVM: the text-cleaning UDF's jar goes on its classpath
+        from mmpipeline.clean.jvm import ensure_jar
+
+        jar = ensure_jar()
+        if jar is not None:
+            conf["spark.jars"] = ",".join(j for j in (conf.get("spark.jars"), str(jar)) if j)
+    for k, v in conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

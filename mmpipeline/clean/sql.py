@@ -209,7 +209,8 @@ def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
     """Add cleaned columns: ``{out: ("text" | "query", source column)}`` -> ``out`` = clean_text /
     normalize_query of the source, and ``extra`` ``{out: (needs_python, fast, udf)}`` columns.
 
-    Every row gets the JVM expressions; the rows where any flag is set (a few percent) are split
+    Every row gets the JVM cleaning (the Java UDF of :mod:`mmpipeline.clean.jvm` where the session has
+    its jar, else the Spark SQL expressions here: the same results); the rows where any flag is set (a few percent) are split
     off and only they go through the vectorised UDFs (a UDF inside ``CASE WHEN`` would still be
     sent every row). Built in steps of intermediate columns so that Spark does not inline (and
     re-evaluate) a regex result that a later step uses more than once.
@@ -232,7 +233,10 @@ def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
     # one projection: without whole-stage code (see clean.stage.tag_once) Spark's projection evaluates
     # a subexpression used several times once per row (subexpression elimination), and no intermediate
     # row (with every bronze column) is written between the steps (half the JVM CPU of three projections)
-    df = df.withColumns(flags | {f"{key[s]}_t": clean_text_fast(F.col(s)) for s in srcs})
+    from mmpipeline.clean import jvm
+
+    text = jvm.clean_text_jvm if jvm.available(df.sparkSession) else clean_text_fast  # the same results
+    df = df.withColumns(flags | {f"{key[s]}_t": text(F.col(s)) for s in srcs})
     qsrcs = sorted({src for kind, src in specs.values() if kind == "query"})
     if qsrcs:
         df = df.withColumns({f"{key[s]}_q": _query_from_text(F.col(f"{key[s]}_t")) for s in qsrcs})

@@ -187,3 +187,68 @@ def test_typographic_entities_stay_on_the_jvm(spark):
     # NFKC changes these (hellip -> '...', trade -> 'TM'): they stay with the reference
     py = df.select(sql.text_needs_python(F.lit("a &hellip; b &trade;")).alias("py")).first()["py"]
     assert py
+
+
+def _java_or_skip(spark):
+    from mmpipeline.clean import jvm
+
+    if jvm._javac() is None and jvm.ensure_jar() is None:
+        pytest.skip("no javac here: the Java UDF cannot be built (the Spark SQL path is used)")
+    assert jvm.ensure_jar() is not None, "javac is present but the Java UDF did not compile"
+    assert jvm.available(spark), "the session was built without the UDF's jar"
+    return jvm
+
+
+@pytest.mark.parametrize("seed", [3, 13])
+def test_java_udf_equals_reference_and_sql_on_hostile_strings(spark, seed):
+    """The Java text cleaning (the stage's JVM path when the jar is there) on every row it claims:
+    equal to the scalar reference and to the Spark SQL expression, null and empty included."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    jvm = _java_or_skip(spark)
+    values = hostile_strings(3000, seed=seed) + [None, "", " \t\x00 ", "&", "<b></b>", "&amp;lt;b&amp;gt;x"]
+    df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values}), "i long, s string")
+    rows = df.select("i", sql.text_needs_python(F.col("s")).alias("py"), jvm.clean_text_jvm(F.col("s")).alias("j"),
+                     sql.clean_text_fast(F.col("s")).alias("t")).collect()
+    fast = [r for r in rows if not r["py"]]
+    assert len(fast) > 300
+    bad = [(values[r["i"]], r["j"], clean_text(values[r["i"]]), r["t"]) for r in fast
+           if r["j"] != clean_text(values[r["i"]]) or r["j"] != r["t"]]
+    assert not bad, f"{len(bad)} mismatches (value, java, reference, sql), e.g. {bad[:5]}"
+
+
+def test_java_udf_equals_reference_on_real_samples(spark, shared_datasets):
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    jvm = _java_or_skip(spark)
+    hd = pd.read_csv(shared_datasets / "homedepot" / "relevance.csv", encoding="latin-1", dtype=str)
+    fa = pd.read_csv(shared_datasets / "fashion" / "products.csv", dtype=str)
+    values = pd.concat([hd["product_title"].drop_duplicates(), fa["title"], hd["search_term"].drop_duplicates()]
+                       ).dropna().tolist()
+    df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values}), "i long, s string")
+    rows = df.select("i", sql.text_needs_python(F.col("s")).alias("py"), jvm.clean_text_jvm(F.col("s")).alias("j")).collect()
+    fast = [r for r in rows if not r["py"]]
+    assert len(fast) > 0.98 * len(rows)
+    bad = [(values[r["i"]], r["j"]) for r in fast if r["j"] != clean_text(values[r["i"]])]
+    assert not bad, f"{len(bad)} mismatches, e.g. {bad[:5]}"
+
+
+def test_stage_path_uses_java_udf_and_falls_back_to_sql(spark, monkeypatch):
+    """with_clean_columns puts the Java UDF in the plan when the session has it, the SQL expressions
+    with MMP_JAVA_UDF=0, and both give the reference's result."""
+    from mmpipeline.clean import sql
+
+    jvm = _java_or_skip(spark)
+    values = ["<b>Oak</b>&nbsp;Desk", "  Lamp\t\x00 ", None]
+    df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values}), "i long, s string")
+    for env, in_plan in [("1", True), ("0", False)]:
+        monkeypatch.setenv("MMP_JAVA_UDF", env)
+        out = sql.with_clean_columns(df, {"t": ("text", "s")})
+        plan = out._jdf.queryExecution().analyzed().toString()
+        assert (jvm.UDF_NAME in plan) is in_plan, plan[:400]
+        got = {r["i"]: r["t"] for r in out.collect()}
+        assert [got[i] for i in range(len(values))] == [clean_text(v) for v in values]
