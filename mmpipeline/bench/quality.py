@@ -175,6 +175,22 @@ def table_lines(systems: dict[str, Any], rc) -> list[str]:
     return lines
 
 
+def colour_free_catalog(products: pd.DataFrame, vocab: list[str], attribute: str) -> tuple[pd.DataFrame, int]:
+    """The catalog frame (:func:`~mmpipeline.retrieval.features.catalog_frame`) as the featuriser keeps it
+    (last row per product id) with the colour words removed from titles, descriptions and brands and the
+    colour attribute dropped: (frame, number of titles changed)."""
+    p = products.drop_duplicates("product_id", keep="last").reset_index(drop=True)
+    before = p["title"].fillna("").astype(str).tolist()
+    titles = strip_words(before, vocab)
+    p = p.assign(title=titles)
+    if "attributes" in p.columns:  # nor may the colour attribute tell it
+        p["attributes"] = strip_attribute(p["attributes"], attribute)
+    for col in ("description", "brand"):
+        if col in p.columns:
+            p[col] = strip_words(p[col].fillna("").astype(str).tolist(), vocab)
+    return p, sum(a != b for a, b in zip(titles, before))
+
+
 def strip_attribute(attrs: pd.Series, attribute: str) -> pd.Series:
     """The attributes without ``attribute`` (the colour-free run: only the image still knows it)."""
     def drop(a):
@@ -189,7 +205,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
     from mmpipeline.config import RankConfig
     from mmpipeline.lake import Lake
     from mmpipeline.rank import data
-    from mmpipeline.retrieval.features import PairFeaturizer
+    from mmpipeline.retrieval.features import PairFeaturizer, catalog_frame
     from mmpipeline.rank.train import set_seed
 
     if cfg is None:
@@ -227,14 +243,10 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         from mmpipeline.embed.encoders import build_encoder
         from mmpipeline.embed.models import text_spec
 
-        titles = strip_words(fz.titles, vocab)
-        products = fz.products.assign(title=titles)
-        if "attributes" in products.columns:  # nor may the colour attribute tell it
-            products["attributes"] = strip_attribute(products["attributes"], rc.colour_attribute)
-        for col in ("description", "brand"):
-            if col in products.columns:
-                products[col] = strip_words(products[col].fillna("").astype(str).tolist(), vocab)
-        changed = sum(a != b for a, b in zip(titles, fz.titles))
+        products, changed = colour_free_catalog(catalog_frame(lake, run_date), vocab, rc.colour_attribute)
+        if list(products["product_id"].astype(str)) != list(fz.ids):
+            raise SystemExit("bench quality: silver.products changed while the benchmark ran; run it again")
+        titles = products["title"].tolist()
         log.info("colour-free titles: %d of %d titles changed (%d colour words)", changed, len(titles), len(vocab))
         t1 = time.perf_counter()
         encoder = build_encoder(text_spec(cfg))

@@ -170,6 +170,14 @@ class TokenRows:
         return (cs[:, stop] - cs[:, begin]).T > 0
 
 
+def catalog_frame(lake: "Lake", as_of: Any = None, versions: dict[str, int] | None = None) -> pd.DataFrame:
+    """The catalog columns the featuriser reads from ``silver.products`` (rows with ``run_date <= as_of``
+    when given; ``versions`` pins table versions): :meth:`PairFeaturizer.from_lake` builds on it, and
+    ``bench quality`` rebuilds a featuriser from it with colour words removed."""
+    cols = ["product_id", *dict.fromkeys([*BM25_FIELDS, *TEXT_FIELDS]), "price", "popularity", "rating", "run_date"]
+    return _read_as_of(lake, "silver.products", cols, versions or {}, as_of)
+
+
 @dataclass
 class PairFeaturizer:
     """Featurises (query, product) pairs over a fixed catalog.
@@ -365,9 +373,7 @@ class PairFeaturizer:
                 return cat, mat
             return cat[has].tolist(), mat[has]
 
-        prod_cols = ["product_id", *dict.fromkeys([*BM25_FIELDS, *TEXT_FIELDS]), "price", "popularity", "rating",
-                     "run_date"]
-        products = read("silver.products", prod_cols)
+        products = catalog_frame(lake, as_of, versions)
         text_model, image_model = cls.vector_models(lake, cfg, as_of, versions)
         # the catalog order the featuriser uses (see __post_init__): vectors are streamed into it
         cat_ids = products.drop_duplicates("product_id", keep="last")["product_id"].astype(str).tolist()

@@ -258,3 +258,21 @@ def test_colour_words_are_removed_from_titles():
     assert vocab[0] == "navy blue" and {"navy", "blue", "red"} <= set(vocab)
     assert strip_words(["Turtle Check Men Navy Blue Shirt", "Red Tape Shoe", "Bluetooth Speaker"], vocab) == [
         "Turtle Check Men Shirt", "Tape Shoe", "Bluetooth Speaker"]
+
+
+def test_colour_free_catalog_keeps_every_field_but_the_colour():
+    """bench quality's colour-free run rebuilds the featuriser from the catalog frame (not from the
+    featuriser, which keeps only ids and an Arrow array of titles): the same products in the same order,
+    colour words out of titles, descriptions and brands, the colour attribute dropped, the rest kept."""
+    from mmpipeline.bench.quality import colour_free_catalog
+
+    products = pd.DataFrame({
+        "product_id": ["a", "b", "a"], "title": ["Red Shirt", "Blue Mug", "Navy Blue Shirt"],
+        "description": ["a red cotton shirt", None, "navy blue cotton"], "brand": ["Redwood", "Acme", "Acme"],
+        "attributes": [[("colour", "Red")], [("colour", "Blue"), ("size", "L")], [("colour", "Navy Blue")]],
+        "price": [1.0, 2.0, 3.0]})
+    out, changed = colour_free_catalog(products, ["navy blue", "navy", "blue", "red"], "colour")
+    assert out["product_id"].tolist() == ["b", "a"]  # the last record of each id, as the featuriser keeps it
+    assert out["title"].tolist() == ["Mug", "Shirt"] and changed == 2
+    assert out["description"].tolist() == ["", "cotton"] and out["brand"].tolist() == ["Acme", "Acme"]
+    assert out["attributes"].tolist() == [[("size", "L")], []] and out["price"].tolist() == [2.0, 3.0]
