@@ -66,9 +66,9 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
         builder = builder.master(master)
     conf = session_conf(cfg, master)
     if master is not None:  # we start the JVM: the text-cleaning UDF's jar goes on its classpath
-        from mmpipeline.clean.jvm import ensure_jar
+        from mmpipeline.clean.sql import udf_jar
 
-        jar = ensure_jar()
+        jar = udf_jar()
         if jar is not None:
             conf["spark.jars"] = ",".join(j for j in (conf.get("spark.jars"), str(jar)) if j)
     for k, v in conf.items():

@@ -107,6 +107,15 @@ def text_needs_python(c: "Column") -> "Column":
     return F.coalesce(non_ascii | rare, F.lit(False))
 
 
+def udf_jar():
+    """The jar of :func:`clean_text_fast`'s rules as one Java UDF (:mod:`mmpipeline.clean.jvm`), generated
+    from this module's patterns and entity tables; None where it cannot be built."""
+    from mmpipeline.clean import jvm
+
+    exact, folded = _entity_names()
+    return jvm.ensure_jar(jvm.render(_BLOCK, _TAG, exact, folded))
+
+
 def _let(value: "Column", body: "Callable[[Column], Column]") -> "Column":
     """``body(value)`` with ``value`` evaluated once. Spark SQL has no ``let``: a ``CASE WHEN`` that
     tests a value and returns it otherwise holds a copy of the value's whole expression in each

@@ -190,11 +190,11 @@ def test_typographic_entities_stay_on_the_jvm(spark):
 
 
 def _java_or_skip(spark):
-    from mmpipeline.clean import jvm
+    from mmpipeline.clean import jvm, sql
 
-    if jvm._javac() is None and jvm.ensure_jar() is None:
+    if jvm._javac() is None and sql.udf_jar() is None:
         pytest.skip("no javac here: the Java UDF cannot be built (the Spark SQL path is used)")
-    assert jvm.ensure_jar() is not None, "javac is present but the Java UDF did not compile"
+    assert sql.udf_jar() is not None, "javac is present but the Java UDF did not compile"
     assert jvm.available(spark), "the session was built without the UDF's jar"
     return jvm
 
