@@ -1,20 +1,23 @@
 """The text cleaning of :func:`mmpipeline.clean.sql.clean_text_fast` as one Java function (a Spark JVM UDF).
 
 Why: Spark evaluates ``clean_text_fast`` as a tree of some 40 expressions per text column (regexes,
-``CASE``, lambdas, splits, map lookups). At 1M products on 2 cores most of a cold run goes to
-HotSpot compiling that tree's code (24.6-26.1 of 55-58 JVM CPU-seconds in ``bench clean``), and even
-warm it re-converts each string at every step. The same rules as one Java method over the characters
-cleaned 1M titles in 1.4 s cold / 1.0 s warm against 10.0 s / 3.1 s for the expression tree, with
-identical output.
+``CASE``, lambdas, splits, map lookups). At 1M products on 2 cores nearly half of a cold run's JVM CPU
+goes to HotSpot compiling code (24.6-26.1 of 55-58 CPU-seconds in ``bench clean``), and the tree
+re-converts each string at every step. The same rules as one Java method cleaned 1M titles in 1.4 s
+cold / 1.0 s warm against 10.0 s / 3.1 s for the expression tree, with identical output; the whole
+product cleaning of ``bench clean`` (prices, flags, de-duplication, hashes stay Spark SQL) gained
+about 8% (27.9 / 30.7 s vs 30.1 / 33.2 s with ``MMP_JAVA_UDF=0``, alternating runs).
 
 One source of truth: the Java source is generated (:func:`render`, called by
-:func:`mmpipeline.clean.sql.udf_jar`) from the very regular expressions and entity tables :mod:`mmpipeline.clean.sql` gives Spark (so both paths run Java's regex engine on the
-same patterns), compiled once with ``javac`` against pyspark's own jars into a cache folder keyed
-by the source's hash (``MMP_JAR_CACHE``, default ``~/.cache/mmpipeline/jars``), and put on the
-session's ``spark.jars`` by :func:`mmpipeline.spark.get_spark` in local mode. No ``javac`` (a JRE
-only), a failed compile, a session built elsewhere without the jar (``spark-submit`` without
-``--jars``) or ``MMP_JAVA_UDF=0``: the Spark SQL expression is used, with the same results. Rows that
-need Python (non-ASCII text, rare entities) still go to the vectorised UDF either way.
+:func:`mmpipeline.clean.sql.udf_jar`) from the very regular expressions and entity tables
+:mod:`mmpipeline.clean.sql` gives Spark (so both paths run Java's regex engine on the same patterns),
+compiled once with ``javac`` against pyspark's own jars into a cache folder keyed by the source's hash
+(``MMP_JAR_CACHE``, default ``~/.cache/mmpipeline/jars``), and put on the session's ``spark.jars`` by
+:func:`mmpipeline.spark.get_spark` when it starts the JVM; a session started by ``spark-submit`` (the
+Airflow tasks) gets it with ``ADD JAR`` on first use (:func:`available`). No ``javac`` (a JRE only), a
+failed compile, a jar that cannot be added or ``MMP_JAVA_UDF=0``: the Spark SQL expression is used, with
+the same results. Rows that need Python (non-ASCII text, rare
+entities) still go to the vectorised UDF either way.
 """
 
 from __future__ import annotations
@@ -196,9 +199,18 @@ def available(spark: "SparkSession") -> bool:
             return True
         from pyspark.sql.types import StringType
 
-        spark.udf.registerJavaFunction(UDF_NAME, CLASS, StringType())
+        try:
+            spark.udf.registerJavaFunction(UDF_NAME, CLASS, StringType())
+        except Exception:  # noqa: BLE001 - not on the classpath: a session started by spark-submit
+            from mmpipeline.clean.sql import udf_jar
+
+            jar = udf_jar()
+            if jar is None:
+                raise
+            spark.sql(f"ADD JAR '{jar}'")  # the session's class loader and the executors
+            spark.udf.registerJavaFunction(UDF_NAME, CLASS, StringType())
         return True
-    except Exception:  # noqa: BLE001 - class not on the classpath (e.g. spark-submit without --jars)
+    except Exception:  # noqa: BLE001 - no jar, or it cannot be added: the Spark SQL path
         log.info("clean: %s is not on this session's classpath: text cleaning runs as Spark SQL expressions", CLASS)
         return False
 

@@ -252,3 +252,38 @@ def test_stage_path_uses_java_udf_and_falls_back_to_sql(spark, monkeypatch):
         assert (jvm.UDF_NAME in plan) is in_plan, plan[:400]
         got = {r["i"]: r["t"] for r in out.collect()}
         assert [got[i] for i in range(len(values))] == [clean_text(v) for v in values]
+
+
+def test_java_udf_reaches_a_session_started_by_spark_submit(tmp_path):
+    """Airflow runs the stages through spark-submit, whose JVM starts without the jar: the first
+    with_clean_columns adds it (ADD JAR) and the stage's plan uses the Java UDF, with the reference's rows."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyspark
+
+    from mmpipeline.clean import jvm, sql
+
+    if jvm._javac() is None and sql.udf_jar() is None:
+        pytest.skip("no javac here: the Java UDF cannot be built")
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import pandas as pd\n"
+        "from mmpipeline.spark import get_spark\n"
+        "from mmpipeline.clean import sql, jvm\n"
+        "spark = get_spark(None)\n"
+        "df = spark.createDataFrame(pd.DataFrame({'s': ['<b>Oak</b>&nbsp;Desk', ' x\\t', None]}))\n"
+        "out = sql.with_clean_columns(df, {'t': ('text', 's')})\n"
+        "print('PLAN', jvm.UDF_NAME in out._jdf.queryExecution().analyzed().toString())\n"
+        "print('ROWS', sorted(str(r['t']) for r in out.collect()))\n")
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    r = subprocess.run([str(submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false", str(script)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "PLAN True" in r.stdout and "ROWS ['None', 'Oak Desk', 'x']" in r.stdout, r.stdout + r.stderr[-2000:]
