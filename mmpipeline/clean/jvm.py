@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from pyspark.sql import Column, SparkSession
 
 log = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ def ensure_jar(src: str) -> Path | None:
     return jar
 
 
-def available(spark: "SparkSession") -> bool:
+def available(spark: "SparkSession", jar: "Callable[[], Path | None] | None" = None) -> bool:
     """True when this session can call :data:`UDF_NAME` (registered here on first use: the class must be
     on the session's classpath, see :func:`mmpipeline.spark.get_spark`)."""
     if not enabled():
@@ -202,12 +204,10 @@ def available(spark: "SparkSession") -> bool:
         try:
             spark.udf.registerJavaFunction(UDF_NAME, CLASS, StringType())
         except Exception:  # noqa: BLE001 - not on the classpath: a session started by spark-submit
-            from mmpipeline.clean.sql import udf_jar
-
-            jar = udf_jar()
-            if jar is None:
+            path = jar() if jar is not None else None  # clean.sql.udf_jar
+            if path is None:
                 raise
-            spark.sql(f"ADD JAR '{jar}'")  # the session's class loader and the executors
+            spark.sql(f"ADD JAR '{path}'")  # the session's class loader and the executors
             spark.udf.registerJavaFunction(UDF_NAME, CLASS, StringType())
         return True
     except Exception:  # noqa: BLE001 - no jar, or it cannot be added: the Spark SQL path

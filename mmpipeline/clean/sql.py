@@ -244,7 +244,7 @@ def with_clean_columns(df: "DataFrame", specs: dict[str, tuple[str, str]],
     # row (with every bronze column) is written between the steps (half the JVM CPU of three projections)
     from mmpipeline.clean import jvm
 
-    text = jvm.clean_text_jvm if jvm.available(df.sparkSession) else clean_text_fast  # the same results
+    text = jvm.clean_text_jvm if jvm.available(df.sparkSession, udf_jar) else clean_text_fast  # the same results
     df = df.withColumns(flags | {f"{key[s]}_t": text(F.col(s)) for s in srcs})
     qsrcs = sorted({src for kind, src in specs.values() if kind == "query"})
     if qsrcs:
