@@ -113,7 +113,7 @@ def udf_jar():
     from mmpipeline.clean import jvm
 
     exact, folded = _entity_names()
-    return jvm.ensure_jar(jvm.render(_BLOCK, _TAG, exact, folded))
+    return jvm.ensure_jar(jvm.render(_BLOCK, _TAG, exact, folded, CURRENCY_CODES))
 
 
 def _let(value: "Column", body: "Callable[[Column], Column]") -> "Column":
@@ -295,7 +295,20 @@ def price_needs_python(c: "Column") -> "Column":
 def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_price_fast") -> "DataFrame":
     """Add ``out``: :func:`mmpipeline.clean.text.parse_price` of column ``src`` as a struct<price,
     currency, error, detail, py>; ``py`` is true where the row must be parsed by the reference
-    instead (see module doc). Plain string functions where they suffice.
+    instead (see module doc). The Java UDF of :mod:`mmpipeline.clean.jvm` where the session has its
+    jar (one call per row instead of some 30 expressions: about 4 s less of a cold 1M-product run),
+    else :func:`with_price_sql`; the same results."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import jvm
+
+    if jvm.available(df.sparkSession, udf_jar):
+        return df.withColumn(out, jvm.parse_price_jvm(F.col(src), max_price))
+    return with_price_sql(df, src, max_price, out)
+
+
+def with_price_sql(df: "DataFrame", src: str, max_price: float, out: str = "_price_fast") -> "DataFrame":
+    """:func:`with_price_fast` as Spark SQL expressions. Plain string functions where they suffice.
 
     Two projections: the first computes the five facts the verdict needs (one number? negative?
     text left over? value, currency) as columns of one projection, so Spark's subexpression
@@ -345,6 +358,7 @@ def with_price_fast(df: "DataFrame", src: str, max_price: float, out: str = "_pr
     invalid = F.lit("invalid_price")
     parsed = (
         F.when(c.isNull() | (t == ""), res(null_d, null_s, null_s, null_s))
+        .when(price_needs_python(c), res(null_d, null_s, null_s, null_s, F.lit(True)))
         .when(~F.col(p + "one"), res(null_d, currency, invalid, F.concat(F.lit("no single number in price "), rt)))
         .when(left != "", res(null_d, currency, invalid, F.concat(
             F.lit("unexpected text "), _py_repr(left), F.lit(" in price "), rt)))

@@ -63,10 +63,8 @@ def parse_price_col(c: "Column | str", max_price: float, fast: "Column") -> "Col
     reference UDF only for the rows it flags."""
     from pyspark.sql import functions as F
 
-    from mmpipeline.clean import sql
-
     col = _as_col(c)
-    py = sql.price_needs_python(col) | fast["py"]
+    py = fast["py"]  # set for the text the fast parse does not take, too (sql.price_needs_python)
     out = _udf("parse_price")(F.when(py, col), F.lit(float(max_price)))
     return F.when(py, out).otherwise(F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")]))
 
@@ -75,10 +73,8 @@ def _price_route(max_price: float) -> tuple["Column", "Column", "Column"]:
     """(needs Python, SQL parse, reference UDF) of the ``price`` column, given ``_price_fast``."""
     from pyspark.sql import functions as F
 
-    from mmpipeline.clean import sql
-
     fast = F.col("_price_fast")
-    flag = sql.price_needs_python(F.col("price")) | fast["py"]
+    flag = fast["py"]  # set for the text the fast parse does not take, too (sql.price_needs_python)
     sql_parse = F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")])
     return flag, sql_parse, _udf("parse_price")(F.col("price"), F.lit(float(max_price)))
 

@@ -61,9 +61,8 @@ def _compare(spark, values: list[str], which: str):
 
     df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values}), "i long, s string")
     if which == "price":
-        df = sql.with_price_fast(df, "s", 1e6, "f")
-        out = df.select("i", T.parse_price_col("s", 1e6, F.col("f")).alias("r"),
-                        (sql.price_needs_python(F.col("s")) | F.col("f.py")).alias("py"))
+        df = sql.with_price_sql(df, "s", 1e6, "f")  # the SQL path (with_price_fast may take the Java one)
+        out = df.select("i", T.parse_price_col("s", 1e6, F.col("f")).alias("r"), F.col("f.py").alias("py"))
         rows = sorted(out.collect(), key=lambda r: r["i"])
         got = [tuple(r["r"]) if r["r"] is not None else (None,) * 4 for r in rows]
         want = [parse_price(v, 1e6) for v in values]
@@ -237,6 +236,29 @@ def test_java_udf_equals_reference_on_real_samples(spark, shared_datasets):
     assert not bad, f"{len(bad)} mismatches, e.g. {bad[:5]}"
 
 
+@pytest.mark.parametrize("seed", [11, 17])
+def test_java_price_equals_reference_and_sql(spark, seed):
+    """The Java price parser: on every row it claims (py false) the reference's (price, currency,
+    error, detail); on every row, the same struct as the Spark SQL parse, py flag included."""
+    from pyspark.sql import functions as F
+
+    from mmpipeline.clean import sql
+
+    jvm = _java_or_skip(spark)
+    values = price_strings(3000, seed=seed) + [None, "\t5", "5\x00", "€5", "５", "$1,299.00", "USD 2,000,000",
+                                                "(5) usd", "-$3", "$ (4.50)", "4.50 usd each", "1'234.50 CHF"]
+    df = spark.createDataFrame(pd.DataFrame({"i": range(len(values)), "s": values}), "i long, s string")
+    df = sql.with_price_sql(df, "s", 1e6, "q").withColumn("j", jvm.parse_price_jvm(F.col("s"), 1e6))
+    rows = sorted(df.select("i", "j", "q").collect(), key=lambda r: r["i"])
+    claimed = [r for r in rows if not r["j"]["py"]]
+    assert len(claimed) > 0.5 * len(rows)
+    bad = [(values[r["i"]], tuple(r["j"])[:4], parse_price(values[r["i"]], 1e6)) for r in claimed
+           if tuple(r["j"])[:4] != parse_price(values[r["i"]], 1e6)]
+    assert not bad, f"{len(bad)} mismatches (value, java, reference), e.g. {bad[:5]}"
+    diff = [(values[r["i"]], tuple(r["j"]), tuple(r["q"])) for r in rows if tuple(r["j"]) != tuple(r["q"])]
+    assert not diff, f"{len(diff)} rows where Java and SQL differ (value, java, sql), e.g. {diff[:5]}"
+
+
 def test_stage_path_uses_java_udf_and_falls_back_to_sql(spark, monkeypatch):
     """with_clean_columns puts the Java UDF in the plan when the session has it, the SQL expressions
     with MMP_JAVA_UDF=0, and both give the reference's result."""
@@ -252,6 +274,10 @@ def test_stage_path_uses_java_udf_and_falls_back_to_sql(spark, monkeypatch):
         assert (jvm.UDF_NAME in plan) is in_plan, plan[:400]
         got = {r["i"]: r["t"] for r in out.collect()}
         assert [got[i] for i in range(len(values))] == [clean_text(v) for v in values]
+        prices = spark.createDataFrame(pd.DataFrame({"p": ["$1,299.00", "12,50 EUR", "-3", None]}), "p string")
+        parsed = sql.with_price_fast(prices, "p", 1e6, "f")
+        assert (jvm.PRICE_UDF in parsed._jdf.queryExecution().analyzed().toString()) is in_plan
+        assert [tuple(r["f"])[:4] for r in parsed.collect()] == [parse_price(v, 1e6) for v in prices.toPandas()["p"]]
 
 
 def test_java_udf_reaches_a_session_started_by_spark_submit(tmp_path):
@@ -277,6 +303,8 @@ def test_java_udf_reaches_a_session_started_by_spark_submit(tmp_path):
         "df = spark.createDataFrame(pd.DataFrame({'s': ['<b>Oak</b>&nbsp;Desk', ' x\\t', None]}))\n"
         "out = sql.with_clean_columns(df, {'t': ('text', 's')})\n"
         "print('PLAN', jvm.UDF_NAME in out._jdf.queryExecution().analyzed().toString())\n"
+        "p = sql.with_price_fast(spark.createDataFrame(pd.DataFrame({'p': ['USD 1,299.00']})), 'p', 1e6, 'f')\n"
+        "print('PRICE', jvm.PRICE_UDF in p._jdf.queryExecution().analyzed().toString(), tuple(p.first()['f']))\n"
         "print('ROWS', sorted(str(r['t']) for r in out.collect()))\n")
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     repo = Path(__file__).resolve().parents[2]
@@ -287,3 +315,4 @@ def test_java_udf_reaches_a_session_started_by_spark_submit(tmp_path):
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "PLAN True" in r.stdout and "ROWS ['None', 'Oak Desk', 'x']" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "PRICE True (1299.0, 'USD', None, None, False)" in r.stdout, r.stdout + r.stderr[-2000:]
