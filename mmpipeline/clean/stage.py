@@ -92,10 +92,22 @@ def _sql_conf(spark, conf: dict[str, str]):
                 spark.conf.set(k, v)
 
 
+_RAW_KEYS = ["_row_id", "_batch_id"]
+# quarantined rows' keys broadcast to the bronze scan that fetches their raw records, up to this many
+_RAW_BROADCAST_ROWS = 2_000_000
+
+
 def tag_once(tag, bronze, *args, cached: list):
     """``materialize(tag(bronze, *args, store=...))``: the cleaned columns are stored once before
     the split into JVM rows and UDF rows (bronze read once), and freed as soon as the tagged frame
-    is stored. The tagged frame is added to ``cached``."""
+    is stored. The tagged frame is added to ``cached``.
+
+    The raw record text (``_raw``, the widest column: 215 MB of a 1M-product export against 64 MB of
+    titles) is left out of the tagged frame (null there): only quarantined rows need it, and
+    :func:`attach_raw` fetches theirs from bronze, instead of every row carrying it through both stored
+    frames and the de-duplication shuffle."""
+    if "_raw" in bronze.columns and set(_RAW_KEYS) <= set(bronze.columns):
+        bronze = bronze.drop("_raw")
     pre: list = []
 
     def store(df):
@@ -117,6 +129,23 @@ def tag_once(tag, bronze, *args, cached: list):
         release(df)
     cached[:] = [df for df in cached if all(df is not p for p in pre)]
     return tagged
+
+
+def attach_raw(rows, bronze, n: int):
+    """``rows`` (tagged rows of ``bronze`` whose ``_raw`` :func:`tag_once` left out, e.g. the ``n``
+    quarantined ones) with their raw record text from ``bronze``, matched by batch and row id. The
+    keys of the few rows are broadcast to the bronze scan (no shuffle of the export), and every row
+    of ``rows`` is kept exactly once (a left join on one record per key)."""
+    from pyspark.sql import functions as F
+
+    if "_raw" not in bronze.columns or not set(_RAW_KEYS) <= set(bronze.columns):
+        return rows
+    keys = rows.select(*_RAW_KEYS)
+    if n <= _RAW_BROADCAST_ROWS:
+        keys = F.broadcast(keys)
+    raw = (bronze.select(*_RAW_KEYS, "_raw").join(keys, _RAW_KEYS, "left_semi")
+           .groupBy(*_RAW_KEYS).agg(F.first("_raw").alias("_raw")))
+    return rows.drop("_raw").join(raw, _RAW_KEYS, "left")
 
 
 def _bronze(ctx: RunContext, lake, entity: str):
@@ -262,13 +291,15 @@ def _malformed_hint(entity: str, src) -> str:
     return f"the {src.format} reader could not parse this record: check {key}"
 
 
-def _quarantine(ctx: RunContext, tagged, key, entity: str):
-    """Quarantine rows of ``tagged``, with the reader hint for records that could not be parsed."""
+def _quarantine(ctx: RunContext, tagged, key, entity: str, bronze, counts: dict[str, Any]):
+    """Quarantine rows of ``tagged`` (with their raw records from ``bronze``, see :func:`attach_raw`),
+    with the reader hint for records that could not be parsed."""
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import transforms as T
 
-    q = T.quarantine_rows(tagged, key, ctx.run_date)
+    rows = attach_raw(tagged.where(F.col("_outcome") == T.QUARANTINED), bronze, int(counts[T.QUARANTINED]))
+    q = T.quarantine_rows(rows, key, ctx.run_date)
     src = ctx.cfg.sources.get(entity)
     if src is None or src.adapter != "generic":
         return q
@@ -354,7 +385,8 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     # ------------------------------------------------------------------------------ products
     if "products" in cfg.sources:
         src = cfg.sources["products"]
-        tagged = tag_once(T.tag_products, _bronze(ctx, lake, "products"), c, cached=cached)
+        bronze = _bronze(ctx, lake, "products")
+        tagged = tag_once(T.tag_products, bronze, c, cached=cached)
         counts = T.outcome_counts(tagged)
         step("products: tag + counts")
         products = T.products_silver(tagged)
@@ -374,7 +406,7 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
         silver = T.attach_images(products, checks).withColumn("run_date", F.lit(d).cast("date"))
         merge = _write_snapshot(ctx, lake, "silver.products", silver, ["product_id"])
         step("products: snapshot plan")
-        _write_partition(ctx, lake, "quarantine.products", _quarantine(ctx, tagged, "product_id", "products"))
+        _write_partition(ctx, lake, "quarantine.products", _quarantine(ctx, tagged, "product_id", "products", bronze, counts))
         if checks is not None:
             _write_partition(ctx, lake, "quarantine.images", T.image_quarantine(checks, d))
         else:
@@ -397,21 +429,23 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     derived_from = []
     if "judgments" in cfg.sources:
         src = cfg.sources["judgments"]
-        tagged = tag_once(T.tag_judgments, _bronze(ctx, lake, "judgments"), c, product_ids, cached=cached)
+        bronze = _bronze(ctx, lake, "judgments")
+        tagged = tag_once(T.tag_judgments, bronze, c, product_ids, cached=cached)
         counts = T.outcome_counts(tagged)
         label = str(src.params.get("label") or (src.adapter if src.adapter != "generic" else cfg.name))
         silver = T.judgments_silver(tagged, label).withColumn("run_date", F.lit(d).cast("date"))
         merge = _write_snapshot(ctx, lake, "silver.judgments", silver, ["query_id", "product_id"])
-        _write_partition(ctx, lake, "quarantine.judgments", _quarantine(ctx, tagged, ["_query_text", "product_id"], "judgments"))
+        _write_partition(ctx, lake, "quarantine.judgments", _quarantine(ctx, tagged, ["_query_text", "product_id"], "judgments", bronze, counts))
         account("judgments", "silver.judgments", counts, {"merge": merge})
         step("judgments")
         derived_from.append(tagged.where(F.col("_outcome") == T.KEPT))
     if "interactions" in cfg.sources:
-        tagged = tag_once(T.tag_interactions, _bronze(ctx, lake, "interactions"), product_ids, cached=cached)
+        bronze = _bronze(ctx, lake, "interactions")
+        tagged = tag_once(T.tag_interactions, bronze, product_ids, cached=cached)
         counts = T.outcome_counts(tagged)
         silver = T.interactions_silver(tagged).withColumn("run_date", F.lit(d).cast("date"))
         _write_partition(ctx, lake, "silver.interactions", silver)
-        _write_partition(ctx, lake, "quarantine.interactions", _quarantine(ctx, tagged, "session_id", "interactions"))
+        _write_partition(ctx, lake, "quarantine.interactions", _quarantine(ctx, tagged, "session_id", "interactions", bronze, counts))
         account("interactions", "silver.interactions", counts)
         step("interactions")
         derived_from.append(tagged.where(F.col("_outcome") == T.KEPT))
@@ -419,10 +453,11 @@ def _run(ctx: RunContext, cached: list) -> dict[str, Any]:
     # ---------------------------------------------------------------------------------- queries
     queries = None
     if "queries" in cfg.sources:
-        tagged = tag_once(T.tag_queries, _bronze(ctx, lake, "queries"), cached=cached)
+        bronze = _bronze(ctx, lake, "queries")
+        tagged = tag_once(T.tag_queries, bronze, cached=cached)
         counts = T.outcome_counts(tagged)
         queries = T.queries_silver(tagged)
-        _write_partition(ctx, lake, "quarantine.queries", _quarantine(ctx, tagged, "query", "queries"))
+        _write_partition(ctx, lake, "quarantine.queries", _quarantine(ctx, tagged, "query", "queries", bronze, counts))
         account("queries", "silver.queries", counts)
         step("queries")
     extra = T.derived_queries(queries, *derived_from)

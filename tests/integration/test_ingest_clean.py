@@ -178,6 +178,12 @@ def test_every_bad_input_ends_in_quarantine_with_a_reason(spark, make_config, tm
     assert reasons == {"missing_id": ["<none>"], "duplicate": ["P3"], "negative_price": ["P4"],
                        "invalid_price": ["P5"], "empty_title": ["P6"]}
     assert q["detail"].notna().all() and q["record"].notna().all()
+    # each quarantined row carries its own raw record, fetched back from bronze (clean.stage.attach_raw)
+    bp = lake.read_pandas("bronze.products")
+    assert len(q) == 7 and q["record"].is_unique and set(q["record"]) <= set(bp["_raw"])
+    by_reason = q.set_index("reason")["record"]
+    assert "Old Lamp" in by_reason["duplicate"] and "Broken Kettle" in by_reason["negative_price"]
+    assert "call us" in by_reason["invalid_price"] and "No Id Product" in by_reason["missing_id"]
     sp = lake.read_pandas("silver.products").set_index("product_id")
     assert sp.loc["P1", "title"] == "Good Shirt & Tie" and sp.loc["P1", "price"] == 1299.0
     assert sp.loc["P2", "currency"] == "EUR" and sp.loc["P3", "title"] == "New Lamp"
@@ -190,10 +196,15 @@ def test_every_bad_input_ends_in_quarantine_with_a_reason(spark, make_config, tm
     assert "0-byte" in qi.loc["P10", "detail"] and "pixels" in qi.loc["P12", "detail"]
     qj = lake.read_pandas("quarantine.judgments")
     assert sorted(qj["reason"]) == ["empty_query", "grade_out_of_range", "invalid_grade", "unknown_product"]
+    assert "P404" in qj.set_index("reason").loc["unknown_product", "record"]
+    assert set(qj["record"]) <= set(lake.read_pandas("bronze.judgments")["_raw"])
     sj = lake.read_pandas("silver.judgments")
     assert sorted(sj["grade"]) == [2.0, 3.0]
     qint = lake.read_pandas("quarantine.interactions")
     assert sorted(qint["reason"]) == ["invalid_event_type", "invalid_timestamp", "malformed_record"]
+    rec = qint.set_index("reason")["record"].to_dict()
+    assert rec.pop("malformed_record") == "{not json"
+    assert {k: json.loads(v) for k, v in rec.items()} == {"invalid_event_type": events[2], "invalid_timestamp": events[3]}
     assert lake.count("silver.interactions") == 1
     acc = _accounting(lake)
     assert acc.loc["silver.products", "rows_in"] == len(lines)
