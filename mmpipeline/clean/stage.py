@@ -317,7 +317,8 @@ def _check_counts(ctx: RunContext, lake, entity: str, counts: dict[str, Any]) ->
     n = lake.count(name, filters=[("run_date", "=", ctx.run_date)])
     tagged_n = int(counts[T.KEPT]) + int(counts[T.FOLDED]) + int(counts[T.QUARANTINED])
     if n != tagged_n:
-        raise StageError(f"clean refused for {ctx.run_date}: rows lost in {entity}: {name} holds {n:,} rows for the run "
+        what = "rows lost" if tagged_n < n else "rows duplicated"
+        raise StageError(f"clean refused for {ctx.run_date}: {what} in {entity}: {name} holds {n:,} rows for the run "
                          f"date but the clean transforms accounted for {tagged_n:,} (kept {counts[T.KEPT]:,} + folded "
                          f"{counts[T.FOLDED]:,} + quarantined {counts[T.QUARANTINED]:,}). Nothing was written.")
     if n == 0 and not c.allow_empty_source:

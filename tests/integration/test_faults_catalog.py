@@ -256,6 +256,20 @@ def test_rows_lost_in_the_transforms_fail_clean_before_writing(spark, sample, mo
     assert not lake.exists("silver.products") and not lake.exists("silver.interactions")
 
 
+def test_rows_multiplied_in_the_transforms_fail_clean_before_writing(spark, sample, monkeypatch):
+    """The product check joins judgments to the kept ids without a distinct (each id is kept once):
+    an id listed twice would duplicate judgment rows, and the bronze count refuses the run."""
+    from mmpipeline.clean import transforms as T
+
+    cfg, _, lake = sample
+    run_stage("ingest", cfg, str(D1))
+    real = T.tag_judgments
+    monkeypatch.setattr(T, "tag_judgments", lambda bronze, c, ids=None, **kw: real(bronze, c, ids.unionByName(ids), **kw))
+    with pytest.raises(StageError, match=r"rows duplicated in judgments: bronze.judgments holds \d+ rows"):
+        run_stage("clean", cfg, str(D1))
+    assert not lake.exists("silver.products") and not lake.exists("silver.judgments")
+
+
 # ------------------------------------------------------------------------- one-line errors, lock
 
 
