@@ -65,7 +65,7 @@ def get_spark(cfg: Config | None = None) -> SparkSession:
         master = cfg.spark.master if cfg else "local[2]"
         builder = builder.master(master)
     conf = session_conf(cfg, master)
-    if master is not None:  # we start the JVM: the text-cleaning UDF's jar goes on its classpath
+    if master is not None:  # we start the JVM: the cleaning UDFs' jar goes on its classpath
         from mmpipeline.clean.sql import udf_jar
 
         jar = udf_jar()

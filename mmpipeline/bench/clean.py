@@ -147,8 +147,6 @@ def clean_products_pandas(df: pd.DataFrame, max_title_chars: int = 500, min_titl
 # ------------------------------------------------------------------------------------------- main
 
 def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
     from mmpipeline.clean import transforms as T
     from mmpipeline.config import CleanConfig
     from mmpipeline.spark import get_spark
@@ -175,13 +173,12 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         spark.read.parquet(str(data)).limit(1).collect()  # warm-up: session, Python workers
         t0 = time.perf_counter()
         bronze = spark.read.parquet(str(data))
-        from mmpipeline.clean.stage import attach_raw, release, tag_once
+        from mmpipeline.clean.stage import quarantined_with_raw, release, tag_once
 
         tagged = tag_once(T.tag_products, bronze, c, cached=[])  # as the clean stage does: computed once
         counts = T.outcome_counts(tagged)
         T.products_silver(tagged).write.format("noop").mode("overwrite").save()
-        quarantined = attach_raw(tagged.where(F.col("_outcome") == T.QUARANTINED), bronze, counts[T.QUARANTINED])
-        T.quarantine_rows(quarantined, "product_id", "2026-01-01").write.format("noop").mode("overwrite").save()
+        T.quarantine_rows(quarantined_with_raw(tagged, bronze, counts), "product_id", "2026-01-01").write.format("noop").mode("overwrite").save()
         spark_s = time.perf_counter() - t0
         release(tagged)
         result: dict[str, Any] = {

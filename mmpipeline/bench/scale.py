@@ -177,7 +177,7 @@ def clean_vs_pandas(ctx, lake) -> dict[str, Any]:
 
     from mmpipeline.bench.clean import clean_products_pandas
     from mmpipeline.clean import transforms as T
-    from mmpipeline.clean.stage import attach_raw, release, tag_once
+    from mmpipeline.clean.stage import quarantined_with_raw, release, tag_once
 
     c = ctx.cfg.clean
     bronze = lake.read("bronze.products").where(F.col("run_date") == F.lit(ctx.run_date))
@@ -186,8 +186,7 @@ def clean_vs_pandas(ctx, lake) -> dict[str, Any]:
         tagged = tag_once(T.tag_products, bronze, c, cached=[])  # as the clean stage does: computed once
         counts = T.outcome_counts(tagged)
         T.products_silver(tagged).write.format("noop").mode("overwrite").save()
-        quarantined = attach_raw(tagged.where(F.col("_outcome") == T.QUARANTINED), bronze, counts[T.QUARANTINED])
-        T.quarantine_rows(quarantined, "product_id", ctx.run_date).write.format("noop").mode("overwrite").save()
+        T.quarantine_rows(quarantined_with_raw(tagged, bronze, counts), "product_id", ctx.run_date).write.format("noop").mode("overwrite").save()
         spark_s = time.perf_counter() - t0
         release(tagged)
     rows = int(counts["in"])

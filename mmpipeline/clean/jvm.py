@@ -6,8 +6,8 @@ Why: Spark evaluates ``clean_text_fast`` as a tree of some 40 expressions per te
 goes to HotSpot compiling code (24.6-26.1 of 55-58 CPU-seconds in ``bench clean``), and the tree
 re-converts each string at every step. The same rules as one Java method cleaned 1M titles in 1.4 s
 cold / 1.0 s warm against 10.0 s / 3.1 s for the expression tree, with identical output; the whole
-product cleaning of ``bench clean`` (prices, flags, de-duplication, hashes stay Spark SQL) gained
-about 8% (27.9 / 30.7 s vs 30.1 / 33.2 s with ``MMP_JAVA_UDF=0``, alternating runs).
+product cleaning of ``bench clean`` (prices, flags, de-duplication and hashes then still Spark SQL)
+gained about 8% (27.9 / 30.7 s vs 30.1 / 33.2 s with ``MMP_JAVA_UDF=0``, alternating runs).
 
 One source of truth: the Java source is generated (:func:`render`, called by
 :func:`mmpipeline.clean.sql.udf_jar`) from the very regular expressions and entity tables
@@ -246,7 +246,7 @@ def _java_literal(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def render(block: str, tag: str, exact: dict[str, str], folded: dict[str, str], codes: "Iterable[str]" = ()) -> str:
+def render(block: str, tag: str, exact: dict[str, str], folded: dict[str, str], codes: "Iterable[str]") -> str:
     """The Java source of the UDFs with these patterns, entity tables and currency codes
     (:func:`mmpipeline.clean.sql.udf_jar` passes the ones it gives Spark and the reference)."""
     put = lambda m, table: "\n".join(f"    {m}.put({_java_literal(k)}, {_java_literal(v)});"  # noqa: E731
@@ -286,8 +286,8 @@ def ensure_jar(src: str) -> Path | None:
         return jar
     javac = _javac()
     if javac is None:
-        log.warning("clean: no javac on this machine: text cleaning runs as Spark SQL expressions (slower; "
-                    "install a JDK or set JAVA_HOME to use the Java UDF)")
+        log.warning("clean: no javac on this machine: text cleaning and prices run as Spark SQL expressions "
+                    "(slower; install a JDK or set JAVA_HOME to use the Java UDFs)")
         return None
     jars = Path(pyspark.__file__).parent / "jars"
     try:
@@ -310,15 +310,15 @@ def ensure_jar(src: str) -> Path | None:
             os.replace(part, jar)  # atomic: a concurrent build writes the same bytes
     except (OSError, subprocess.SubprocessError) as e:
         err = getattr(e, "stderr", "") or str(e)
-        log.warning("clean: could not compile the Java text-cleaning UDF (%s): using Spark SQL expressions",
+        log.warning("clean: could not compile the Java cleaning UDFs (%s): using Spark SQL expressions",
                     err.strip().splitlines()[-1] if err.strip() else type(e).__name__)
         return None
     return jar
 
 
 def available(spark: "SparkSession", jar: "Callable[[], Path | None] | None" = None) -> bool:
-    """True when this session can call :data:`UDF_NAME` (registered here on first use: the class must be
-    on the session's classpath, see :func:`mmpipeline.spark.get_spark`)."""
+    """True when this session can call :data:`UDF_NAME` and :data:`PRICE_UDF` (registered here on first use:
+    the classes must be on the session's classpath, see :func:`mmpipeline.spark.get_spark`)."""
     if not enabled():
         return False
     try:
@@ -340,7 +340,8 @@ def available(spark: "SparkSession", jar: "Callable[[], Path | None] | None" = N
             register()
         return True
     except Exception:  # noqa: BLE001 - no jar, or it cannot be added: the Spark SQL path
-        log.info("clean: %s is not on this session's classpath: text cleaning runs as Spark SQL expressions", CLASS)
+        log.info("clean: %s is not on this session's classpath: text cleaning and prices run as Spark SQL "
+                 "expressions", CLASS)
         return False
 
 

@@ -108,8 +108,9 @@ def text_needs_python(c: "Column") -> "Column":
 
 
 def udf_jar():
-    """The jar of :func:`clean_text_fast`'s rules as one Java UDF (:mod:`mmpipeline.clean.jvm`), generated
-    from this module's patterns and entity tables; None where it cannot be built."""
+    """The jar of :func:`clean_text_fast`'s rules and :func:`with_price_sql`'s parse as Java UDFs
+    (:mod:`mmpipeline.clean.jvm`), generated from this module's patterns and entity tables and the
+    reference's currency codes; None where it cannot be built."""
     from mmpipeline.clean import jvm
 
     exact, folded = _entity_names()

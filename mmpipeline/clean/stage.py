@@ -104,7 +104,7 @@ def tag_once(tag, bronze, *args, cached: list):
 
     The raw record text (``_raw``, the widest column: 215 MB of a 1M-product export against 64 MB of
     titles) is left out of the tagged frame (null there): only quarantined rows need it, and
-    :func:`attach_raw` fetches theirs from bronze, instead of every row carrying it through both stored
+    :func:`quarantined_with_raw` fetches theirs from bronze, instead of every row carrying it through both stored
     frames and the de-duplication shuffle."""
     if "_raw" in bronze.columns and set(_RAW_KEYS) <= set(bronze.columns):
         bronze = bronze.drop("_raw")
@@ -131,17 +131,21 @@ def tag_once(tag, bronze, *args, cached: list):
     return tagged
 
 
-def attach_raw(rows, bronze, n: int):
-    """``rows`` (tagged rows of ``bronze`` whose ``_raw`` :func:`tag_once` left out, e.g. the ``n``
-    quarantined ones) with their raw record text from ``bronze``, matched by batch and row id. The
-    keys of the few rows are broadcast to the bronze scan (no shuffle of the export), and every row
-    of ``rows`` is kept exactly once (a left join on one record per key)."""
+def quarantined_with_raw(tagged, bronze, counts: dict[str, Any]):
+    """The quarantined rows of ``tagged`` (a :func:`tag_once` frame of ``bronze``, whose ``_raw`` it
+    left out; ``counts`` its :func:`~mmpipeline.clean.transforms.outcome_counts`) with their raw record
+    text from ``bronze``, matched by batch and row id. The keys of these few rows are broadcast to the
+    bronze scan (no shuffle of the export), and every row is kept exactly once (a left join on one
+    record per key)."""
     from pyspark.sql import functions as F
 
+    from mmpipeline.clean import transforms as T
+
+    rows = tagged.where(F.col("_outcome") == T.QUARANTINED)
     if "_raw" not in bronze.columns or not set(_RAW_KEYS) <= set(bronze.columns):
         return rows
     keys = rows.select(*_RAW_KEYS)
-    if n <= _RAW_BROADCAST_ROWS:
+    if int(counts[T.QUARANTINED]) <= _RAW_BROADCAST_ROWS:
         keys = F.broadcast(keys)
     raw = (bronze.select(*_RAW_KEYS, "_raw").join(keys, _RAW_KEYS, "left_semi")
            .groupBy(*_RAW_KEYS).agg(F.first("_raw").alias("_raw")))
@@ -292,14 +296,13 @@ def _malformed_hint(entity: str, src) -> str:
 
 
 def _quarantine(ctx: RunContext, tagged, key, entity: str, bronze, counts: dict[str, Any]):
-    """Quarantine rows of ``tagged`` (with their raw records from ``bronze``, see :func:`attach_raw`),
+    """Quarantine rows of ``tagged`` (with their raw records from ``bronze``, see :func:`quarantined_with_raw`),
     with the reader hint for records that could not be parsed."""
     from pyspark.sql import functions as F
 
     from mmpipeline.clean import transforms as T
 
-    rows = attach_raw(tagged.where(F.col("_outcome") == T.QUARANTINED), bronze, int(counts[T.QUARANTINED]))
-    q = T.quarantine_rows(rows, key, ctx.run_date)
+    q = T.quarantine_rows(quarantined_with_raw(tagged, bronze, counts), key, ctx.run_date)
     src = ctx.cfg.sources.get(entity)
     if src is None or src.adapter != "generic":
         return q
