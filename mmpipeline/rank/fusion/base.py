@@ -11,6 +11,10 @@ The branches project each modality's evidence into a shared hidden space:
 * image:   (q * p_image) * dim + image scalars (cosine query-image, has_image)
 * numeric: log price, log popularity, rating and their missing indicators
 
+Each branch sees its scalar features z-scored and, with ``ple_bins`` (``rank.ple_bins``, 8 by default),
+also as piecewise-linear encodings over the training rows' quantile bins: step-like responses to a
+feature, which a tree ensemble gets for free and an MLP on a z-score does not.
+
 A product without an image gets a sound score in every kind: its image branch output is zeroed
 (masked) here, never fed zeros as if they were evidence, and each kind masks it again in its fusion.
 A catalog without any image (``FusionConfig.modalities`` without ``image``) gets no image branch at
@@ -55,6 +59,11 @@ class FusionConfig:
     # log1p, then z-score: heavy-tailed counts and BM25 scores) or quantile (the training rows'
     # empirical CDF, piecewise linear over QUANTILE_KNOTS knots, centred and scaled to unit variance)
     scalar_transform: str = "standard"
+    # piecewise-linear encoding of the non-indicator scalar features (Gorishniy et al., "On Embeddings for
+    # Numerical Features in Tabular Deep Learning", 2022): each column also enters its branch as ple_bins
+    # values, bin t = the position of x inside the t-th quantile bin of the training rows, clamped to
+    # [0, 1] (0 below the bin, 1 above it), so a branch can learn step-like responses as trees do. 0: off
+    ple_bins: int = 0
 
     @classmethod
     def for_features(cls, dim: int, active: list[str], **kw) -> "FusionConfig":
@@ -116,11 +125,21 @@ class FusionRanker(nn.Module):
                              persistent=False)  # derived from the config: not in saved state dicts
         if cfg.scalar_transform == "quantile":  # per column, the knots of the training rows' quantiles
             self.register_buffer("knots", torch.zeros(len(names), QUANTILE_KNOTS))
+        if cfg.ple_bins < 0:
+            raise ValueError(f"ple_bins must be >= 0, got {cfg.ple_bins}")
+        # per branch, the positions (in the model's columns) of its non-indicator columns: their PLE inputs
+        self.ple_idx = {m: [i for i in self.idx[m] if names[i] not in INDICATORS] for m in MODALITIES}
+        if cfg.ple_bins:
+            self.register_buffer("ple_edges", torch.zeros(len(names), cfg.ple_bins + 1))
+
+        def n_in(m: str) -> int:
+            return len(self.idx[m]) + cfg.ple_bins * len(self.ple_idx[m])
+
         vd = cfg.dim if cfg.use_vectors else 0
-        branches = {"text": ModalityBranch(vd, len(self.idx["text"]), h, cfg.dropout)}
+        branches = {"text": ModalityBranch(vd, n_in("text"), h, cfg.dropout)}
         if self.has_image_branch:
-            branches["image"] = ModalityBranch(vd, len(self.idx["image"]), h, cfg.dropout)
-        branches["numeric"] = ModalityBranch(0, len(self.idx["numeric"]), h, cfg.dropout)
+            branches["image"] = ModalityBranch(vd, n_in("image"), h, cfg.dropout)
+        branches["numeric"] = ModalityBranch(0, n_in("numeric"), h, cfg.dropout)
         self.branches = nn.ModuleDict(branches)
         self.build_head(cfg)  # after the branches: the same parameter init order as before the split
         if cfg.grade_head:  # after the head: a model without it keeps its parameter init order
@@ -144,6 +163,9 @@ class FusionRanker(nn.Module):
     def fit_scaler(self, scalars: np.ndarray) -> None:
         """Standardisation statistics from raw ``SCALAR_FEATURES`` rows (the model's columns)."""
         x = torch.as_tensor(np.asarray(scalars)[:, self.input_cols], dtype=torch.float32)
+        if self.cfg.ple_bins:  # bin edges: the training rows' quantiles of the raw values
+            q = torch.linspace(0, 1, self.cfg.ple_bins + 1, dtype=torch.float64)
+            self.ple_edges.copy_(torch.quantile(x.double().T, q, dim=1).T.float().to(self.ple_edges.device))
         if self.cfg.scalar_transform == "quantile":
             q = torch.linspace(0, 1, QUANTILE_KNOTS, dtype=torch.float64)
             self.knots.copy_(torch.quantile(x.double().T, q, dim=1).T.float().to(self.knots.device))
@@ -171,26 +193,38 @@ class FusionRanker(nn.Module):
         u = ((i - 1).to(x.dtype) + frac) / (k.shape[1] - 1)
         return torch.where(dense, u.T, x)
 
+    def encode_ple(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's columns of the raw scalars [n, F] -> piecewise-linear encodings [n, F, ple_bins]."""
+        lo, hi = self.ple_edges[:, :-1], self.ple_edges[:, 1:]  # [F, B]
+        return ((x.unsqueeze(-1) - lo) / (hi - lo).clamp(min=1e-12)).clamp(0, 1)
+
+    def _branch_scalars(self, m: str, z: torch.Tensor, ple: torch.Tensor | None) -> torch.Tensor:
+        if ple is None:
+            return z[:, self.idx[m]]
+        return torch.cat([z[:, self.idx[m]], ple[:, self.ple_idx[m]].flatten(1)], dim=-1)
+
     # ------------------------------------------------------------------------- forward
     def towers(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
                scalars: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(h_text, h_image, h_numeric, has_image): the masked modality outputs. ``scalars`` are the
         full ``SCALAR_FEATURES`` rows; without an image branch ``h_image`` and ``has_image`` are zeros."""
         has_image = scalars[:, self.has_image_idx:self.has_image_idx + 1].clamp(0, 1)
-        z = (self.transform_scalars(scalars[:, self.input_cols]) - self.mean) / self.std
+        raw = scalars[:, self.input_cols]
+        z = (self.transform_scalars(raw) - self.mean) / self.std
+        ple = self.encode_ple(raw) if self.cfg.ple_bins else None
         scale = float(self.cfg.dim)
         vt = vi = None
         if self.cfg.use_vectors:
             vt = q_text * p_text * scale
-        h_t = self.branches["text"](vt, z[:, self.idx["text"]])
+        h_t = self.branches["text"](vt, self._branch_scalars("text", z, ple))
         if self.has_image_branch:
             if self.cfg.use_vectors:
                 vi = q_text * p_image * scale * has_image  # an absent image contributes nothing
-            h_i = self.branches["image"](vi, z[:, self.idx["image"]]) * has_image
+            h_i = self.branches["image"](vi, self._branch_scalars("image", z, ple)) * has_image
         else:
             has_image = torch.zeros_like(has_image)
             h_i = torch.zeros_like(h_t)
-        h_n = self.branches["numeric"](None, z[:, self.idx["numeric"]])
+        h_n = self.branches["numeric"](None, self._branch_scalars("numeric", z, ple))
         return h_t, h_i, h_n, has_image
 
     def forward(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
