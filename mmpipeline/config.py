@@ -222,6 +222,9 @@ class RankConfig(_Model):
     # held-out NDCG@10: off 0.4507, 8 bins 0.4572 (each seed up), 16 bins 0.4553, 32 bins 0.4535; fashion as
     # given, 2 seeds: 0.9020 -> 0.9029 (grade RMSE 0.160 -> 0.148)
     ple_bins: int = Field(8, ge=0, le=64)
+    # training only: Gaussian noise (in standard deviations) on the z-scored scalar features, a data augmentation
+    # (rank.fusion.base.FusionConfig.input_noise); 0: off
+    input_noise: float = Field(0.0, ge=0.0, le=5.0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     score_batch_size: int = 8192

@@ -229,7 +229,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         "settings": {k: getattr(rc, k) for k in ("fusion", "loss", "epochs", "hidden_dim", "use_vectors", "negatives_random",
                                                   "negatives_hard", "candidates_k", "max_eval_queries", "max_train_queries",
                                                   "bench_fusions", "bench_lambdamart", "text_fields",
-                                                  "match_features", "grade_weight", "scalar_transform", "ple_bins",
+                                                  "match_features", "grade_weight", "scalar_transform", "ple_bins", "input_noise",
                                                   "lambdamart_grade")},
     }
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given")

@@ -177,3 +177,39 @@ def test_piecewise_linear_encoding_is_a_staircase_of_the_training_quantiles_and_
     m.save(str(tmp_path / "m.pt"))
     np.testing.assert_allclose(load_ranker_file(str(tmp_path / "m.pt")).score_arrays(arrays), m.score_arrays(arrays),
                                rtol=1e-6)
+
+
+def _two_training_passes(model, t):
+    """Two forward passes in training mode with dropout off: only the input noise can differ."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    return [model(t["q_text"], t["p_text"], t["p_image"], t["scalars"]).detach() for _ in range(2)]
+
+
+def test_input_noise_perturbs_training_passes_only():
+    """rank.input_noise: Gaussian noise on the z-scored dense features while training; scoring (eval mode)
+    gives exactly the scores of the same weights without noise, and indicators are never perturbed."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    x = rng.exponential(scale=5.0, size=(64, len(SCALAR_FEATURES))).astype(np.float32)
+    noisy = build_ranker(FusionConfig(dim=DIM, fusion="attention", hidden_dim=8, input_noise=0.5))
+    clean = build_ranker(FusionConfig(dim=DIM, fusion="attention", hidden_dim=8))
+    noisy.fit_scaler(x)
+    clean.load_state_dict(noisy.state_dict())
+    arrays = {"q_text": np.zeros((64, DIM), np.float32), "p_text": np.zeros((64, DIM), np.float32),
+              "p_image": np.zeros((64, DIM), np.float32), "scalars": x}
+    np.testing.assert_array_equal(noisy.score_arrays(arrays), clean.score_arrays(arrays))  # eval: no noise
+    t = {k: torch.as_tensor(v) for k, v in arrays.items()}
+    a, b = _two_training_passes(noisy, t)
+    assert not torch.allclose(a, b)
+    a, b = _two_training_passes(clean, t)
+    torch.testing.assert_close(a, b)
+    # only the dense columns move: a model reading indicators only is deterministic in training too
+    ind = {"text": ["has_text"], "image": ["has_image"], "numeric": ["has_price"]}
+    only_ind = build_ranker(FusionConfig(dim=DIM, fusion="attention", hidden_dim=8, input_noise=0.5,
+                                         scalar_features=sorted({c for v in ind.values() for c in v}),
+                                         modality_scalars=ind))
+    a, b = _two_training_passes(only_ind, t)
+    torch.testing.assert_close(a, b)

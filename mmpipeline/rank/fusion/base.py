@@ -64,6 +64,10 @@ class FusionConfig:
     # values, bin t = the position of x inside the t-th quantile bin of the training rows, clamped to
     # [0, 1] (0 below the bin, 1 above it), so a branch can learn step-like responses as trees do. 0: off
     ple_bins: int = 0
+    # training only: Gaussian noise of this many standard deviations added to the z-scored non-indicator
+    # scalar features (Qin et al., "Are Neural Rankers still Outperformed by Gradient Boosted Decision
+    # Trees?", ICLR 2021: input noise as data augmentation); scoring never adds it. 0: off
+    input_noise: float = 0.0
 
     @classmethod
     def for_features(cls, dim: int, active: list[str], **kw) -> "FusionConfig":
@@ -211,6 +215,8 @@ class FusionRanker(nn.Module):
         has_image = scalars[:, self.has_image_idx:self.has_image_idx + 1].clamp(0, 1)
         raw = scalars[:, self.input_cols]
         z = (self.transform_scalars(raw) - self.mean) / self.std
+        if self.training and self.cfg.input_noise > 0:
+            z = z + self.cfg.input_noise * torch.randn_like(z) * self.dense_cols
         ple = self.encode_ple(raw) if self.cfg.ple_bins else None
         scale = float(self.cfg.dim)
         vt = vi = None
