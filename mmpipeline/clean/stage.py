@@ -97,6 +97,11 @@ _RAW_KEYS = ["_row_id", "_batch_id"]
 _RAW_BROADCAST_ROWS = 2_000_000
 
 
+def _has_raw(bronze) -> bool:
+    """``bronze`` carries raw records and the keys that find them again."""
+    return "_raw" in bronze.columns and set(_RAW_KEYS) <= set(bronze.columns)
+
+
 def tag_once(tag, bronze, *args, cached: list):
     """``materialize(tag(bronze, *args, store=...))``: the cleaned columns are stored once before
     the split into JVM rows and UDF rows (bronze read once), and freed as soon as the tagged frame
@@ -106,7 +111,7 @@ def tag_once(tag, bronze, *args, cached: list):
     titles) is left out of the tagged frame (null there): only quarantined rows need it, and
     :func:`quarantined_with_raw` fetches theirs from bronze, instead of every row carrying it through both stored
     frames and the de-duplication shuffle."""
-    if "_raw" in bronze.columns and set(_RAW_KEYS) <= set(bronze.columns):
+    if _has_raw(bronze):
         bronze = bronze.drop("_raw")
     pre: list = []
 
@@ -142,7 +147,7 @@ def quarantined_with_raw(tagged, bronze, counts: dict[str, Any]):
     from mmpipeline.clean import transforms as T
 
     rows = tagged.where(F.col("_outcome") == T.QUARANTINED)
-    if "_raw" not in bronze.columns or not set(_RAW_KEYS) <= set(bronze.columns):
+    if not _has_raw(bronze):
         return rows
     keys = rows.select(*_RAW_KEYS)
     if int(counts[T.QUARANTINED]) <= _RAW_BROADCAST_ROWS:

@@ -66,7 +66,14 @@ def parse_price_col(c: "Column | str", max_price: float, fast: "Column") -> "Col
     col = _as_col(c)
     py = fast["py"]  # set for the text the fast parse does not take, too (sql.price_needs_python)
     out = _udf("parse_price")(F.when(py, col), F.lit(float(max_price)))
-    return F.when(py, out).otherwise(F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")]))
+    return F.when(py, out).otherwise(_fast_parse(fast))
+
+
+def _fast_parse(fast: "Column") -> "Column":
+    """struct<price, currency, error, detail> of a ``with_price_fast`` column (its ``py`` flag left out)."""
+    from pyspark.sql import functions as F
+
+    return F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")])
 
 
 def _price_route(max_price: float) -> tuple["Column", "Column", "Column"]:
@@ -75,8 +82,7 @@ def _price_route(max_price: float) -> tuple["Column", "Column", "Column"]:
 
     fast = F.col("_price_fast")
     flag = fast["py"]  # set for the text the fast parse does not take, too (sql.price_needs_python)
-    sql_parse = F.struct(*[fast[f].alias(f) for f in ("price", "currency", "error", "detail")])
-    return flag, sql_parse, _udf("parse_price")(F.col("price"), F.lit(float(max_price)))
+    return flag, _fast_parse(fast), _udf("parse_price")(F.col("price"), F.lit(float(max_price)))
 
 
 def _with_clean_query(bronze: "DataFrame", store: "Callable[[DataFrame], DataFrame] | None" = None) -> "DataFrame":
