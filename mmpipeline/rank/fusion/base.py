@@ -78,6 +78,12 @@ class FusionConfig:
         return cls(dim=dim, scalar_features=list(active), modality_scalars=ms, modalities=mods, **kw)
 
 
+def _column_quantiles(x: torch.Tensor, k: int) -> torch.Tensor:
+    """[F, k]: per column of ``x`` [n, F], its quantiles at k evenly spaced levels from 0 to 1 (ascending)."""
+    q = torch.linspace(0, 1, k, dtype=torch.float64)
+    return torch.quantile(x.double().T, q, dim=1).T.float()
+
+
 def mlp(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_out), nn.LayerNorm(n_out), nn.GELU(), nn.Dropout(dropout),
                          nn.Linear(n_out, n_out), nn.GELU())
@@ -168,11 +174,9 @@ class FusionRanker(nn.Module):
         """Standardisation statistics from raw ``SCALAR_FEATURES`` rows (the model's columns)."""
         x = torch.as_tensor(np.asarray(scalars)[:, self.input_cols], dtype=torch.float32)
         if self.cfg.ple_bins:  # bin edges: the training rows' quantiles of the raw values
-            q = torch.linspace(0, 1, self.cfg.ple_bins + 1, dtype=torch.float64)
-            self.ple_edges.copy_(torch.quantile(x.double().T, q, dim=1).T.float().to(self.ple_edges.device))
+            self.ple_edges.copy_(_column_quantiles(x, self.cfg.ple_bins + 1).to(self.ple_edges.device))
         if self.cfg.scalar_transform == "quantile":
-            q = torch.linspace(0, 1, QUANTILE_KNOTS, dtype=torch.float64)
-            self.knots.copy_(torch.quantile(x.double().T, q, dim=1).T.float().to(self.knots.device))
+            self.knots.copy_(_column_quantiles(x, QUANTILE_KNOTS).to(self.knots.device))
         x = self.transform_scalars(x.to(self.mean.device)).cpu()
         mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
         for i, name in enumerate(self.cfg.scalar_features):
