@@ -21,6 +21,12 @@ Grade RMSE (``rmse_grade``): on every judged test pair, of the model's grade -- 
 ranking score -- through an isotonic grade calibration fitted on the validation split's judged pairs
 (``rmse_grade_from`` says which; ``rmse_grade_rank_score`` is the ranking score's, calibrated the same way).
 
+Complete grades (``complete_grades``; judgments from the ``attribute_queries`` adapter): those judge
+every full match but only a sample of partial matches, so an unjudged partial match in a top 10 counts
+as irrelevant. The grader behind them grades every product, so each system is also scored against
+complete grades, and an oracle -- the default model's candidates ranked by their true grade -- shows
+the ceiling a reranker can reach under the sampled judgments (``summary.oracle_*``).
+
 Params: any ``rank.*`` field (``epochs=5``, ``max_eval_queries=300``, ``bench_fusions=[concat]``,
 ``text_fields=[]`` for title-only features, ``match_features=false``, ``bench_lambdamart=false``), ``colour_free`` (``auto`` |
 true | false), ``run_date``.
@@ -67,7 +73,57 @@ def _r(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
 
 
-def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> dict[str, Any]:
+def complete_grades(r, rel, grader, rc, default: str | None) -> dict[str, Any]:
+    """Every system's NDCG@k against complete grades (``grader``: every catalog product graded, not
+    only the judged ones), and the attribute oracle: ``default``'s candidates (and the judged products
+    it did not retrieve, at the bottom as in its own list) ranked by their complete grade, ties
+    by ``default``'s score -- a perfect reranker of those candidates -- scored against both the
+    sampled judgments and the complete grades."""
+    from mmpipeline.rank.metrics import FLOOR, query_metrics
+
+    k = rc.eval_k
+    nd = f"ndcg_at_{k}"
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    per: dict[str, list[float]] = {s: [] for s in r.items}
+    oracle_sampled, oracle_complete = [], []
+    unmatched = 0
+    for qi, q in enumerate(rel.queries):
+        g = grader.grades(q)
+        if g is None:
+            unmatched += 1
+            continue
+        gain = g.astype(np.float64) / 3.0
+        ideal = np.sort(gain)[::-1][:k]
+        idcg = float((ideal * disc[:len(ideal)]).sum())
+        if idcg <= 0:
+            continue
+
+        def complete(items: np.ndarray, scores: np.ndarray) -> float:
+            ok = scores > FLOOR
+            top = items[ok][np.argsort(-scores[ok], kind="stable")[:k]]
+            return float((gain[top] * disc[:len(top)]).sum()) / idcg
+
+        for system in r.items:
+            per[system].append(complete(r.items[system][qi], np.asarray(r.scores[system][qi], np.float64)))
+        if default in r.items:
+            items, scores = r.items[default][qi], np.asarray(r.scores[default][qi], np.float64)
+            span = float(np.ptp(scores[scores > FLOOR])) + 1.0 if (scores > FLOOR).any() else 1.0
+            osc = np.where(scores > FLOOR, gain[items] * 10.0 * span + scores, scores)
+            oracle_complete.append(complete(items, osc))
+            gmap = dict(zip(rel.rows[qi].tolist(), rel.gains[qi].tolist()))
+            judged = np.array([gmap.get(int(i), 0.0) for i in items])
+            m = query_metrics(osc, judged, rc.relevant_min_label, k, rc.recall_k)
+            if m is not None:
+                oracle_sampled.append(m[nd])
+    out: dict[str, Any] = {"queries": len(rel.queries) - unmatched, "unmatched_queries": unmatched,
+                           "systems": {s: _r(np.mean(v)) if v else None for s, v in per.items()}}
+    if oracle_complete:
+        out["oracle"] = {"reranks": default, f"{nd}_sampled_judgments": _r(np.mean(oracle_sampled)),
+                         f"{nd}_complete_grades": _r(np.mean(oracle_complete))}
+    return out
+
+
+def _variant(featurizer, judgments, interactions, rc, run_date, label: str, grader=None) -> dict[str, Any]:
     from mmpipeline.rank import data, train
     from mmpipeline.rank.evaluation import evaluate
 
@@ -99,7 +155,7 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
         fit_info["lambdamart"] = {**lm.info, "feature_importance": lm.feature_importance()}
         log.info("%s: trained lambdamart (%s)", label, lm.info)
     t2 = time.perf_counter()
-    res = evaluate(featurizer, df, models, rc)
+    res = evaluate(featurizer, df, models, rc, keep_rankings=grader is not None)
     keys = (f"ndcg_at_{rc.eval_k}", "mrr", f"recall_at_{rc.recall_k}")
     systems: dict[str, Any] = {b: None for b in BASELINES}  # a baseline the catalog cannot have stays n/a (null)
     for system, slices in res["metrics"].items():
@@ -155,23 +211,41 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str) -> d
             summary["default_minus_lambdamart"] = round(ndcg(default) - ndcg("lambdamart"), 4)
             summary["best_fusion_minus_lambdamart"] = round(f_ndcg - ndcg("lambdamart"), 4)
         out["summary"] = summary
-    out["table"] = table_lines(systems, rc)
+    if grader is not None:  # judgments that sample partial matches: the complete grades and the ceiling
+        out["complete_grades"] = complete_grades(res["rankings"], res["relevance"], grader, rc, default)
+        oracle = out["complete_grades"].get("oracle")
+        if oracle and fusions:
+            ceiling = oracle[f"{nd}_sampled_judgments"]
+            out["summary"]["oracle_ndcg_at_10_sampled_judgments"] = ceiling
+            out["summary"]["oracle_minus_best_baseline"] = round(ceiling - ndcg(best_base), 4)
+            if systems.get("lambdamart") is not None:
+                out["summary"]["oracle_minus_lambdamart"] = round(ceiling - ndcg("lambdamart"), 4)
+    out["table"] = table_lines(systems, rc, out.get("complete_grades"))
     return out
 
 
-def table_lines(systems: dict[str, Any], rc) -> list[str]:
-    """A readable (markdown) table: one row per system, n/a where the catalog lacks the modality."""
+def table_lines(systems: dict[str, Any], rc, complete: dict[str, Any] | None = None) -> list[str]:
+    """A readable (markdown) table: one row per system, n/a where the catalog lacks the modality;
+    with ``complete`` (:func:`complete_grades`), a column of NDCG against complete grades and a row
+    for the attribute oracle."""
     nd, rk = f"ndcg_at_{rc.eval_k}", f"recall_at_{rc.recall_k}"
-    lines = [f"| system | NDCG@{rc.eval_k} | MRR | Recall@{rc.recall_k} | grade RMSE |", "| --- | --- | --- | --- | --- |"]
+    extra = f" NDCG@{rc.eval_k}, every product graded |" if complete else ""
+    lines = [f"| system | NDCG@{rc.eval_k} | MRR | Recall@{rc.recall_k} | grade RMSE |{extra}",
+             "| --- | --- | --- | --- | --- |" + (" --- |" if complete else "")]
 
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"
 
     for name, e in systems.items():
+        c = f" {f((complete or {}).get('systems', {}).get(name))} |" if complete else ""
         if e is None:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a |{c}")
         else:
-            lines.append(f"| {name} | {f(e.get(nd))} | {f(e.get('mrr'))} | {f(e.get(rk))} | {f(e.get('rmse_grade'))} |")
+            lines.append(f"| {name} | {f(e.get(nd))} | {f(e.get('mrr'))} | {f(e.get(rk))} | {f(e.get('rmse_grade'))} |{c}")
+    oracle = (complete or {}).get("oracle")
+    if oracle:
+        lines.append(f"| oracle (perfect rerank of {oracle['reranks']}'s candidates) | {f(oracle[nd + '_sampled_judgments'])} "
+                     f"| | | | {f(oracle[nd + '_complete_grades'])} |")
     return lines
 
 
@@ -232,7 +306,17 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                                                   "match_features", "grade_weight", "scalar_transform", "ple_bins", "input_noise",
                                                   "lambdamart_grade")},
     }
-    result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given")
+    grader = None
+    jsrc = cfg.sources.get("judgments")
+    if jsrc is not None and jsrc.adapter == "attribute_queries":
+        from mmpipeline.sources.attribute_queries import AttributeGrader
+
+        # the catalog's own attributes (the colour-free run's grades too: relevance does not change
+        # because a title stopped naming the colour)
+        cat = catalog_frame(lake, run_date)
+        attrs = dict(zip(cat["product_id"].astype(str), cat["attributes"]))
+        grader = AttributeGrader.from_config(jsrc, [attrs.get(str(i)) for i in fz.ids])
+    result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given", grader)
     log.info("titles as given:\n%s", "\n".join(result["titles_as_given"]["table"]))
 
     attrs = lake.read_pandas("silver.products", columns=["product_id", "attributes"])
@@ -257,7 +341,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         fz2 = PairFeaturizer(products, {"text": (list(fz.ids), text_vecs), "image": image}, qv,
                              meta={**fz.meta, "text_model": f"{fz.meta.get('text_model')} (colour-free titles)"},
                              text_fields=list(rc.text_fields), match_features=rc.match_features)
-        res = _variant(fz2, judgments, interactions, rc, run_date, "colour words removed")
+        res = _variant(fz2, judgments, interactions, rc, run_date, "colour words removed", grader)
         res["titles_changed"] = int(changed)
         res["colour_words"] = len(vocab)
         res["seconds"]["re_embed_titles"] = round(enc_s, 1)

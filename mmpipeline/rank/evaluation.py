@@ -374,8 +374,10 @@ def grade_rmse(scorer: Scorer, featurizer: PairFeaturizer, df: pd.DataFrame) -> 
 
 
 def evaluate(featurizer: PairFeaturizer, df: pd.DataFrame, models: dict[str, Any], rc: "RankConfig",
-             split: str = "test", progress: bool = True, candidates: CandidateGenerator | None = None) -> dict[str, Any]:
-    """Whole-catalog metrics for the baselines and ``models`` (name -> model) on ``split`` queries."""
+             split: str = "test", progress: bool = True, candidates: CandidateGenerator | None = None,
+             keep_rankings: bool = False) -> dict[str, Any]:
+    """Whole-catalog metrics for the baselines and ``models`` (name -> model) on ``split`` queries
+    (with ``keep_rankings``, also the ``rankings`` and the ``relevance`` they were scored against)."""
     rel = Relevance.from_training_data(df, featurizer, split, rc.max_eval_queries)
     scorers = {name: scorer_for(m, rc.score_batch_size) for name, m in models.items()}
     rankings, info = rank_catalog(featurizer, rel, scorers, rc, progress, candidates)
@@ -391,5 +393,8 @@ def evaluate(featurizer: PairFeaturizer, df: pd.DataFrame, models: dict[str, Any
             rmse[name]["rmse_rank_score"] = grade_rmse(s, featurizer, df)["rmse"]
         if rmse[name]:  # numeric like every entry (MLflow metrics): 1.0 = the grade head's prediction
             rmse[name]["grade_head"] = 1.0 if gs is not None else 0.0
-    return {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), "versus": vs,
-            "baselines": list(applicable_baselines(featurizer)), **info}
+    out = {"metrics": metrics, "rmse": rmse, "queries": len(rel.query_ids), "versus": vs,
+           "baselines": list(applicable_baselines(featurizer)), **info}
+    if keep_rankings:
+        out.update(rankings=rankings, relevance=rel)
+    return out

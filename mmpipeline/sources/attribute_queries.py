@@ -124,3 +124,79 @@ def read(spark: "SparkSession", entity: str, src: "SourceConfig", upstream: dict
         F.lit("attribute_queries:bronze.products").alias("_source_file"),
         F.monotonically_increasing_id().alias("_row_id"), raw.alias("_raw"),
         F.lit(None).cast("string").alias(CORRUPT_COL))
+
+
+class AttributeGrader:
+    """The grade :func:`generate` gives *every* product for one of its queries (numpy, one query at
+    a time), not only the judged ones.
+
+    :func:`generate` judges every full match but caps partial matches at ``max_partial`` per (query,
+    grade) and grade-0 products at ``negatives``, so a ranking metric over those judgments counts an
+    unjudged partial match as irrelevant: for a query with fewer full matches than the metric's depth,
+    which partial matches happen to be judged decides part of the score, and no ranker can know it.
+    ``bench quality`` uses this grader to score the rankings against complete grades as well, and to
+    rank each query's candidates perfectly (the ceiling a reranker of those candidates can reach under
+    the sampled judgments).
+
+    ``attributes``: one attribute map (or None) per catalog row, in catalog order; the other
+    arguments as for :func:`generate`. Grades follow the same rules (values lower-cased and trimmed;
+    Spark's half-up rounding).
+    """
+
+    def __init__(self, attributes: Any, fields: list[str], subsets: list[list[str]] | None = None,
+                 required: list[str] | None = None, min_products: int = 3):
+        import numpy as np
+        import pandas as pd
+
+        from mmpipeline.retrieval.keys import normalize_query
+
+        subsets = subsets or [list(fields)]
+        self.required = list(required or [])
+        all_fields = sorted({f for s in subsets for f in s})
+
+        def norm(a: Any, f: str) -> Any:
+            v = dict(a).get(f) if a is not None and not (isinstance(a, float) and np.isnan(a)) else None
+            return None if v is None else str(v).strip().lower()
+
+        attrs = list(attributes)
+        frame = pd.DataFrame({f: [norm(a, f) for a in attrs] for f in all_fields})
+        self.n = len(frame)
+        cats = {f: pd.Categorical(frame[f]) for f in all_fields}  # null -> code -1, matching no value
+        self.codes = {f: np.asarray(c.codes, np.int64) for f, c in cats.items()}
+        self.code_of = {f: {v: i for i, v in enumerate(c.categories)} for f, c in cats.items()}
+        self.queries: dict[str, list[tuple[str, str]]] = {}  # normalised query text -> [(field, value)] in query order
+        for subset in subsets:
+            order = [f for f in fields if f in subset] + [f for f in subset if f not in fields]
+            counts = frame.dropna(subset=order).groupby(order).size()
+            for key, n in counts.items():
+                key = key if isinstance(key, tuple) else (key,)
+                if n >= min_products:
+                    self.queries.setdefault(normalize_query(" ".join(key)), list(zip(order, key)))
+
+    def grades(self, query_norm: str) -> "Any":
+        """Per catalog row, the grade (0-3) of ``query_norm``; None for a query :func:`generate` would not make."""
+        import numpy as np
+
+        spec = self.queries.get(query_norm)
+        if spec is None:
+            return None
+        match = {f: self.codes[f] == self.code_of[f].get(v, -2) for f, v in spec}
+        order = [f for f, _ in spec]
+        req = [f for f in order if f in self.required]
+        other = [f for f in order if f not in req]
+        if req:
+            ok = np.logical_and.reduce([match[f] for f in req])
+            if not other:
+                return np.where(ok, 3, 0).astype(np.int64)
+            m = np.sum([match[f] for f in other], axis=0)
+            return np.where(ok, 1 + np.floor(2.0 * m / len(other) + 0.5), 0).astype(np.int64)
+        matched = np.sum([match[f] for f in order], axis=0)
+        return np.where(match[order[0]], np.floor(3.0 * matched / len(order)), 0).astype(np.int64)
+
+    @classmethod
+    def from_config(cls, src: "SourceConfig", attributes: Any) -> "AttributeGrader | None":
+        """The grader of a judgments source using this adapter; None for any other adapter."""
+        if src.adapter != "attribute_queries" or not src.params.get("fields"):
+            return None
+        p = src.params
+        return cls(attributes, list(p["fields"]), p.get("subsets"), p.get("required"), int(p.get("min_products", 3)))

@@ -266,3 +266,39 @@ def test_grade_rmse_calibration_is_monotone_not_linear():
     gv = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 3.0])
     out = calibrated_rmse(sv, gv, sv, gv, (1.0, 3.0), mean_grade=2.0)
     assert out["rmse"] == pytest.approx(0.0, abs=1e-9) and out["rmse_linear"] > 0.3
+
+
+def test_complete_grades_score_unjudged_partial_matches_and_bound_a_perfect_reranker():
+    """bench quality's complete grades: under the sampled judgments an unjudged partial match counts
+    as irrelevant, so even a perfect reranker scores below 1; graded completely it scores 1."""
+    from types import SimpleNamespace
+
+    from mmpipeline.bench.quality import complete_grades
+    from mmpipeline.sources.attribute_queries import AttributeGrader
+
+    attrs = [{"gender": "Men", "colour": "Navy Blue", "article_type": "Shirts"}] * 2 + [
+        {"gender": "Women", "colour": "Navy Blue", "article_type": "Shirts"},  # 2: partial, judged
+        {"gender": "Women", "colour": "Navy Blue", "article_type": "Shirts"},  # 3: partial, not judged
+        {"gender": "Men", "colour": "Red", "article_type": "Shirts"},  # 4: partial, not judged
+        {"gender": "Women", "colour": "Red", "article_type": "Shirts"},  # 5: grade 1
+        {"gender": "Men", "colour": "Navy Blue", "article_type": "Watches"},  # 6: judged grade 0
+        {"gender": "Unisex", "colour": "Red", "article_type": "Watches"}]
+    grader = AttributeGrader(attrs, ["gender", "colour", "article_type"], required=["article_type"], min_products=2)
+    rel = Relevance(["q1", "q2"], ["men navy blue shirts", "no such query"],
+                    [np.array([0, 1, 2, 6]), np.array([0])], [np.array([1.0, 1.0, 2 / 3, 0.0]), np.array([1.0])])
+    r = Rankings()
+    every = np.arange(8)
+    r.add("a", every, np.array([8, 7, 4, 6, 5, 3, 2, 1], float))  # true order, unjudged partials before the judged one
+    r.add("b", every, np.array([7, 6, 1, 1, 1, 1, 8, 1], float))  # the watch first
+    for s in ("a", "b"):
+        r.add(s, every, np.zeros(8))  # q2: no grades, not counted
+    rc = SimpleNamespace(eval_k=3, recall_k=5, relevant_min_label=0.3)
+    out = complete_grades(r, rel, grader, rc, "a")
+    assert out["queries"] == 1 and out["unmatched_queries"] == 1
+    idcg = 1 + 1 / np.log2(3) + (2 / 3) / 2
+    assert out["systems"]["a"] == 1.0
+    assert out["systems"]["b"] == pytest.approx(round((1 / np.log2(3) + 1 / 2) / idcg, 4))
+    # the oracle reranks a's items by complete grade (ties by a's score): a's own order here, which the
+    # sampled judgments score (1 + 1/log2(3) + 0) / idcg: row 3 is a grade-2 product nobody judged
+    assert out["oracle"] == {"reranks": "a", "ndcg_at_3_complete_grades": 1.0,
+                             "ndcg_at_3_sampled_judgments": round((1 + 1 / np.log2(3)) / idcg, 4)}

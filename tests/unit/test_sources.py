@@ -80,3 +80,39 @@ def test_write_sample_data(tmp_path):
         grades = {r["grade"] for r in csv.DictReader(f)}
     assert grades <= {"0", "1", "2", "3"} and "3" in grades
     assert (tmp_path / "interactions.jsonl").stat().st_size > 0
+
+
+def test_attribute_grader_grades_every_product_as_generate_judges_them(spark):
+    """The numpy grader behind bench quality's complete grades gives each product the grade that
+    ``generate`` gives the products it judges (all partial matches judged here), 0 to the rest, and
+    knows exactly the queries ``generate`` makes -- with nulls, case and spacing, a subset without
+    required fields and half-up rounding (one of four other fields matched: 1 + round(0.5) = 2)."""
+    from mmpipeline.retrieval.keys import normalize_query
+    from mmpipeline.sources.attribute_queries import AttributeGrader
+
+    keys = ["gender", "colour", "season", "usage", "article_type"]
+    vals = [("Men", "Navy Blue", "Fall", "Casual", "Shirts"), ("men ", "navy blue", "Fall", "Casual", "Shirts"),
+            ("Men", "Navy Blue", "Summer", "Formal", "Shirts"), ("Women", "Navy Blue", "Fall", "Casual", "Shirts"),
+            ("Women", "Red", "Summer", "Sports", "Shirts"), ("Men", "Navy Blue", "Fall", "Casual", "Watches"),
+            ("Men", None, "Fall", "Casual", "Shirts"), ("Women", "Red", "Fall", "Casual", "Watches"),
+            ("Unisex", "Red", "Summer", "Casual", "Watches"), ("Women", "Red", "Summer", "Sports", "Watches")]
+    attrs = [{k: v for k, v in zip(keys, row) if v is not None} for row in vals]
+    products = spark.createDataFrame([(str(i), a) for i, a in enumerate(attrs)],
+                                     "product_id string, attributes map<string,string>")
+    fields = ["gender", "colour", "article_type"]
+    subsets = [fields, ["gender", "colour"], ["gender", "colour", "season", "usage", "article_type"]]
+    j = generate(products, fields, subsets, required=["article_type"], min_products=1, max_partial=1000, negatives=0)
+    judged: dict[str, dict[int, int]] = {}
+    for r in j.collect():
+        judged.setdefault(normalize_query(r["query"]), {})[int(r["product_id"])] = int(r["grade"])
+    grader = AttributeGrader(attrs, fields, subsets, required=["article_type"], min_products=1)
+    assert set(grader.queries) == set(judged)
+    for q, by_row in judged.items():
+        g = grader.grades(q)
+        assert {i: int(x) for i, x in enumerate(g) if x > 0} == by_row, q
+    five = grader.grades(normalize_query("men navy blue shirts summer formal"))  # fields' order first
+    assert five[2] == 3 and five[0] == 2 and five[3] == 2  # 1 of 4 other fields: 1 + round(0.5) = 2
+    assert grader.grades(normalize_query("women red watches")).tolist() == [0, 0, 0, 0, 0, 1, 0, 3, 2, 3]
+    assert grader.grades(normalize_query("men navy blue")).tolist() == [3, 3, 3, 0, 0, 3, 1, 0, 0, 0]
+    assert grader.grades("a query generate never made") is None
+    assert AttributeGrader.from_config(SourceConfig(adapter="generic"), attrs) is None
