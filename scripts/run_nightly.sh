@@ -25,6 +25,8 @@
 #   MMP_TASK_RETRIES=N       task retries (default 0 here, to fail fast; the DAGs' own default is 2)
 #   MMP_SPARK_MASTER=URL     Spark master of the mmp_spark connection (default local[2])
 #   MMP_VOICE_CLIPS=N        voice clips transcribed in the demo run (default 200 of the 500; MMP_FULL=1: all)
+#   MMP_TUNE_PAIRS=N         pairs the text tower is fine-tuned on in the demo run (default 1,000;
+#                            MMP_FULL=1: text_tune.max_pairs, 6,000)
 set -euo pipefail
 
 DATASET="${1:-${DATASET:-homedepot}}"
@@ -65,6 +67,8 @@ if [ "${MMP_FULL:-0}" != 1 ]; then
     fashion)
       OVERRIDES+=("sources.products.params.sample_size=${MMP_SAMPLE_PRODUCTS:-3000}") ;;
   esac
+  # the text tower's fine-tune on the demo's budget (the config default, 6,000 pairs, is for whole catalogs)
+  OVERRIDES+=("text_tune.max_pairs=${MMP_TUNE_PAIRS:-1000}")
 fi
 # Images: mm_catalog_daily's train_image_tower task trains and registers the image tower before embed
 # (fashion, sample; a no-op on a re-run with the same inputs) and embed only loads it. Home Depot has
