@@ -304,7 +304,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                                                   "negatives_hard", "candidates_k", "max_eval_queries", "max_train_queries",
                                                   "bench_fusions", "bench_lambdamart", "text_fields",
                                                   "match_features", "grade_weight", "scalar_transform", "ple_bins", "input_noise",
-                                                  "lambdamart_grade")},
+                                                  "bilinear_rank", "lambdamart_grade")},
     }
     grader = None
     jsrc = cfg.sources.get("judgments")

@@ -149,7 +149,8 @@ def fit(featurizer: PairFeaturizer, train: ListData, valid: ListData | None, rc:
                                                    dropout=rc.dropout, use_vectors=rc.use_vectors,
                                                    grade_head=rc.grade_weight > 0,
                                                    scalar_transform=rc.scalar_transform,
-                                                   ple_bins=rc.ple_bins, input_noise=rc.input_noise))
+                                                   ple_bins=rc.ple_bins, input_noise=rc.input_noise,
+                                                   bilinear_rank=rc.bilinear_rank))
     model.fit_scaler(train.scalars)
     model.to(device)
     loss_fn = get_loss(loss or rc.loss, rc.pointwise, rc.listwise_temperature)

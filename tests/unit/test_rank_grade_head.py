@@ -213,3 +213,40 @@ def test_input_noise_perturbs_training_passes_only():
                                          modality_scalars=ind))
     a, b = _two_training_passes(only_ind, t)
     torch.testing.assert_close(a, b)
+
+
+def test_bilinear_query_image_similarity_enters_the_image_branch_only(tmp_path):
+    """rank.bilinear_rank: a learned (U q) . (V p_image) enters the image branch as one more input --
+    the score then depends on the photo vector itself (no interaction vectors here), never for a
+    product without a photo; no image branch (a text-only catalog) means no bilinear weights, and a
+    model saved with it loads and scores the same."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    n = 32
+    x = rng.exponential(scale=5.0, size=(n, len(SCALAR_FEATURES))).astype(np.float32)
+    x[:, SCALAR_FEATURES.index("has_image")] = np.arange(n) % 2  # every other product has a photo
+    cfg = dict(dim=DIM, fusion="attention", hidden_dim=8, use_vectors=False)
+    m = build_ranker(FusionConfig(**cfg, bilinear_rank=4))
+    off = build_ranker(FusionConfig(**cfg))
+    m.fit_scaler(x)
+    assert set(m.bilinear) == {"image"}
+    assert m.branches["image"].mlp[0].in_features == off.branches["image"].mlp[0].in_features + 1
+    assert m.branches["text"].mlp[0].in_features == off.branches["text"].mlp[0].in_features
+    u, v = m.bilinear["image"]
+    torch.testing.assert_close(u.weight, v.weight)  # starts symmetric: near the plain cosine
+    q = rng.normal(size=(n, DIM)).astype(np.float32)
+    arrays = {"q_text": q, "p_text": q.copy(), "p_image": rng.normal(size=(n, DIM)).astype(np.float32), "scalars": x}
+    z = torch.zeros(n, len(m.cfg.scalar_features))
+    got = m._branch_scalars("image", z, None, torch.as_tensor(q), torch.as_tensor(arrays["p_image"]))[:, -1]
+    want = (u(torch.as_tensor(q)) * v(torch.as_tensor(arrays["p_image"]))).sum(-1)
+    torch.testing.assert_close(got, want)
+    other = {**arrays, "p_image": rng.normal(size=(n, DIM)).astype(np.float32)}
+    a, b = m.score_arrays(arrays), m.score_arrays(other)
+    photo = x[:, SCALAR_FEATURES.index("has_image")] > 0
+    assert np.all(np.abs(a - b)[photo] > 0) and np.array_equal(a[~photo], b[~photo])
+    np.testing.assert_array_equal(off.score_arrays(arrays), off.score_arrays(other))  # without it: scalars only
+    m.save(str(tmp_path / "m.pt"))
+    np.testing.assert_allclose(load_ranker_file(str(tmp_path / "m.pt")).score_arrays(arrays), a, rtol=1e-6)
+    text_only = [c for c in SCALAR_FEATURES if c not in ("has_image", "cos_image", "cos_image_z", "cos_image_pct")]
+    t = build_ranker(FusionConfig.for_features(DIM, text_only, fusion="attention", hidden_dim=8, bilinear_rank=4))
+    assert len(t.bilinear) == 0 and not any("bilinear" in k for k in t.state_dict())

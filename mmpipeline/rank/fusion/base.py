@@ -68,6 +68,11 @@ class FusionConfig:
     # scalar features (Qin et al., "Are Neural Rankers still Outperformed by Gradient Boosted Decision
     # Trees?", ICLR 2021: input noise as data augmentation); scoring never adds it. 0: off
     input_noise: float = 0.0
+    # a learned low-rank bilinear query-image similarity, (U q) . (V p) with U, V [rank, dim] initialised
+    # equal (so it starts near the cosine), entering the image branch as one more input: which directions
+    # of the query text and the photo vectors should agree (a colour word and the photo's colour), with
+    # far fewer weights than the interaction vectors (use_vectors). No image branch: nothing. 0: off
+    bilinear_rank: int = 0
 
     @classmethod
     def for_features(cls, dim: int, active: list[str], **kw) -> "FusionConfig":
@@ -142,8 +147,17 @@ class FusionRanker(nn.Module):
         if cfg.ple_bins:
             self.register_buffer("ple_edges", torch.zeros(len(names), cfg.ple_bins + 1))
 
+        self.bilinear = nn.ModuleDict()
+        if cfg.bilinear_rank:
+            for m in ("image",) if self.has_image_branch else ():
+                init = torch.randn(cfg.bilinear_rank, cfg.dim) / cfg.bilinear_rank ** 0.5
+                u, v = nn.Linear(cfg.dim, cfg.bilinear_rank, bias=False), nn.Linear(cfg.dim, cfg.bilinear_rank, bias=False)
+                u.weight.data.copy_(init)
+                v.weight.data.copy_(init)
+                self.bilinear[m] = nn.ModuleList([u, v])
+
         def n_in(m: str) -> int:
-            return len(self.idx[m]) + cfg.ple_bins * len(self.ple_idx[m])
+            return len(self.idx[m]) + cfg.ple_bins * len(self.ple_idx[m]) + (1 if m in self.bilinear else 0)
 
         vd = cfg.dim if cfg.use_vectors else 0
         branches = {"text": ModalityBranch(vd, n_in("text"), h, cfg.dropout)}
@@ -206,10 +220,15 @@ class FusionRanker(nn.Module):
         lo, hi = self.ple_edges[:, :-1], self.ple_edges[:, 1:]  # [F, B]
         return ((x.unsqueeze(-1) - lo) / (hi - lo).clamp(min=1e-12)).clamp(0, 1)
 
-    def _branch_scalars(self, m: str, z: torch.Tensor, ple: torch.Tensor | None) -> torch.Tensor:
-        if ple is None:
-            return z[:, self.idx[m]]
-        return torch.cat([z[:, self.idx[m]], ple[:, self.ple_idx[m]].flatten(1)], dim=-1)
+    def _branch_scalars(self, m: str, z: torch.Tensor, ple: torch.Tensor | None,
+                        q: torch.Tensor | None = None, p: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [z[:, self.idx[m]]]
+        if ple is not None:
+            parts.append(ple[:, self.ple_idx[m]].flatten(1))
+        if m in self.bilinear:
+            u, v = self.bilinear[m]
+            parts.append((u(q) * v(p)).sum(-1, keepdim=True))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     # ------------------------------------------------------------------------- forward
     def towers(self, q_text: torch.Tensor, p_text: torch.Tensor, p_image: torch.Tensor,
@@ -226,11 +245,11 @@ class FusionRanker(nn.Module):
         vt = vi = None
         if self.cfg.use_vectors:
             vt = q_text * p_text * scale
-        h_t = self.branches["text"](vt, self._branch_scalars("text", z, ple))
+        h_t = self.branches["text"](vt, self._branch_scalars("text", z, ple, q_text, p_text))
         if self.has_image_branch:
             if self.cfg.use_vectors:
                 vi = q_text * p_image * scale * has_image  # an absent image contributes nothing
-            h_i = self.branches["image"](vi, self._branch_scalars("image", z, ple)) * has_image
+            h_i = self.branches["image"](vi, self._branch_scalars("image", z, ple, q_text, p_image)) * has_image
         else:
             has_image = torch.zeros_like(has_image)
             h_i = torch.zeros_like(h_t)
