@@ -70,8 +70,9 @@ class FusionConfig:
     input_noise: float = 0.0
     # a learned low-rank bilinear query-image similarity, (U q) . (V p) with U, V [rank, dim] initialised
     # equal (so it starts near the cosine), entering the image branch as one more input: which directions
-    # of the query text and the photo vectors should agree (a colour word and the photo's colour), with
-    # far fewer weights than the interaction vectors (use_vectors). No image branch: nothing. 0: off
+    # of the query text and the photo vectors should agree (a colour word and the photo's colour): one
+    # similarity, where the interaction vectors (use_vectors) feed hidden_dim projections of the element-wise
+    # product and overfit. No image branch: nothing. 0: off
     bilinear_rank: int = 0
 
     @classmethod
