@@ -216,7 +216,7 @@ def _variant(featurizer, judgments, interactions, rc, run_date, label: str, grad
         oracle = out["complete_grades"].get("oracle")
         if oracle and fusions:
             ceiling = oracle[f"{nd}_sampled_judgments"]
-            out["summary"]["oracle_ndcg_at_10_sampled_judgments"] = ceiling
+            out["summary"][f"oracle_{nd}_sampled_judgments"] = ceiling
             out["summary"]["oracle_minus_best_baseline"] = round(ceiling - ndcg(best_base), 4)
             if systems.get("lambdamart") is not None:
                 out["summary"]["oracle_minus_lambdamart"] = round(ceiling - ndcg("lambdamart"), 4)
