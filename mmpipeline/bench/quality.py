@@ -73,6 +73,14 @@ def _r(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
 
 
+def _top_k(items: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best-scored retrieved items (score above ``FLOOR``), best first."""
+    from mmpipeline.rank.metrics import FLOOR
+
+    ok = scores > FLOOR
+    return items[ok][np.argsort(-scores[ok], kind="stable")[:k]]
+
+
 def complete_grades(r, rel, grader, rc, default: str | None) -> dict[str, Any]:
     """Every system's NDCG@k against complete grades (``grader``: every catalog product graded, not
     only the judged ones), and the attribute oracle: ``default``'s candidates (and the judged products
@@ -98,9 +106,8 @@ def complete_grades(r, rel, grader, rc, default: str | None) -> dict[str, Any]:
         if idcg <= 0:
             continue
 
-        def complete(items: np.ndarray, scores: np.ndarray) -> float:
-            ok = scores > FLOOR
-            top = items[ok][np.argsort(-scores[ok], kind="stable")[:k]]
+        def complete(items: np.ndarray, scores: np.ndarray) -> float:  # NDCG@k of a ranking, catalog-wide ideal
+            top = _top_k(items, scores, k)
             return float((gain[top] * disc[:len(top)]).sum()) / idcg
 
         for system in r.items:
@@ -306,6 +313,13 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
                                                   "match_features", "grade_weight", "scalar_transform", "ple_bins", "input_noise",
                                                   "bilinear_rank", "lambdamart_grade")},
     }
+    catalog: list[pd.DataFrame] = []  # silver.products as of the run date, read once if at all
+
+    def catalog_once() -> pd.DataFrame:
+        if not catalog:
+            catalog.append(catalog_frame(lake, run_date))
+        return catalog[0]
+
     grader = None
     jsrc = cfg.sources.get("judgments")
     if jsrc is not None and jsrc.adapter == "attribute_queries":
@@ -313,7 +327,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
 
         # the catalog's own attributes (the colour-free run's grades too: relevance does not change
         # because a title stopped naming the colour)
-        cat = catalog_frame(lake, run_date)
+        cat = catalog_once()
         attrs = dict(zip(cat["product_id"].astype(str), cat["attributes"]))
         grader = AttributeGrader.from_config(jsrc, [attrs.get(str(i)) for i in fz.ids])
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given", grader)
@@ -327,7 +341,7 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         from mmpipeline.embed.encoders import build_encoder
         from mmpipeline.embed.models import text_spec
 
-        products, changed = colour_free_catalog(catalog_frame(lake, run_date), vocab, rc.colour_attribute)
+        products, changed = colour_free_catalog(catalog_once(), vocab, rc.colour_attribute)
         if list(products["product_id"].astype(str)) != list(fz.ids):
             raise SystemExit("bench quality: silver.products changed while the benchmark ran; run it again")
         titles = products["title"].tolist()

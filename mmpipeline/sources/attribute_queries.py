@@ -160,7 +160,6 @@ class AttributeGrader:
 
         attrs = list(attributes)
         frame = pd.DataFrame({f: [norm(a, f) for a in attrs] for f in all_fields})
-        self.n = len(frame)
         cats = {f: pd.Categorical(frame[f]) for f in all_fields}  # null -> code -1, matching no value
         self.codes = {f: np.asarray(c.codes, np.int64) for f, c in cats.items()}
         self.code_of = {f: {v: i for i, v in enumerate(c.categories)} for f, c in cats.items()}
