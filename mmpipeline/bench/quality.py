@@ -328,8 +328,8 @@ def main(cfg, params: dict[str, Any]) -> dict[str, Any]:
         # the catalog's own attributes (the colour-free run's grades too: relevance does not change
         # because a title stopped naming the colour)
         cat = catalog_once()
-        attrs = dict(zip(cat["product_id"].astype(str), cat["attributes"]))
-        grader = AttributeGrader.from_config(jsrc, [attrs.get(str(i)) for i in fz.ids])
+        attributes_of = dict(zip(cat["product_id"].astype(str), cat["attributes"]))
+        grader = AttributeGrader.from_config(jsrc, [attributes_of.get(str(i)) for i in fz.ids])
     result["titles_as_given"] = _variant(fz, judgments, interactions, rc, run_date, "titles as given", grader)
     log.info("titles as given:\n%s", "\n".join(result["titles_as_given"]["table"]))
 
